@@ -1,0 +1,45 @@
+"""The `archdiff` command. Imports only typer and config: every heavy import lives inside a command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from archdiff import __version__
+from archdiff.cli import models, recipes, sample, train
+from archdiff.errors import UserError
+
+app = typer.Typer(
+    name="archdiff",
+    help="Fine-tune Stable Diffusion on architecture imagery with LoRA.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("train")(train.train)
+app.command("sample")(sample.sample)
+app.command("tiny-model")(models.tiny_model)
+app.add_typer(recipes.app, name="recipes")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"archdiff {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """archdiff: train, sample and share LoRAs of Stable Diffusion for architecture."""
+
+
+def main() -> None:
+    """Entry point: a `UserError` is one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except UserError as error:
+        typer.echo(f"archdiff: error: {error}", err=True)
+        sys.exit(2)

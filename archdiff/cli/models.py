@@ -1,0 +1,20 @@
+"""`archdiff tiny-model`: build an offline tiny pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def tiny_model(
+    folder: Path = typer.Argument(..., help="Folder to write the diffusers pipeline into."),
+    family: str = typer.Option("sd15", "--family", help="Model family: sd15."),
+) -> None:
+    """Build a tiny random diffusers pipeline offline (for tests, demos and debugging)."""
+    from archdiff.runtime import quiet_libraries
+
+    quiet_libraries()
+    from archdiff.model.tiny import build_tiny_pipeline
+
+    typer.echo(f"tiny {family} pipeline: {build_tiny_pipeline(folder, family)}")

@@ -1,0 +1,143 @@
+"""Turn a recipe name or path (+ --set overrides) into a validated `Recipe`.
+
+Recipes are YAML; a recipe may `extends:` another by name or path (deep merge, child wins).
+Every failure becomes a `UserError` with one line that names the offending key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from archdiff.config.schema import Recipe
+from archdiff.errors import UserError
+from archdiff.paths import recipe_dirs
+
+
+def available_recipes() -> dict[str, Path]:
+    """Every recipe on the search path (recursively), by name; earlier folders win."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        for path in sorted(folder.rglob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def find_recipe(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A path to an existing YAML file, or a recipe name from the search path."""
+    candidates = [Path(name_or_path)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / name_or_path)
+    for candidate in candidates:
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return candidate
+    known = available_recipes()
+    if name_or_path in known:
+        return known[name_or_path]
+    hint = difflib.get_close_matches(name_or_path, known, n=1)
+    suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+    raise UserError(f"unknown recipe '{name_or_path}'.{suggestion} Known recipes: {', '.join(sorted(known)) or 'none'}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"recipe {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in chain:
+        names = " -> ".join(p.stem for p in (*chain, path.resolve()))
+        raise UserError(f"recipe extends itself in a loop: {names}")
+    raw = _read_yaml(path)
+    raw.setdefault("name", path.stem)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_raw = _resolve_extends(find_recipe(str(parent), relative_to=path.parent), (*chain, path.resolve()))
+    return _deep_merge(parent_raw, raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` strings; values are parsed as YAML, types are checked by the schema."""
+    result = _deep_merge({}, raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects dotted.key=value, got '{item}'")
+        *parents, leaf = key.strip().split(".")
+        node = result
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key}: '{'.'.join(parents[: i + 1])}' is a value, not a section")
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+    return result
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema section a validation-error location points into (for key suggestions)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        section = _model_at(loc[:-1])
+        choices = list(section.model_fields) if section else []
+        hint = difflib.get_close_matches(str(loc[-1]), choices, n=1)
+        suggestion = f"; did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else ""
+        return f"unknown key '{key}'{suggestion}"
+    if error["type"] == "missing":
+        return f"missing key '{key}'"
+    where = f"'{key}'" if key else "recipe"
+    return f"{where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_recipe(raw: dict[str, Any], origin: str) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise UserError(f"recipe {origin}: {problems}") from None
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    path = find_recipe(name_or_path)
+    raw = _resolve_extends(path)
+    raw = apply_overrides(raw, overrides or [])
+    return validate_recipe(raw, origin=f"'{name_or_path}'")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (what a run folder keeps, and `recipes show` prints)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

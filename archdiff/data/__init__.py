@@ -1,0 +1,1 @@
+"""Data stage: sources, transforms and the bundled synthetic sets."""

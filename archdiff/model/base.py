@@ -1,0 +1,123 @@
+"""Resolve a base model name to something `from_pretrained` loads, and load its components.
+
+One code path for all bases: `tiny-sd15` is built once into the cache and then loaded exactly like a
+local folder or a Hub id, so the tiny model tests the same loading code a real run uses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from archdiff.errors import UserError
+from archdiff.paths import cache_dir
+
+TINY_PREFIX = "tiny-"
+_PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd15"}
+_OFFLINE_HINT = "for an offline try, use --base tiny-sd15"
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A resolved base: `source` is passed to `from_pretrained` (a local folder or a Hub id)."""
+
+    name: str
+    source: str
+    family: str
+
+
+def _tiny_base(name: str) -> BaseModel:
+    from archdiff.model.tiny import FAMILIES, build_tiny_pipeline
+
+    family = name.removeprefix(TINY_PREFIX)
+    if family not in FAMILIES:
+        known = ", ".join(TINY_PREFIX + f for f in FAMILIES)
+        raise UserError(f"unknown tiny base '{name}'; choose one of: {known}")
+    folder = cache_dir() / "tiny" / family
+    if not (folder / "model_index.json").is_file():
+        build_tiny_pipeline(folder, family, overwrite=True)
+    return BaseModel(name, str(folder), family)
+
+
+def _family(model_index: dict[str, Any], name: str) -> str:
+    pipeline_class = model_index.get("_class_name", "?")
+    if pipeline_class not in _PIPELINE_FAMILIES:
+        raise UserError(
+            f"base '{name}' is a {pipeline_class}; archdiff trains {', '.join(_PIPELINE_FAMILIES)} bases (SD 1.x/2.x)"
+        )
+    return _PIPELINE_FAMILIES[pipeline_class]
+
+
+def _hub_reachable() -> bool:
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _hub_model_index(repo_id: str) -> dict[str, Any]:
+    """Fetch (or read from the local HF cache) a Hub pipeline's model_index.json, failing fast offline."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "model_index.json")
+    except HFValidationError:
+        raise UserError(f"base '{repo_id}' is neither a local folder nor a valid Hub model id; {_OFFLINE_HINT}") from None
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text())
+    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+        raise UserError(
+            f"base '{repo_id}' is not a local folder and the Hugging Face Hub is not reachable from here; {_OFFLINE_HINT}"
+        )
+    try:
+        return json.loads(Path(hf_hub_download(repo_id, "model_index.json")).read_text())
+    except Exception as exc:  # noqa: BLE001 - any Hub failure means the same thing to the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"base '{repo_id}' could not be found on the Hugging Face Hub ({reason}); {_OFFLINE_HINT}") from None
+
+
+def resolve_base(name: str) -> BaseModel:
+    if name.startswith(TINY_PREFIX) and not Path(name).exists():
+        return _tiny_base(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise UserError(f"base folder '{name}' is not a diffusers pipeline (no model_index.json); {_OFFLINE_HINT}")
+        return BaseModel(name, str(path), _family(json.loads(index.read_text()), name))
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"base folder '{name}' does not exist; {_OFFLINE_HINT}")
+    return BaseModel(name, name, _family(_hub_model_index(name), name))
+
+
+@dataclass
+class Components:
+    """The parts of a Stable Diffusion pipeline that training touches."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+
+
+def load_components(base: BaseModel) -> Components:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return Components(
+        tokenizer=CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer"),
+        text_encoder=CLIPTextModel.from_pretrained(base.source, subfolder="text_encoder"),
+        vae=AutoencoderKL.from_pretrained(base.source, subfolder="vae"),
+        unet=UNet2DConditionModel.from_pretrained(base.source, subfolder="unet"),
+        noise_scheduler=DDPMScheduler.from_pretrained(base.source, subfolder="scheduler"),
+    )

@@ -1,0 +1,66 @@
+"""LoRA on the UNet through peft, saved in diffusers' format (what diffusers, and later our kohya
+exporter, load). The adapter metadata travels with the weights so alpha != rank reloads at the
+right scale."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from archdiff.config.schema import LoraConfig
+from archdiff.errors import UserError
+from archdiff.run_files import LORA_WEIGHTS
+
+
+
+def peft_config(cfg: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        init_lora_weights="gaussian",
+        target_modules=list(cfg.target_modules),
+    )
+
+
+def attach_lora(unet, cfg: LoraConfig) -> None:
+    """Freeze the UNet and add a trainable adapter; fail clearly if no module matches."""
+    unet.requires_grad_(False)
+    try:
+        unet.add_adapter(peft_config(cfg))
+    except ValueError as exc:
+        names = ", ".join(cfg.target_modules)
+        raise UserError(f"lora.target_modules [{names}] matched nothing in the UNet ({str(exc).splitlines()[0]})") from None
+
+
+def lora_state_dict(unet) -> dict:
+    """peft-named keys (`lora_A`/`lora_B`): diffusers loads them for every module type.
+
+    (diffusers' `convert_state_dict_to_diffusers` renames only attention keys to the old
+    `lora.down` style; a LoRA that also covers conv/ff layers then reloads without its attention part.)
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(unet)
+
+
+def save_lora(unet, cfg: LoraConfig, folder: Path) -> Path:
+    """Write `pytorch_lora_weights.safetensors` atomically into `folder` (temp file, then rename)."""
+    from diffusers import StableDiffusionPipeline
+
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=folder))
+    try:
+        StableDiffusionPipeline.save_lora_weights(
+            staging,
+            unet_lora_layers=lora_state_dict(unet),
+            unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
+        )
+        os.replace(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder / LORA_WEIGHTS

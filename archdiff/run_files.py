@@ -1,0 +1,72 @@
+"""The run folder contract: which files a run writes, and how they are written and read back.
+
+Shared by `train` (writes) and `sample` (reads the base from recipe.yaml); stdlib + yaml only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archdiff.errors import UserError
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR)
+
+
+def claim_run_dir(folder: Path, overwrite: bool) -> None:
+    """Refuse to write over an earlier run unless asked; never touch files archdiff did not write."""
+    existing = [name for name in RUN_ENTRIES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise UserError(
+            f"output folder '{folder}' already holds a run ({', '.join(existing)}); "
+            "choose another --output, or pass --overwrite to replace that run's files"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / METRICS_FILE).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash leaves the old file or the new one."""
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def read_run_recipe(folder: Path) -> dict[str, Any]:
+    path = folder / RECIPE_FILE
+    if not path.is_file():
+        raise UserError(f"'{folder}' has no {RECIPE_FILE}, so its base model is unknown; pass --base")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step, flushed at once so a crash loses nothing."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, **row: Any) -> None:
+        if self.path is None:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,118 @@
+"""`run(recipe)`: the whole pipeline in stage order, top to bottom.
+
+resolve recipe inputs -> load data -> load model + attach LoRA -> train -> save -> sample.
+Every input is checked before the output folder is touched, so a bad input destroys nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from archdiff.config import Recipe, dump_recipe
+from archdiff.errors import UserError
+from archdiff.run_files import METRICS_FILE, RECIPE_FILE, SAMPLES_DIR, MetricsLog, claim_run_dir, write_text_atomic
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    lora_file: Path
+    first_val_loss: float | None
+    final_val_loss: float | None
+    steps_per_second: float
+    sample_files: list[Path]
+
+
+def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import cast_training_params
+
+    from archdiff.data.sources import load_training_data
+    from archdiff.model.base import load_components, resolve_base
+    from archdiff.model.lora import attach_lora, save_lora
+    from archdiff.model.memory import apply_memory_options, check_memory_options, weight_dtype
+    from archdiff.train.loop import Interrupted, build_eval_set, train_lora
+
+    # 1. inputs: every check that can fail on user input, before anything is written
+    cuda = torch.cuda.is_available()
+    check_memory_options(recipe.memory, cuda)
+    base = resolve_base(recipe.base)
+    data = load_training_data(recipe.data, recipe.train.seed)
+    if len(data.train) == 0:
+        raise UserError(f"data '{recipe.data.source}' leaves no training images after the holdout of {recipe.data.holdout}")
+    run_dir = Path(recipe.output)
+
+    accelerator = Accelerator(
+        mixed_precision=recipe.memory.mixed_precision,
+        gradient_accumulation_steps=recipe.train.gradient_accumulation,
+        cpu=not cuda,
+    )
+    main = accelerator.is_main_process
+    if main:
+        claim_run_dir(run_dir, overwrite)
+        write_text_atomic(run_dir / RECIPE_FILE, dump_recipe(recipe))
+    set_seed(recipe.train.seed)
+
+    # 2. model: frozen base in the training dtype, trainable LoRA in fp32
+    components = load_components(base)
+    dtype = weight_dtype(recipe.memory)
+    for frozen in (components.vae, components.text_encoder, components.unet):
+        frozen.requires_grad_(False)
+        frozen.to(accelerator.device, dtype=dtype)
+    attach_lora(components.unet, recipe.lora)
+    cast_training_params(components.unet, dtype=torch.float32)
+    apply_memory_options(components.unet, recipe.memory)
+
+    # 3. train
+    eval_set = build_eval_set(data.holdout, recipe, components, accelerator.device) if main else None
+    metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
+    started = time.perf_counter()
+    try:
+        final_val = train_lora(recipe, components, data.train, eval_set, accelerator, metrics)
+    except Interrupted as stop:
+        if main:
+            save_lora(accelerator.unwrap_model(components.unet), recipe.lora, run_dir)
+        raise Interrupted(stop.step) from None
+    elapsed = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+
+    # 4. save and sample
+    unet = accelerator.unwrap_model(components.unet)
+    lora_file = save_lora(unet, recipe.lora, run_dir) if main else run_dir
+    samples = _validation_samples(recipe, base.source, components, unet, run_dir) if main else []
+    rows = MetricsLog.read(run_dir / METRICS_FILE) if main else []
+    first_val = next((r["val_loss"] for r in rows if r.get("val_loss") is not None), None)
+    accelerator.end_training()
+    return RunResult(run_dir, lora_file, first_val, final_val, recipe.train.max_steps / elapsed, samples)
+
+
+def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: Path) -> list[Path]:
+    """The recipe's validation prompts drawn with the trained adapter, into samples/."""
+    if not recipe.validation.prompts:
+        return []
+    from diffusers import StableDiffusionPipeline
+
+    from archdiff.sample import generate, save_images
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        source,
+        unet=unet,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        safety_checker=None,
+        requires_safety_checker=False,
+        dtype=unet.dtype,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    cfg, size = recipe.validation, recipe.data.resolution
+    paths = []
+    for index, prompt in enumerate(cfg.prompts):
+        images = generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size)
+        settings = {"prompt": prompt, "base": recipe.base, "lora": [f"{run_dir}:1"], "steps": cfg.steps, "guidance": cfg.guidance}
+        paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}")
+    return paths

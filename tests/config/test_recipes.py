@@ -1,0 +1,109 @@
+"""Recipes: every shipped file validates; extends, --set and the friendly errors behave."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from archdiff.config import apply_overrides, available_recipes, dump_recipe, load_recipe
+from archdiff.config.schema import Recipe
+from archdiff.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_folder_is_found_and_not_empty():
+    assert {"facade-lora", "plan-lora", "demo-tiny"} <= set(available_recipes())
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(str(path))
+    assert isinstance(recipe, Recipe)
+    assert recipe.name == path.stem
+    assert recipe.description, "every shipped recipe says what it is for"
+
+
+def test_demo_tiny_extends_facade_lora_and_overrides_only_tiny_needs():
+    real, demo = load_recipe("facade-lora"), load_recipe("demo-tiny")
+    assert real.base == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert demo.base == "tiny-sd15"
+    assert demo.data.source == real.data.source == "facades"
+    assert demo.data.resolution == 64 and real.data.resolution == 512
+    assert demo.train.snr_gamma == real.train.snr_gamma
+    assert demo.output == "runs/demo-tiny" and real.output == "runs/facade-lora"
+
+
+def test_plans_are_never_flipped():
+    assert load_recipe("plan-lora").data.random_flip is False
+
+
+def test_set_overrides_with_type_checking():
+    recipe = load_recipe("demo-tiny", ["train.learning_rate=5e-5", "lora.rank=8", "validation.prompts=[a, b]"])
+    assert recipe.train.learning_rate == 5e-5
+    assert recipe.lora.rank == 8
+    assert recipe.validation.prompts == ["a", "b"]
+    with pytest.raises(UserError, match=r"train\.batch_size"):
+        load_recipe("demo-tiny", ["train.batch_size=many"])
+
+
+def test_set_cannot_descend_into_a_value():
+    with pytest.raises(UserError, match="is a value, not a section"):
+        apply_overrides({"base": "x"}, ["base.sub=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "named", "suggested"),
+    [
+        ("train.learning_rte=0.1", "train.learning_rte", "train.learning_rate"),
+        ("lora.rnak=4", "lora.rnak", "lora.rank"),
+        ("bsae=x", "bsae", "base"),
+    ],
+)
+def test_typo_names_the_key_and_suggests_the_closest(override, named, suggested):
+    with pytest.raises(UserError) as caught:
+        load_recipe("demo-tiny", [override])
+    message = str(caught.value)
+    assert f"'{named}'" in message and f"'{suggested}'" in message
+    assert "\n" not in message
+
+
+def test_extends_merges_deeply_and_child_wins(tmp_path):
+    (tmp_path / "child.yaml").write_text("extends: facade-lora\ntrain:\n  max_steps: 7\n")
+    recipe = load_recipe(str(tmp_path / "child.yaml"))
+    assert recipe.train.max_steps == 7
+    assert recipe.train.learning_rate == load_recipe("facade-lora").train.learning_rate
+    assert recipe.name == "child"
+
+
+def test_extends_by_relative_path_and_loops(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(UserError, match="loop"):
+        load_recipe(str(tmp_path / "a.yaml"))
+
+
+def test_unknown_recipe_lists_known_ones():
+    with pytest.raises(UserError, match="facade-lora") as caught:
+        load_recipe("facde-lora")
+    assert "Did you mean 'facade-lora'" in str(caught.value)
+
+
+def test_invalid_yaml_is_a_user_error(tmp_path):
+    (tmp_path / "broken.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_recipe(str(tmp_path / "broken.yaml"))
+
+
+def test_resolution_must_suit_the_vae():
+    with pytest.raises(UserError, match="multiple of 8"):
+        load_recipe("demo-tiny", ["data.resolution=100"])
+
+
+def test_dumped_recipe_reloads_to_the_same_recipe(tmp_path):
+    recipe = load_recipe("plan-lora", ["train.seed=7"])
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text(dump_recipe(recipe))
+    assert "{name}" not in saved.read_text()
+    assert Recipe.model_validate(yaml.safe_load(saved.read_text())) == recipe

@@ -1,0 +1,37 @@
+"""Shared test set-up: one torch thread, no Hub, a private cache, and one tiny model per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before torch is imported anywhere: one thread is much faster on small CPU machines, and results
+# are only bit-identical at a fixed thread count.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("ARCHDIFF_CACHE", tempfile.mkdtemp(prefix="archdiff-test-cache-"))
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> str:
+    """The tiny SD-1.5 pipeline folder, built once per session through the same path `--base tiny-sd15` takes."""
+    from archdiff.model.base import resolve_base
+
+    return resolve_base("tiny-sd15").source
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, tiny_base):
+    """The demo recipe trained for its full 300 steps, once: the integration tests read this run."""
+    from archdiff.config import load_recipe
+    from archdiff.train.run import run
+
+    output = tmp_path_factory.mktemp("runs") / "demo"
+    recipe = load_recipe("demo-tiny", [f"output={output}", "validation.seeds=[0, 1]"])
+    return run(recipe)
