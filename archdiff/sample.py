@@ -86,7 +86,9 @@ def load_pipeline(source: str, loras: list[LoraSpec]):
     return pipe.to("cuda" if cuda else "cpu")
 
 
-def generate(pipe, prompt: str, seeds: list[int], steps: int, guidance: float, width: int | None, height: int | None) -> list[Image.Image]:
+def generate(
+    pipe, prompt: str, seeds: list[int], steps: int, guidance: float, width: int | None, height: int | None
+) -> list[Image.Image]:
     """One image per seed, each from its own CPU generator, so any image can be redrawn alone."""
     import torch
     from tqdm.auto import tqdm

@@ -21,7 +21,10 @@ def list_recipes() -> None:
 
 
 @app.command("show")
-def show(name: str = typer.Argument(..., help="Recipe name or path."), set_: list[str] = typer.Option([], "--set", help="dotted.key=value override.")) -> None:
+def show(
+    name: str = typer.Argument(..., help="Recipe name or path."),
+    set_: list[str] = typer.Option([], "--set", help="dotted.key=value override."),
+) -> None:
     """Print the fully resolved recipe (after `extends` and --set)."""
     typer.echo(dump_recipe(load_recipe(name, set_)), nl=False)
 

@@ -29,7 +29,16 @@ def sample(
 
     specs = [LoraSpec.parse(item) for item in lora]
     paths = sample_to_folder(
-        prompt, base, specs, steps=steps, guidance=guidance, seed=seed, num_images=num_images, width=width, height=height, output=output
+        prompt,
+        base,
+        specs,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        num_images=num_images,
+        width=width,
+        height=height,
+        output=output,
     )
     for path in paths:
         typer.echo(f"image: {path}")

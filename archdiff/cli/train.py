@@ -15,7 +15,7 @@ def train(
     base: str = options.BASE,
     data: str = typer.Option(None, "--data", help="Bundled set name (facades, plans) or a local image folder."),
     output: Path = typer.Option(None, "--output", "-o", help="Run folder (default: the recipe's output)."),
-    max_steps: int = typer.Option(None, "--max-steps", min=1, help="Override train.max_steps."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     set_: list[str] = options.SET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier run in the output folder."),
 ) -> None:
@@ -32,7 +32,6 @@ def train(
     from archdiff.train.loop import Interrupted
     from archdiff.train.run import run
 
-    typer.echo(f"archdiff: training '{resolved.name}' on {resolved.base} with data {resolved.data.source} -> {resolved.output}")
     try:
         result = run(resolved, overwrite=overwrite)
     except Interrupted as stop:
@@ -41,7 +40,9 @@ def train(
     typer.echo(f"done: {resolved.train.max_steps} steps at {result.steps_per_second:.1f} steps/s")
     if result.first_val_loss is not None and result.final_val_loss is not None:
         ratio = result.final_val_loss / result.first_val_loss
-        typer.echo(f"held-out loss: {result.first_val_loss:.4f} -> {result.final_val_loss:.4f} ({ratio:.2f}x the untrained model's)")
+        typer.echo(
+            f"held-out loss: {result.first_val_loss:.4f} -> {result.final_val_loss:.4f} ({ratio:.2f}x the untrained model's)"
+        )
     typer.echo(f"LoRA:    {result.lora_file}")
     typer.echo(f"metrics: {result.run_dir / 'metrics.jsonl'}")
     if result.sample_files:

@@ -35,6 +35,8 @@ def find_recipe(name_or_path: str, relative_to: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
             return candidate
+    if Path(name_or_path).suffix in (".yaml", ".yml"):
+        raise UserError(f"recipe file '{name_or_path}' does not exist")
     known = available_recipes()
     if name_or_path in known:
         return known[name_or_path]
@@ -120,6 +122,8 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"missing key '{key}'"
     where = f"'{key}'" if key else "recipe"
+    if error["type"] == "value_error":  # our own validators: their message is the whole story
+        return f"{where} {error['ctx']['error']} (got {error.get('input')!r})"
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 

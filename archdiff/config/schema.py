@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -24,11 +24,12 @@ class DataConfig(Section):
     holdout: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of images kept out of training for val_loss.")
     num_workers: int = Field(0, ge=0)
 
-    @model_validator(mode="after")
-    def _resolution_fits_vae(self) -> DataConfig:
-        if self.resolution % 8:
-            raise ValueError(f"data.resolution must be a multiple of 8 (the VAE downsamples by 8), got {self.resolution}")
-        return self
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_fits_vae(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8 (the VAE downsamples by 8)")
+        return value
 
 
 class LoraConfig(Section):
@@ -68,6 +69,13 @@ class TrainConfig(Section):
 
 class MemoryConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no_is_a_word(cls, value):
+        """YAML reads a bare `no` as false; here it means "no mixed precision"."""
+        return "no" if value is False else value
+
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "xformers"] = "sdpa"
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"

@@ -14,7 +14,6 @@ from archdiff.errors import UserError
 from archdiff.run_files import LORA_WEIGHTS
 
 
-
 def peft_config(cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from archdiff.errors import UserError
@@ -114,6 +115,18 @@ def _build_sd15(folder: Path) -> None:
 _BUILDERS = {"sd15": _build_sd15}
 
 
+@contextmanager
+def _quiet_progress_bars():
+    """Saving a few-MB model is instant: its "Writing model shards" bars would only clutter the output."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.enable_progress_bar()
+
+
 def build_tiny_pipeline(folder: Path, family: str = "sd15", overwrite: bool = False) -> Path:
     """Write a tiny diffusers pipeline folder atomically (a crash never leaves half a model)."""
     if family not in _BUILDERS:
@@ -124,7 +137,8 @@ def build_tiny_pipeline(folder: Path, family: str = "sd15", overwrite: bool = Fa
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        _BUILDERS[family](staging)
+        with _quiet_progress_bars():
+            _BUILDERS[family](staging)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

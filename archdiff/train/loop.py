@@ -107,7 +107,9 @@ def make_optimizer(params, recipe: Recipe):
     )
 
 
-def train_lora(recipe: Recipe, components: Components, train_dataset, eval_set: EvalSet | None, accelerator, metrics: MetricsLog) -> float | None:
+def train_lora(
+    recipe: Recipe, components: Components, train_dataset, eval_set: EvalSet | None, accelerator, metrics: MetricsLog
+) -> float | None:
     """Run `recipe.train.max_steps` optimizer steps; returns the final val_loss (None without holdout)."""
     from diffusers.optimization import get_scheduler
 
@@ -181,11 +183,12 @@ def train_lora(recipe: Recipe, components: Components, train_dataset, eval_set: 
                     running_count = 0
                     lr = lr_scheduler.get_last_lr()[0]
                     metrics.write(step=step, loss=mean_loss, lr=lr, val_loss=val_loss)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}))
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {})
+                    )
                 if step >= cfg.max_steps:
                     return val_loss
     except KeyboardInterrupt:
         raise Interrupted(step) from None
     finally:
         bar.close()
-

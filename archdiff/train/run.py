@@ -53,6 +53,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     )
     main = accelerator.is_main_process
     if main:
+        print(f"archdiff: training '{recipe.name}' on {recipe.base} with data {recipe.data.source} -> {run_dir}")
         claim_run_dir(run_dir, overwrite)
         write_text_atomic(run_dir / RECIPE_FILE, dump_recipe(recipe))
     set_seed(recipe.train.seed)

@@ -5,9 +5,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 from safetensors import safe_open
 
 from archdiff.run_files import MetricsLog
+
+pytestmark = pytest.mark.slow
 
 
 def test_sigint_saves_the_lora_so_far(tmp_path, tiny_base):

@@ -7,11 +7,14 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 from safetensors import safe_open
 
 from archdiff.run_files import MetricsLog
+
+pytestmark = pytest.mark.slow
 
 PROMPT = "timber house in mountains"
 
@@ -72,14 +75,13 @@ PLAIN_DIFFUSERS = textwrap.dedent(
     pipe = StableDiffusionPipeline.from_pretrained(base)
     def draw():
         generator = torch.Generator("cpu").manual_seed(0)
-        return np.asarray(pipe(%r, num_inference_steps=25, generator=generator, width=64, height=64).images[0])
+        return np.asarray(pipe(PROMPT, num_inference_steps=25, generator=generator, width=64, height=64).images[0])
     before = draw()
     pipe.load_lora_weights(run_dir)
     np.savez(out, before=before, after=draw())
     assert not any(name.startswith("archdiff") for name in sys.modules)
     """
-    % PROMPT
-)
+).replace("PROMPT", repr(PROMPT))
 
 
 def test_lora_loads_in_plain_diffusers_and_matches_archdiff_sample(demo_run, tiny_base, tmp_path):
