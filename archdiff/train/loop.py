@@ -81,9 +81,9 @@ def evaluate(unet, eval_set: EvalSet, batch_size: int = 16) -> float:
     was_training = unet.training
     unet.eval()
     total, count = 0.0, 0
+    dtype = next(unet.parameters()).dtype
     for start in range(0, len(eval_set.timesteps), batch_size):
         window = slice(start, start + batch_size)
-        dtype = next(unet.parameters()).dtype
         prediction = unet(
             eval_set.noisy[window].to(dtype), eval_set.timesteps[window], eval_set.text_embeddings[window].to(dtype)
         ).sample
