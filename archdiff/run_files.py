@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staging_dir(parent: Path) -> Iterator[Path]:
+    """A hidden temporary folder beside the destination: write there, then `os.replace` into place,
+    so a crash never leaves a half-written file or folder under the real name."""
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_run_recipe(folder: Path) -> dict[str, Any]:

@@ -54,14 +54,12 @@ class LoraSpec:
         return f"{self.path}:{self.scale:g}"
 
 
-def base_from_loras(loras: list[LoraSpec]) -> str:
-    """When --base is omitted, the first run folder's recipe names it."""
+def run_recipe(loras: list[LoraSpec]) -> dict:
+    """The first --lora run folder's recipe: it names the base and the size the LoRA was trained at."""
     for lora in loras:
         if lora.path.is_dir():
-            base = read_run_recipe(lora.path).get("base")
-            if base:
-                return str(base)
-    raise UserError("no --base given and no --lora run folder to take it from; pass --base (e.g. --base tiny-sd15)")
+            return read_run_recipe(lora.path)
+    return {}
 
 
 def load_pipeline(source: str, loras: list[LoraSpec]):
@@ -159,22 +157,15 @@ def sample_to_folder(
 
     for lora in loras:
         lora.weights_file()  # every --lora is checked before anything heavy is loaded
-    base_name = base or base_from_loras(loras)
+    recipe = run_recipe(loras)
+    base_name = base or recipe.get("base")
+    if not base_name:
+        raise UserError("no --base given and no --lora run folder to take it from; pass --base (e.g. --base tiny-sd15)")
     resolved = resolve_base(base_name)
     if width is None and height is None:
-        width = height = _run_resolution(loras)
+        width = height = recipe.get("data", {}).get("resolution")
     pipe = load_pipeline(resolved.source, loras)
     seeds = list(range(seed, seed + num_images))
     images = generate(pipe, prompt, seeds, steps, guidance, width, height)
     settings = {"prompt": prompt, "base": base_name, "lora": [lora.label for lora in loras], "steps": steps, "guidance": guidance}
     return save_images(images, seeds, settings, output or default_output(prompt))
-
-
-def _run_resolution(loras: list[LoraSpec]) -> int | None:
-    """A run folder's training resolution (the size its LoRA knows best); None leaves the pipeline default."""
-    for lora in loras:
-        if lora.path.is_dir():
-            resolution = read_run_recipe(lora.path).get("data", {}).get("resolution")
-            if resolution:
-                return int(resolution)
-    return None

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from archdiff.errors import UserError
-from archdiff.sample import LoraSpec, base_from_loras, grid, save_images
+from archdiff.sample import LoraSpec, grid, run_recipe, sample_to_folder, save_images
 
 
 @pytest.mark.parametrize(
@@ -33,9 +33,11 @@ def test_lora_spec_rejects_folders_without_weights(tmp_path):
 
 def test_base_comes_from_the_run_recipe(tmp_path):
     (tmp_path / "recipe.yaml").write_text("base: some/base\n")
-    assert base_from_loras([LoraSpec(tmp_path)]) == "some/base"
+    assert run_recipe([LoraSpec(tmp_path)])["base"] == "some/base"
     with pytest.raises(UserError, match="pass --base"):
-        base_from_loras([])
+        sample_to_folder(
+            "x", None, [], steps=1, guidance=1.0, seed=0, num_images=1, width=None, height=None, output=tmp_path / "out"
+        )
 
 
 def test_saved_images_carry_their_settings(tmp_path):

@@ -5,13 +5,11 @@ right scale."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from archdiff.config.schema import LoraConfig
 from archdiff.errors import UserError
-from archdiff.run_files import LORA_WEIGHTS
+from archdiff.run_files import LORA_WEIGHTS, staging_dir
 
 
 def peft_config(cfg: LoraConfig):
@@ -51,15 +49,11 @@ def save_lora(unet, cfg: LoraConfig, folder: Path) -> Path:
     """Write `pytorch_lora_weights.safetensors` atomically into `folder` (temp file, then rename)."""
     from diffusers import StableDiffusionPipeline
 
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=folder))
-    try:
+    with staging_dir(folder) as staging:
         StableDiffusionPipeline.save_lora_weights(
             staging,
             unet_lora_layers=lora_state_dict(unet),
             unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
         )
         os.replace(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder / LORA_WEIGHTS

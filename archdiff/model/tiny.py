@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from archdiff.errors import UserError
+from archdiff.run_files import staging_dir
 
 FAMILIES = ("sd15",)
 
@@ -134,14 +134,10 @@ def build_tiny_pipeline(folder: Path, family: str = "sd15", overwrite: bool = Fa
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise UserError(f"{folder} already exists and is not empty; pick another folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with staging_dir(folder.parent) as staging:
         with _quiet_progress_bars():
             _BUILDERS[family](staging)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder

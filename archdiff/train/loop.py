@@ -109,8 +109,8 @@ def make_optimizer(params, recipe: Recipe):
 
 def train_lora(
     recipe: Recipe, components: Components, train_dataset, eval_set: EvalSet | None, accelerator, metrics: MetricsLog
-) -> float | None:
-    """Run `recipe.train.max_steps` optimizer steps; returns the final val_loss (None without holdout)."""
+) -> tuple[float | None, float | None]:
+    """Run `recipe.train.max_steps` optimizer steps; returns the (untrained, final) val_loss, None without holdout."""
     from diffusers.optimization import get_scheduler
 
     cfg = recipe.train
@@ -145,8 +145,8 @@ def train_lora(
             return None
         return evaluate(accelerator.unwrap_model(unet), eval_set)
 
-    val_loss = validate(0)
-    metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=val_loss)
+    first_val_loss = validate(0)
+    metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=first_val_loss)
     step, running_loss, running_count = 0, torch.zeros((), device=accelerator.device), 0
     bar = tqdm(total=cfg.max_steps, desc="train", unit="step", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     unet.train()
@@ -187,7 +187,7 @@ def train_lora(
                         loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {})
                     )
                 if step >= cfg.max_steps:
-                    return val_loss
+                    return first_val_loss, val_loss
     except KeyboardInterrupt:
         raise Interrupted(step) from None
     finally:

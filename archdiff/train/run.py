@@ -18,7 +18,7 @@ from archdiff.run_files import METRICS_FILE, RECIPE_FILE, SAMPLES_DIR, MetricsLo
 @dataclass
 class RunResult:
     run_dir: Path
-    lora_file: Path
+    lora_file: Path | None  # None on ranks other than 0, which write nothing
     first_val_loss: float | None
     final_val_loss: float | None
     steps_per_second: float
@@ -73,7 +73,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
     started = time.perf_counter()
     try:
-        final_val = train_lora(recipe, components, data.train, eval_set, accelerator, metrics)
+        first_val, final_val = train_lora(recipe, components, data.train, eval_set, accelerator, metrics)
     except Interrupted as stop:
         if main:
             save_lora(accelerator.unwrap_model(components.unet), recipe.lora, run_dir)
@@ -83,10 +83,8 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
 
     # 4. save and sample
     unet = accelerator.unwrap_model(components.unet)
-    lora_file = save_lora(unet, recipe.lora, run_dir) if main else run_dir
+    lora_file = save_lora(unet, recipe.lora, run_dir) if main else None
     samples = _validation_samples(recipe, base.source, components, unet, run_dir) if main else []
-    rows = MetricsLog.read(run_dir / METRICS_FILE) if main else []
-    first_val = next((r["val_loss"] for r in rows if r.get("val_loss") is not None), None)
     accelerator.end_training()
     return RunResult(run_dir, lora_file, first_val, final_val, recipe.train.max_steps / elapsed, samples)
 
