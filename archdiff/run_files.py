@@ -26,14 +26,18 @@ SAMPLES_DIR = "samples"
 RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR)
 
 
-def claim_run_dir(folder: Path, overwrite: bool) -> None:
-    """Refuse to write over an earlier run unless asked; never touch files archdiff did not write."""
+def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
+    """Refuse to write over an earlier run unless asked; checked with the other inputs, before any work."""
     existing = [name for name in RUN_ENTRIES if (folder / name).exists()]
     if existing and not overwrite:
         raise UserError(
             f"output folder '{folder}' already holds a run ({', '.join(existing)}); "
             "choose another --output, or pass --overwrite to replace that run's files"
         )
+
+
+def claim_run_dir(folder: Path) -> None:
+    """Create the run folder and start a fresh metrics log; files archdiff did not write are never touched."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / METRICS_FILE).unlink(missing_ok=True)
 

@@ -29,10 +29,15 @@ def _local_folder(source: str) -> Path | None:
 
 def _load_folder(folder: Path) -> Any:
     from datasets import load_dataset
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file()):
         raise UserError(f"data folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return load_dataset("imagefolder", data_dir=str(folder), split="train")
+    disable_progress_bar()  # its "Downloading data" bars would only mislead for a local folder
+    try:
+        return load_dataset("imagefolder", data_dir=str(folder), split="train")
+    finally:
+        enable_progress_bar()
 
 
 def _load_hub(source: str) -> Any:

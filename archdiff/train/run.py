@@ -12,7 +12,15 @@ from pathlib import Path
 
 from archdiff.config import Recipe, dump_recipe
 from archdiff.errors import UserError
-from archdiff.run_files import METRICS_FILE, RECIPE_FILE, SAMPLES_DIR, MetricsLog, claim_run_dir, write_text_atomic
+from archdiff.run_files import (
+    METRICS_FILE,
+    RECIPE_FILE,
+    SAMPLES_DIR,
+    MetricsLog,
+    claim_run_dir,
+    refuse_earlier_run,
+    write_text_atomic,
+)
 
 
 @dataclass
@@ -39,12 +47,13 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
 
     # 1. inputs: every check that can fail on user input, before anything is written
     cuda = torch.cuda.is_available()
+    run_dir = Path(recipe.output)
+    refuse_earlier_run(run_dir, overwrite)
     check_memory_options(recipe.memory, cuda)
     base = resolve_base(recipe.base)
     data = load_training_data(recipe.data, recipe.train.seed)
     if len(data.train) == 0:
         raise UserError(f"data '{recipe.data.source}' leaves no training images after the holdout of {recipe.data.holdout}")
-    run_dir = Path(recipe.output)
 
     accelerator = Accelerator(
         mixed_precision=recipe.memory.mixed_precision,
@@ -54,7 +63,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     main = accelerator.is_main_process
     if main:
         print(f"archdiff: training '{recipe.name}' on {recipe.base} with data {recipe.data.source} -> {run_dir}")
-        claim_run_dir(run_dir, overwrite)
+        claim_run_dir(run_dir)
         write_text_atomic(run_dir / RECIPE_FILE, dump_recipe(recipe))
     set_seed(recipe.train.seed)
 
