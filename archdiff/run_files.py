@@ -27,7 +27,7 @@ RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR)
 
 
 def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
-    """Refuse to write over an earlier run unless asked; checked with the other inputs, before any work."""
+    """Refuse to write over an earlier run unless asked; checked with the other inputs, before anything is written."""
     existing = [name for name in RUN_ENTRIES if (folder / name).exists()]
     if existing and not overwrite:
         raise UserError(

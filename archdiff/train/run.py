@@ -47,13 +47,13 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
 
     # 1. inputs: every check that can fail on user input, before anything is written
     cuda = torch.cuda.is_available()
-    run_dir = Path(recipe.output)
-    refuse_earlier_run(run_dir, overwrite)
     check_memory_options(recipe.memory, cuda)
     base = resolve_base(recipe.base)
     data = load_training_data(recipe.data, recipe.train.seed)
     if len(data.train) == 0:
         raise UserError(f"data '{recipe.data.source}' leaves no training images after the holdout of {recipe.data.holdout}")
+    run_dir = Path(recipe.output)
+    refuse_earlier_run(run_dir, overwrite)
 
     accelerator = Accelerator(
         mixed_precision=recipe.memory.mixed_precision,
