@@ -23,7 +23,8 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
-RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR)
+DATA_FILE = "data.txt"  # which images went to which bucket, and which were skipped and why
+RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE)
 
 
 def refuse_earlier_run(folder: Path, overwrite: bool) -> None:

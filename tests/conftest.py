@@ -35,3 +35,12 @@ def demo_run(tmp_path_factory, tiny_base):
     output = tmp_path_factory.mktemp("runs") / "demo"
     recipe = load_recipe("demo-tiny", [f"output={output}", "validation.seeds=[0, 1]"])
     return run(recipe)
+
+
+@pytest.fixture(scope="session")
+def nasty_folder(tmp_path_factory):
+    """A hostile image folder (odd modes, EXIF rotation, broken files); see tests/nasty_images.py."""
+    from nasty_images import make_nasty_folder
+
+    root = tmp_path_factory.mktemp("nasty")
+    return root, make_nasty_folder(root)

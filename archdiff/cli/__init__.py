@@ -7,7 +7,7 @@ import sys
 import typer
 
 from archdiff import __version__
-from archdiff.cli import models, recipes, sample, train
+from archdiff.cli import data, models, recipes, sample, train
 from archdiff.errors import UserError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command("train")(train.train)
 app.command("sample")(sample.sample)
 app.command("tiny-model")(models.tiny_model)
 app.add_typer(recipes.app, name="recipes")
+app.add_typer(data.app, name="data")
 
 
 def _version(value: bool) -> None:

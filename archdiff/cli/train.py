@@ -13,7 +13,9 @@ from archdiff.cli import options
 def train(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (recipes/NAME.yaml) or path to a YAML file."),
     base: str = options.BASE,
-    data: str = typer.Option(None, "--data", help="Bundled set name (facades, plans) or a local image folder."),
+    data: str = typer.Option(
+        None, "--data", help="Bundled set or manifest name (archdiff data list), local image folder, or Hub dataset id."
+    ),
     output: Path = typer.Option(None, "--output", "-o", help="Run folder (default: the recipe's output)."),
     max_steps: int = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     set_: list[str] = options.SET,
@@ -22,7 +24,12 @@ def train(
     """Fine-tune a LoRA on the recipe's base model and data."""
     from archdiff.config import load_recipe
 
-    shortcuts = {"base": base, "data.source": data, "output": str(output) if output else None, "train.max_steps": max_steps}
+    shortcuts = {
+        "base": base,
+        "data.sources": [{"path": data}] if data else None,
+        "output": str(output) if output else None,
+        "train.max_steps": max_steps,
+    }
     overrides = [*set_, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value is not None)]
     resolved = load_recipe(recipe, overrides)
 

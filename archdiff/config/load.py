@@ -123,7 +123,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"missing key '{key}'"
     where = f"'{key}'" if key else "recipe"
     if error["type"] == "value_error":  # our own validators: their message is the whole story
-        return f"{where} {error['ctx']['error']} (got {error.get('input')!r})"
+        got = error.get("input")
+        return f"{where} {error['ctx']['error']}" + ("" if isinstance(got, dict) else f" (got {got!r})")
     return f"{where}: {error['msg']} (got {error.get('input')!r})"
 
 

@@ -1,1 +1,1 @@
-"""Data stage: sources, transforms and the bundled synthetic sets."""
+"""Data stage: sources -> catalog (every image opened once) -> samples (buckets, tiles) -> caches."""

@@ -109,6 +109,10 @@ class Components:
     unet: Any
     noise_scheduler: Any
 
+    @property
+    def scaling_factor(self) -> float:
+        return self.vae.config.scaling_factor
+
 
 def load_components(base: BaseModel) -> Components:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel

@@ -8,7 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from archdiff.config.schema import Recipe
-from archdiff.data.transforms import collate, make_transform
+from archdiff.data.buckets import BucketBatchSampler
+from archdiff.data.samples import SampleSet, collate
 from archdiff.model.base import Components
 from archdiff.run_files import MetricsLog
 from archdiff.train.objective import (
@@ -27,13 +28,16 @@ EVAL_SEED_OFFSET = 1_000_003
 
 
 @dataclass
-class EvalSet:
-    """Held-out latents with fixed noise and timesteps, so val_loss is comparable across steps and runs."""
+class EvalBatch:
+    """Held-out latents of one bucket with fixed noise and timesteps, so val_loss compares across steps and runs."""
 
     noisy: torch.Tensor
     timesteps: torch.Tensor
     text_embeddings: torch.Tensor
     target: torch.Tensor
+
+
+EvalSet = list[EvalBatch]
 
 
 class Interrupted(Exception):
@@ -50,8 +54,24 @@ def encode_images(vae, pixel_values: torch.Tensor, sample: bool = True) -> torch
     return latents * vae.config.scaling_factor
 
 
+def batch_latents(batch: dict, vae, scaling_factor: float, device, sample: bool = True) -> torch.Tensor:
+    """Latents from the cache's stored distribution when the batch has them; from the VAE otherwise."""
+    if "latent_params" not in batch:
+        return encode_images(vae, batch["pixel_values"], sample)
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    dist = DiagonalGaussianDistribution(batch["latent_params"].to(device))
+    return (dist.sample() if sample else dist.mode()) * scaling_factor
+
+
 def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
+
+
+def batch_text(batch: dict, text_encoder, device) -> torch.Tensor:
+    if "text_embeddings" in batch:
+        return batch["text_embeddings"].to(device)
+    return encode_text(text_encoder, batch["input_ids"])
 
 
 def prediction_type(recipe: Recipe, noise_scheduler) -> str:
@@ -59,21 +79,28 @@ def prediction_type(recipe: Recipe, noise_scheduler) -> str:
 
 
 @torch.no_grad()
-def build_eval_set(dataset, recipe: Recipe, components: Components, device) -> EvalSet | None:
-    if dataset is None or len(dataset) == 0:
-        return None
-    dataset = dataset.with_transform(make_transform(recipe.data, components.tokenizer, recipe.data.caption_column, train=False))
-    examples = collate([dataset[i] for i in range(len(dataset))])
-    latents = encode_images(components.vae, examples["pixel_values"], sample=False).float()
-    embeddings = encode_text(components.text_encoder, examples["input_ids"])
+def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Components, device) -> EvalSet:
+    """Every held-out image at EVAL_TIMESTEPS_PER_IMAGE spread timesteps, grouped by bucket."""
+    if holdout is None or len(holdout) == 0:
+        return []
+    by_bucket: dict = {}
+    for index, sample in enumerate(holdout.samples):
+        by_bucket.setdefault(sample.bucket, []).append(index)
     k = EVAL_TIMESTEPS_PER_IMAGE
-    alphas = components.noise_scheduler.alphas_cumprod
-    latents = latents.repeat_interleave(k, dim=0)
-    timesteps = stratified_timesteps(k, len(alphas)).repeat(len(dataset)).to(device)
+    alphas = components.noise_scheduler.alphas_cumprod.to(device)
     generator = torch.Generator(device="cpu").manual_seed(recipe.train.seed + EVAL_SEED_OFFSET)
-    noise = sample_noise(latents.cpu(), generator=generator).to(device)
-    target = training_target(latents, noise, timesteps, alphas, prediction_type(recipe, components.noise_scheduler))
-    return EvalSet(add_noise(latents, noise, timesteps, alphas), timesteps, embeddings.repeat_interleave(k, dim=0), target)
+    eval_set = []
+    for bucket in sorted(by_bucket):
+        examples = collate([holdout[i] for i in by_bucket[bucket]])
+        latents = batch_latents(examples, components.vae, components.scaling_factor, device, sample=False).float()
+        embeddings = batch_text(examples, components.text_encoder, device)
+        latents = latents.repeat_interleave(k, dim=0)
+        timesteps = stratified_timesteps(k, len(alphas)).repeat(len(by_bucket[bucket])).to(device)
+        noise = sample_noise(latents.cpu(), generator=generator).to(device)
+        target = training_target(latents, noise, timesteps, alphas, prediction_type(recipe, components.noise_scheduler))
+        noisy = add_noise(latents, noise, timesteps, alphas)
+        eval_set.append(EvalBatch(noisy, timesteps, embeddings.repeat_interleave(k, dim=0), target))
+    return eval_set
 
 
 @torch.no_grad()
@@ -82,53 +109,57 @@ def evaluate(unet, eval_set: EvalSet, batch_size: int = 16) -> float:
     unet.eval()
     total, count = 0.0, 0
     dtype = next(unet.parameters()).dtype
-    for start in range(0, len(eval_set.timesteps), batch_size):
-        window = slice(start, start + batch_size)
-        prediction = unet(
-            eval_set.noisy[window].to(dtype), eval_set.timesteps[window], eval_set.text_embeddings[window].to(dtype)
-        ).sample
-        n = len(eval_set.timesteps[window])
-        total += diffusion_loss(prediction, eval_set.target[window]).item() * n
-        count += n
+    for group in eval_set:
+        for start in range(0, len(group.timesteps), batch_size):
+            window = slice(start, start + batch_size)
+            prediction = unet(
+                group.noisy[window].to(dtype), group.timesteps[window], group.text_embeddings[window].to(dtype)
+            ).sample
+            n = len(group.timesteps[window])
+            total += diffusion_loss(prediction, group.target[window]).item() * n
+            count += n
     unet.train(was_training)
     return total / count
 
 
 def make_optimizer(params, recipe: Recipe):
     cfg = recipe.train
+    settings = {
+        "lr": cfg.learning_rate,
+        "betas": (cfg.adam_beta1, cfg.adam_beta2),
+        "weight_decay": cfg.weight_decay,
+        "eps": cfg.adam_epsilon,
+    }
     if recipe.memory.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
-        optimizer_class = bnb.optim.AdamW8bit
-    else:
-        optimizer_class = torch.optim.AdamW
-    return optimizer_class(
-        params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon
-    )
+        return bnb.optim.AdamW8bit(params, **settings)
+    # torch's default on CPU is a Python loop over LoRA's hundreds of small tensors; the fused kernel is ~3x faster.
+    return torch.optim.AdamW(params, fused=True, **settings)
 
 
 def train_lora(
-    recipe: Recipe, components: Components, train_dataset, eval_set: EvalSet | None, accelerator, metrics: MetricsLog
+    recipe: Recipe, components: Components, train_set: SampleSet, eval_set: EvalSet, accelerator, metrics: MetricsLog
 ) -> tuple[float | None, float | None]:
     """Run `recipe.train.max_steps` optimizer steps; returns the (untrained, final) val_loss, None without holdout."""
     from diffusers.optimization import get_scheduler
 
     cfg = recipe.train
     unet, vae, text_encoder = components.unet, components.vae, components.text_encoder
-    alphas = components.noise_scheduler.alphas_cumprod.to(accelerator.device)
+    device = accelerator.device
+    alphas = components.noise_scheduler.alphas_cumprod.to(device)
     target_type = prediction_type(recipe, components.noise_scheduler)
 
-    train_dataset = train_dataset.with_transform(
-        make_transform(recipe.data, components.tokenizer, recipe.data.caption_column, train=True)
+    sampler = BucketBatchSampler(
+        [sample.bucket for sample in train_set.samples],
+        cfg.batch_size,
+        cfg.seed,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
     )
+    # Not passed through accelerator.prepare: the bucket sampler already shards by process, one bucket per step.
     loader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        num_workers=recipe.data.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        drop_last=len(train_dataset) >= cfg.batch_size,
+        train_set, batch_sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers
     )
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, recipe)
@@ -138,10 +169,10 @@ def train_lora(
         num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
         num_training_steps=cfg.max_steps * accelerator.num_processes,
     )
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
     def validate(step: int) -> float | None:
-        if eval_set is None or not accelerator.is_main_process:
+        if not eval_set or not accelerator.is_main_process:
             return None
         return evaluate(accelerator.unwrap_model(unet), eval_set)
 
@@ -151,43 +182,42 @@ def train_lora(
     bar = tqdm(total=cfg.max_steps, desc="train", unit="step", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     unet.train()
     try:
-        while True:
-            for batch in loader:
-                with accelerator.accumulate(unet):
-                    with torch.no_grad():
-                        latents = encode_images(vae, batch["pixel_values"])
-                        embeddings = encode_text(text_encoder, batch["input_ids"])
-                    noise = sample_noise(latents, cfg.noise_offset)
-                    timesteps = sample_timesteps(len(latents), len(alphas), latents.device)
-                    target = training_target(latents, noise, timesteps, alphas, target_type)
-                    prediction = unet(add_noise(latents, noise, timesteps, alphas), timesteps, embeddings).sample
-                    weights = min_snr_weights(snr(timesteps, alphas), cfg.snr_gamma, target_type) if cfg.snr_gamma else None
-                    loss = diffusion_loss(prediction, target, weights)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running_loss += loss.detach()
-                running_count += 1
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                bar.update(1)
-                is_val_step = step % cfg.val_every == 0 or step == cfg.max_steps
-                val_loss = validate(step) if is_val_step else None
-                if step % cfg.log_every == 0 or is_val_step:
-                    mean_loss = accelerator.gather(running_loss).mean().item() / running_count
-                    running_loss.zero_()
-                    running_count = 0
-                    lr = lr_scheduler.get_last_lr()[0]
-                    metrics.write(step=step, loss=mean_loss, lr=lr, val_loss=val_loss)
-                    bar.set_postfix(
-                        loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {})
-                    )
-                if step >= cfg.max_steps:
-                    return first_val_loss, val_loss
+        for batch in loader:  # endless: the bucket sampler runs epoch after epoch
+            with accelerator.accumulate(unet):
+                with torch.no_grad():
+                    latents = batch_latents(batch, vae, components.scaling_factor, device)
+                    embeddings = batch_text(batch, text_encoder, device)
+                noise = sample_noise(latents, cfg.noise_offset)
+                timesteps = sample_timesteps(len(latents), len(alphas), latents.device)
+                target = training_target(latents, noise, timesteps, alphas, target_type)
+                prediction = unet(add_noise(latents, noise, timesteps, alphas), timesteps, embeddings).sample
+                weights = min_snr_weights(snr(timesteps, alphas), cfg.snr_gamma, target_type) if cfg.snr_gamma else None
+                loss = diffusion_loss(prediction, target, weights)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            running_loss += loss.detach()
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            is_val_step = step % cfg.val_every == 0 or step == cfg.max_steps
+            val_loss = validate(step) if is_val_step else None
+            if step % cfg.log_every == 0 or is_val_step:
+                mean_loss = accelerator.gather(running_loss).mean().item() / running_count
+                running_loss.zero_()
+                running_count = 0
+                lr = lr_scheduler.get_last_lr()[0]
+                metrics.write(step=step, loss=mean_loss, lr=lr, val_loss=val_loss)
+                bar.set_postfix(
+                    loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {})
+                )
+            if step >= cfg.max_steps:
+                return first_val_loss, val_loss
     except KeyboardInterrupt:
         raise Interrupted(step) from None
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 from archdiff.config import Recipe, dump_recipe
 from archdiff.errors import UserError
 from archdiff.run_files import (
+    DATA_FILE,
     METRICS_FILE,
     RECIPE_FILE,
     SAMPLES_DIR,
@@ -39,7 +40,9 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     from accelerate.utils import set_seed
     from diffusers.training_utils import cast_training_params
 
-    from archdiff.data.sources import load_training_data
+    from archdiff.data.cache import build_caches
+    from archdiff.data.catalog import build_catalog, split_holdout
+    from archdiff.data.samples import SampleSet, data_summary, expand_samples
     from archdiff.model.base import load_components, resolve_base
     from archdiff.model.lora import attach_lora, save_lora
     from archdiff.model.memory import apply_memory_options, check_memory_options, weight_dtype
@@ -49,9 +52,13 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     cuda = torch.cuda.is_available()
     check_memory_options(recipe.memory, cuda)
     base = resolve_base(recipe.base)
-    data = load_training_data(recipe.data, recipe.train.seed)
-    if len(data.train) == 0:
-        raise UserError(f"data '{recipe.data.source}' leaves no training images after the holdout of {recipe.data.holdout}")
+    check_cache_options(recipe)
+    catalog = build_catalog(recipe.data)
+    train_records, holdout_records = split_holdout(
+        catalog.records, recipe.data.holdout, recipe.data.holdout_group, recipe.train.seed
+    )
+    train_samples = expand_samples(train_records, recipe.data, train=True)
+    holdout_samples = expand_samples(holdout_records, recipe.data, train=False)
     run_dir = Path(recipe.output)
     refuse_earlier_run(run_dir, overwrite)
 
@@ -62,9 +69,12 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     )
     main = accelerator.is_main_process
     if main:
-        print(f"archdiff: training '{recipe.name}' on {recipe.base} with data {recipe.data.source} -> {run_dir}")
+        print(f"archdiff: training '{recipe.name}' on {recipe.base} -> {run_dir}")
+        summary = data_summary(catalog, train_samples, holdout_samples)
+        print(summary)
         claim_run_dir(run_dir)
         write_text_atomic(run_dir / RECIPE_FILE, dump_recipe(recipe))
+        write_text_atomic(run_dir / DATA_FILE, summary + "\n")
     set_seed(recipe.train.seed)
 
     # 2. model: frozen base in the training dtype, trainable LoRA in fp32
@@ -77,12 +87,29 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     cast_training_params(components.unet, dtype=torch.float32)
     apply_memory_options(components.unet, recipe.memory)
 
-    # 3. train
-    eval_set = build_eval_set(data.holdout, recipe, components, accelerator.device) if main else None
+    # 3. data as the model sees it, encoded once into the caches when the recipe asks
+    seed = recipe.train.seed
+    train_set = SampleSet(catalog, train_samples, recipe.data, components.tokenizer, seed, train=True)
+    holdout_set = SampleSet(catalog, holdout_samples, recipe.data, components.tokenizer, seed, train=False)
+    if recipe.data.cache.latents or recipe.data.cache.text:
+        with accelerator.main_process_first():
+            caches = build_caches(
+                [train_set, holdout_set],
+                recipe.data.cache.latents,
+                recipe.data.cache.text,
+                components.vae,
+                components.tokenizer,
+                components.text_encoder,
+            )
+        if main:
+            print(caches.report())
+
+    # 4. train
+    eval_set = build_eval_set(holdout_set, recipe, components, accelerator.device) if main else []
     metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
     started = time.perf_counter()
     try:
-        first_val, final_val = train_lora(recipe, components, data.train, eval_set, accelerator, metrics)
+        first_val, final_val = train_lora(recipe, components, train_set, eval_set, accelerator, metrics)
     except Interrupted as stop:
         if main:
             save_lora(accelerator.unwrap_model(components.unet), recipe.lora, run_dir)
@@ -90,12 +117,26 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     elapsed = time.perf_counter() - started
     accelerator.wait_for_everyone()
 
-    # 4. save and sample
+    # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
     lora_file = save_lora(unet, recipe.lora, run_dir) if main else None
     samples = _validation_samples(recipe, base.source, components, unet, run_dir) if main else []
     accelerator.end_training()
     return RunResult(run_dir, lora_file, first_val, final_val, recipe.train.max_steps / elapsed, samples)
+
+
+def check_cache_options(recipe: Recipe) -> None:
+    """A cache holds one crop per image and one embedding per caption: refuse settings that need more."""
+    from archdiff.data.captions import varies_per_step
+
+    data = recipe.data
+    if data.cache.latents and not data.center_crop:
+        raise UserError("data.cache.latents needs data.center_crop: true (a cached latent holds one crop of each image)")
+    captions = [data.caption, *(source.caption for source in data.sources if source.caption)]
+    if data.cache.text and any(varies_per_step(caption) for caption in captions):
+        raise UserError(
+            "data.cache.text needs fixed captions: turn off caption.shuffle_tags and caption.field_dropout, or the text cache"
+        )
 
 
 def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: Path) -> list[Path]:

@@ -29,14 +29,17 @@ def test_demo_tiny_extends_facade_lora_and_overrides_only_tiny_needs():
     real, demo = load_recipe("facade-lora"), load_recipe("demo-tiny")
     assert real.base == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert demo.base == "tiny-sd15"
-    assert demo.data.source == real.data.source == "facades"
+    assert [s.path for s in demo.data.sources] == [s.path for s in real.data.sources] == ["facades"]
     assert demo.data.resolution == 64 and real.data.resolution == 512
     assert demo.train.snr_gamma == real.train.snr_gamma
     assert demo.output == "runs/demo-tiny" and real.output == "runs/facade-lora"
 
 
-def test_plans_are_never_flipped():
-    assert load_recipe("plan-lora").data.random_flip is False
+def test_plans_are_drawings_and_tiled():
+    """Drawings are never mirrored whatever random_flip says (tested in tests/data/test_images.py)."""
+    plans = load_recipe("plan-lora").data
+    assert [(s.path, s.kind) for s in plans.sources] == [("plans", "drawing")]
+    assert plans.tile_drawings == 4
 
 
 def test_set_overrides_with_type_checking():

@@ -1,99 +1,134 @@
-"""Data sources and transforms: bundled names, local folders, the held-out split, image tensors."""
+"""Data sources: bundled sets, image folders (metadata or sidecar captions), saved and Hub-layout datasets."""
 
 import json
-import random
 
 import pytest
-import torch
 from PIL import Image
 
-from archdiff.config.schema import DataConfig
-from archdiff.data.sources import bundled_names, load_training_data
-from archdiff.data.transforms import collate, make_transform, resize_and_crop, to_tensor
+from archdiff.config.schema import CaptionConfig, SourceConfig
+from archdiff.data.sources import bundled_names, load_source
 from archdiff.errors import UserError
 
-
-def test_bundled_sets_are_listed():
-    assert {"facades", "plans"} <= set(bundled_names())
+CAPTION = CaptionConfig()
 
 
-def test_bundled_facades_split_deterministically():
-    cfg = DataConfig(source="facades", holdout=0.1)
-    first, again = load_training_data(cfg, seed=1), load_training_data(cfg, seed=1)
-    assert len(first.holdout) == round(0.1 * (len(first.train) + len(first.holdout)))
-    assert first.holdout["text"] == again.holdout["text"]
-    assert len(first.train) + len(first.holdout) == 32
-    assert load_training_data(cfg, seed=2).holdout["text"] != first.holdout["text"], "the seed picks the holdout"
-
-
-def write_folder(folder, count, caption_key="text"):
-    folder.mkdir()
+def write_folder(folder, count, caption_key="text", extra=None):
+    folder.mkdir(parents=True)
     rows = []
     for i in range(count):
         Image.new("RGB", (48 + 16 * i, 32), (i * 40 % 255, 90, 160)).save(folder / f"img{i}.png")
-        rows.append({"file_name": f"img{i}.png", caption_key: f"building number {i}"})
+        rows.append({"file_name": f"img{i}.png", caption_key: f"building number {i}", **(extra or {})})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
 
-def test_local_folder_with_captions(tmp_path):
-    data = load_training_data(DataConfig(source=str(write_folder(tmp_path / "d", 5)), holdout=0.0), seed=0)
-    assert data.holdout is None and len(data.train) == 5
-    assert sorted(data.train["text"]) == [f"building number {i}" for i in range(5)]
+def load(path, **options):
+    return load_source(SourceConfig(path=str(path), **options), CAPTION)
 
 
-def test_small_holdout_still_holds_out_one_image(tmp_path):
-    data = load_training_data(DataConfig(source=str(write_folder(tmp_path / "d", 4)), holdout=0.01), seed=0)
-    assert len(data.holdout) == 1 and len(data.train) == 3
+def test_bundled_sets_are_listed_and_load():
+    assert {"facades", "plans"} <= set(bundled_names())
+    source = load("plans")
+    assert len(source.dataset) == 32 and source.label == "plans" and not source.skipped
+    assert set(source.dataset["kind"]) == {"drawing"}
+
+
+def test_image_column_stays_undecoded(tmp_path):
+    """Images are opened one by one later, so one broken file cannot fail the whole load."""
+    source = load(write_folder(tmp_path / "d", 3))
+    value = source.dataset[0]["image"]
+    assert set(value) == {"bytes", "path"} and value["path"].endswith(".png")
+
+
+def test_images_missing_from_metadata_are_reported(tmp_path):
+    folder = write_folder(tmp_path / "d", 3)
+    Image.new("RGB", (8, 8)).save(folder / "forgotten.png")
+    source = load(folder)
+    assert len(source.dataset) == 3
+    assert [(s.name, s.reason) for s in source.skipped] == [("forgotten.png", "not listed in metadata.jsonl")]
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "sub/../../outside.png", "/etc/passwd"])
+def test_metadata_pointing_outside_the_folder_is_refused(tmp_path, name):
+    folder = write_folder(tmp_path / "d", 2)
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    with (folder / "metadata.jsonl").open("a") as handle:
+        handle.write(json.dumps({"file_name": name, "text": "sneaky"}) + "\n")
+    with pytest.raises(UserError, match=r"line 3: file_name '.*' points outside the data folder"):
+        load(folder)
+
+
+def test_metadata_that_is_not_utf8_names_the_line(tmp_path):
+    folder = write_folder(tmp_path / "d", 2)
+    with (folder / "metadata.jsonl").open("ab") as handle:
+        handle.write(b'{"file_name": "img0.png", "text": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"metadata.jsonl: line 3 is not valid UTF-8"):
+        load(folder)
+
+
+def test_metadata_csv(tmp_path):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    (folder / "metadata.csv").write_text("file_name,text,building_id\na.png,a brick house,7\n")
+    source = load(folder)
+    assert source.dataset[0]["text"] == "a brick house" and str(source.dataset[0]["building_id"]) == "7"
+
+
+def test_sidecar_captions(tmp_path):
+    folder = tmp_path / "kohya"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8)).save(folder / f"{name}.jpg")
+    (folder / "a.txt").write_text("a timber house\n")
+    (folder / "b.txt").write_bytes(b"caf\xe9 with a terrace")
+    source = load(folder)
+    rows = {row["file_name"]: row["text"] for row in source.dataset}
+    assert rows == {"a.jpg": "a timber house", "c.jpg": None}
+    assert [s.name for s in source.skipped] == ["b.jpg"]
+    assert "b.txt is not valid UTF-8" in source.skipped[0].reason
+
+
+def test_saved_dataset_and_hub_layout_folder_load_through_datasets(tmp_path):
+    """The Hub path (`load_dataset` on parquet files) and `save_to_disk` folders, exercised offline."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (24, 8), "white").save(image)
+    picture = {"bytes": image.read_bytes(), "path": None}  # as on the Hub: the image inside the dataset
+    rows = {"picture": [picture] * 2, "caption": ["a wide facade", "another facade"]}
+    dataset = Dataset.from_dict(rows, features=Features({"picture": ImageFeature(), "caption": Value("string")}))
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    dataset.to_parquet(str(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"))
+
+    for folder in ("saved", "repo"):
+        source = load_source(SourceConfig(path=str(tmp_path / folder), image_column="picture"), CaptionConfig(column="caption"))
+        assert source.dataset.column_names == ["image", "caption"]
+        assert source.dataset[1]["caption"] == "another facade"
+        assert source.dataset[0]["image"]["bytes"] == image.read_bytes()
 
 
 def test_missing_caption_column_names_the_columns(tmp_path):
     folder = write_folder(tmp_path / "d", 2, caption_key="caption")
-    with pytest.raises(UserError, match="no caption column 'text'.*caption"):
-        load_training_data(DataConfig(source=str(folder)), seed=0)
-    data = load_training_data(DataConfig(source=str(folder), caption_column="caption", holdout=0), seed=0)
-    assert len(data.train) == 2
+    with pytest.raises(UserError, match="no caption column 'text'.*columns: image, caption"):
+        load(folder)
+    assert len(load_source(SourceConfig(path=str(folder)), CaptionConfig(column="caption")).dataset) == 2
+
+
+def test_template_fields_must_exist(tmp_path):
+    folder = write_folder(tmp_path / "d", 2, extra={"material": "brick"})
+    template = CaptionConfig(template="{material} facade, {roof} roof")
+    with pytest.raises(UserError, match="no caption template fields 'roof'"):
+        load_source(SourceConfig(path=str(folder)), template)
 
 
 def test_unknown_source_is_a_user_error():
-    with pytest.raises(UserError, match="neither a local folder nor a bundled set"):
-        load_training_data(DataConfig(source="./nowhere"), seed=0)
+    with pytest.raises(UserError, match="not a local folder, a bundled set"):
+        load("./nowhere")
 
 
-def test_resize_and_crop_covers_the_square():
-    wide = Image.new("RGB", (400, 100), "red")
-    assert resize_and_crop(wide, 64, center=True, rng=random.Random(0)).size == (64, 64)
-    tall = Image.new("L", (30, 90), 128)
-    assert resize_and_crop(tall, 64, center=False, rng=random.Random(0)).mode == "RGB"
-
-
-def test_to_tensor_maps_to_vae_range():
-    image = Image.new("RGB", (2, 1))
-    image.putpixel((0, 0), (0, 0, 0))
-    image.putpixel((1, 0), (255, 255, 255))
-    tensor = to_tensor(image)
-    assert tensor.shape == (3, 1, 2)
-    assert tensor[:, 0, 0].tolist() == [-1.0] * 3 and tensor[:, 0, 1].tolist() == [1.0] * 3
-
-
-def test_transform_and_collate_make_a_batch(tiny_base):
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_base, subfolder="tokenizer")
-    cfg = DataConfig(source="facades", resolution=32, random_flip=True)
-    data = load_training_data(cfg, seed=0)
-    dataset = data.train.with_transform(make_transform(cfg, tokenizer, "text", train=True))
-    batch = collate([dataset[0], dataset[1]])
-    assert batch["pixel_values"].shape == (2, 3, 32, 32)
-    assert batch["pixel_values"].dtype == torch.float32
-    assert batch["input_ids"].shape == (2, tokenizer.model_max_length)
-
-
-def test_eval_transform_is_deterministic(tiny_base):
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_base, subfolder="tokenizer")
-    cfg = DataConfig(source="facades", resolution=32, random_flip=True, center_crop=False)
-    data = load_training_data(cfg, seed=0)
-    dataset = data.holdout.with_transform(make_transform(cfg, tokenizer, "text", train=False))
-    assert torch.equal(dataset[0]["pixel_values"], dataset[0]["pixel_values"])
+def test_offline_hub_id_is_a_user_error():
+    with pytest.raises(UserError, match="could not be loaded from the Hub"):
+        load("nobody/no-such-dataset")

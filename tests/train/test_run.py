@@ -22,6 +22,7 @@ PROMPT = "timber house in mountains"
 def test_run_folder_holds_exactly_the_promised_files(demo_run):
     run_dir = demo_run.run_dir
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        "data.txt",
         "metrics.jsonl",
         "pytorch_lora_weights.safetensors",
         "recipe.yaml",

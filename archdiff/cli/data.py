@@ -1,0 +1,110 @@
+"""`archdiff data list | inspect | check-vae`: what `--data NAME` accepts, and what a run would make of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from archdiff.data.manifests import load_manifests
+from archdiff.data.sources import IMAGE_SUFFIXES, bundled_names
+from archdiff.paths import bundled_datasets_dir
+
+app = typer.Typer(help="Inspect and list training data.", no_args_is_help=True)
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned plain-text columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def _size(n_bytes: int) -> str:
+    value, unit = float(n_bytes), "B"
+    for bigger in ("KB", "MB", "GB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _bundled_row(folder: Path) -> tuple[str, ...]:
+    """Name, image count, kinds (from metadata.jsonl; rows without one train as photo) and size on disk."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
+    lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    kinds = sorted({json.loads(line).get("kind") or "photo" for line in lines if line.strip()})
+    return (folder.name, str(images), ", ".join(kinds), _size(sum(p.stat().st_size for p in files)))
+
+
+@app.command("list")
+def list_data() -> None:
+    """List the bundled image sets and the Hub datasets that have a manifest."""
+    root = bundled_datasets_dir()
+    typer.echo("Bundled sets (offline):")
+    for line in _columns([("NAME", "IMAGES", "KINDS", "SIZE"), *(_bundled_row(root / name) for name in bundled_names())]):
+        typer.echo(f"  {line}")
+    typer.echo("\nHub datasets (downloaded on first use):")
+    manifests = [(m.name, m.id, m.kind, m.licence) for m in load_manifests()]
+    for line in _columns([("NAME", "HUB ID", "KIND", "LICENCE"), *manifests]):
+        typer.echo(f"  {line}")
+    typer.echo("\nTrain on one: archdiff train --recipe facade-lora --data NAME")
+
+
+DATA = typer.Argument(..., help="Bundled set or manifest name (archdiff data list), local image folder, or Hub dataset id.")
+RECIPE = typer.Option(
+    None, "--recipe", "-r", help="Use this recipe's data settings (resolution, buckets, captions) with DATA as the only source."
+)
+
+
+def _data_config(data: str, recipe: str | None):
+    """DATA with default data settings, or with the recipe's (its sources replaced by DATA)."""
+    if recipe is None:
+        from archdiff.config.schema import DataConfig
+
+        return DataConfig(sources=[{"path": data}])
+    from archdiff.config import load_recipe
+
+    return load_recipe(recipe, [f"data.sources={json.dumps([{'path': data}])}"]).data
+
+
+@app.command("inspect")
+def inspect_command(
+    data: str = DATA,
+    recipe: str = RECIPE,
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Contact sheet PNG (default: runs/inspect/<data>/contact-sheet.png)."
+    ),
+    sheet_size: int = typer.Option(24, "--sheet-size", min=1, help="Images on the contact sheet, spread evenly over the data."),
+) -> None:
+    """Before a long run: skipped files, sizes, aspect ratios, buckets, captions, duplicates, and a contact sheet."""
+    cfg = _data_config(data, recipe)
+    from archdiff.runtime import quiet_libraries
+
+    quiet_libraries()
+    from archdiff.data.inspect import contact_sheet, format_report, inspect_data, safe_name
+
+    report = inspect_data(cfg)
+    sheet = contact_sheet(report, output or Path("runs/inspect") / safe_name(data) / "contact-sheet.png", sheet_size)
+    typer.echo(format_report(report))
+    typer.echo(f"contact sheet: {sheet}")
+
+
+@app.command("check-vae")
+def check_vae_command(
+    data: str = DATA,
+    base: str = typer.Option(..., "--base", help="Base model whose VAE to test: Hub id, local diffusers folder, or tiny-sd15."),
+    recipe: str = RECIPE,
+    output: Path = typer.Option(None, "--output", "-o", help="Folder for before/after PNGs (default: runs/check-vae/<data>)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Check only N images, spread evenly over the data."),
+) -> None:
+    """Round-trip the training crops through the base's VAE: detail it loses, a LoRA cannot learn."""
+    cfg = _data_config(data, recipe)
+    from archdiff.runtime import quiet_libraries
+
+    quiet_libraries()
+    from archdiff.data.inspect import check_vae, format_vae_report, safe_name
+
+    report = check_vae(cfg, base, output or Path("runs/check-vae") / safe_name(data), limit)
+    typer.echo(format_vae_report(report))

@@ -1,0 +1,181 @@
+"""Disk caches of VAE latents and text embeddings, so the training step runs the UNet and nothing else.
+
+An entry's key hashes everything that shapes it: the image's content, its kind (which picks the resize
+filter), bucket, tile and augmentation (each flip/rotation is cached as its own entry); the folder name
+hashes the encoder's weights. So a changed image, resolution or model misses exactly the entries it
+affects, and nothing stale is ever read. Entries live in safetensors shards written whole, then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from archdiff.data.samples import Sample, SampleSet, crop_geometry, crop_to_bucket, tokenize
+from archdiff.paths import cache_dir
+
+FORMAT_VERSION = 1  # bump when image preparation changes what an entry holds
+SHARD_ENTRIES = 256
+ENCODE_BATCH = 8
+
+
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of the weights (names, dtypes, shapes, values): two models share cache entries only if identical."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256("|".join(str(p) for p in (FORMAT_VERSION, *parts)).encode()).hexdigest()[:40]
+
+
+class TensorCache:
+    """Tensors by key across the safetensors shards of one folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._shard_of: dict[str, Path] = {}
+        self._open: dict[Path, object] = {}
+        for shard in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            with safe_open(shard, framework="pt") as handle:
+                self._shard_of.update(dict.fromkeys(handle.keys(), shard))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._shard_of
+
+    def __len__(self) -> int:
+        return len(self._shard_of)
+
+    def __getstate__(self):  # DataLoader workers reopen shards themselves
+        return {**self.__dict__, "_open": {}}
+
+    def get(self, key: str) -> torch.Tensor:
+        shard = self._shard_of[key]
+        if shard not in self._open:
+            self._open[shard] = safe_open(shard, framework="pt")
+        return self._open[shard].get_tensor(key)
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write one new shard: to a temporary name first, so a crash never leaves half a shard behind."""
+        if not tensors:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shard = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.safetensors"
+        partial = shard.with_suffix(".partial")
+        save_file({key: value.contiguous() for key, value in tensors.items()}, partial)
+        os.replace(partial, shard)
+        self._shard_of.update(dict.fromkeys(tensors, shard))
+
+
+@dataclass
+class Caches:
+    latents: TensorCache | None
+    texts: TensorCache | None
+    encoded: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})
+    reused: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})
+
+    @staticmethod
+    def latent_key(sample: Sample, op: str) -> str:
+        record = sample.record
+        return _key(record.content_hash, record.kind, sample.bucket, sample.tile, op)
+
+    @staticmethod
+    def text_key(caption: str) -> str:
+        return _key("text", caption)
+
+    def report(self) -> str:
+        parts = []
+        for what in ("latents", "texts"):
+            if getattr(self, what) is not None:
+                parts.append(f"{what} {self.encoded[what]} encoded, {self.reused[what]} reused")
+        return "cache: " + "; ".join(parts)
+
+
+def _store(cache: TensorCache, pending: dict[str, torch.Tensor], final: bool = False) -> None:
+    if pending and (final or len(pending) >= SHARD_ENTRIES):
+        cache.add(dict(pending))
+        pending.clear()
+
+
+@torch.no_grad()
+def fill_latents(cache: TensorCache, sets: list[SampleSet], vae, caches: Caches) -> None:
+    """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket."""
+    from archdiff.data.images import possible_augmentations
+
+    wanted: dict[str, tuple[SampleSet, Sample, str]] = {}
+    for sample_set in sets:
+        flip, rotate = sample_set.cfg.random_flip and sample_set.train, sample_set.cfg.rotate_drawings and sample_set.train
+        for sample in sample_set.samples:
+            for op in possible_augmentations(sample.record.kind, sample.bucket, flip, rotate):
+                wanted.setdefault(Caches.latent_key(sample, op), (sample_set, sample, op))
+    missing = [(key, *job) for key, job in wanted.items() if key not in cache]
+    caches.encoded["latents"], caches.reused["latents"] = len(missing), len(wanted) - len(missing)
+    missing.sort(key=lambda job: job[2].bucket)
+    pending: dict[str, torch.Tensor] = {}
+    with tqdm(total=len(missing), desc="cache latents", unit="img", disable=not missing) as progress:
+        for start in range(0, len(missing), ENCODE_BATCH):
+            jobs = missing[start : start + ENCODE_BATCH]
+            by_bucket: dict = {}
+            for job in jobs:
+                by_bucket.setdefault(job[2].bucket, []).append(job)
+            for group in by_bucket.values():
+                pixels = torch.stack([_pixels(sample_set, sample, op) for _, sample_set, sample, op in group])
+                params = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters.float().cpu()
+                pending.update({key: params[i] for i, (key, *_) in enumerate(group)})
+            progress.update(len(jobs))
+            _store(cache, pending)
+    _store(cache, pending, final=True)
+
+
+def _pixels(sample_set: SampleSet, sample: Sample, op: str) -> torch.Tensor:
+    size, _, crop = crop_geometry(sample, center=True, rng=None)
+    from archdiff.data.images import apply_augmentation, open_image, to_tensor
+
+    image = open_image(sample_set.catalog.image_bytes(sample.record), sample_set.cfg.max_pixels)
+    return to_tensor(apply_augmentation(crop_to_bucket(image, sample, size, crop), op))
+
+
+@torch.no_grad()
+def fill_texts(cache: TensorCache, sets: list[SampleSet], tokenizer, text_encoder, caches: Caches) -> None:
+    """Encode every caption the sets can produce (their fixed caption, and the empty one under dropout)."""
+    captions: set[str] = set()
+    for sample_set in sets:
+        for sample in sample_set.samples:
+            captions.add(sample_set.caption(sample, None))
+            if sample_set.train and sample_set.catalog.sources[sample.record.source].caption.dropout > 0:
+                captions.add("")
+    missing = sorted(c for c in captions if Caches.text_key(c) not in cache)
+    caches.encoded["texts"], caches.reused["texts"] = len(missing), len(captions) - len(missing)
+    pending: dict[str, torch.Tensor] = {}
+    for start in tqdm(range(0, len(missing), ENCODE_BATCH), desc="cache captions", unit="batch", disable=not missing):
+        batch = missing[start : start + ENCODE_BATCH]
+        ids = tokenize(tokenizer, batch).to(text_encoder.device)
+        embeddings = text_encoder(ids, return_dict=False)[0].float().cpu()
+        pending.update({Caches.text_key(c): embeddings[i] for i, c in enumerate(batch)})
+        _store(cache, pending)
+    _store(cache, pending, final=True)
+
+
+def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, vae, tokenizer, text_encoder) -> Caches:
+    """Open (and fill what is missing in) the caches a recipe asks for; attach them to the sets."""
+    latents = TensorCache(cache_dir() / "latents" / module_fingerprint(vae)) if want_latents else None
+    texts = TensorCache(cache_dir() / "text" / module_fingerprint(text_encoder)) if want_texts else None
+    caches = Caches(latents, texts)
+    if latents is not None:
+        fill_latents(latents, sets, vae, caches)
+    if texts is not None:
+        fill_texts(texts, sets, tokenizer, text_encoder, caches)
+    for sample_set in sets:
+        sample_set.caches = caches
+    return caches

@@ -1,0 +1,176 @@
+"""From catalogued images to training samples: repeats, drawing tiles, buckets, and the torch Dataset.
+
+Per-sample randomness (crop, flip/rotation, caption variation) is drawn from a generator seeded by
+(seed, epoch, sample index), so a sample's augmentation is the same whatever the worker count, and an
+exact resume only needs to know where in the bucketed order it stopped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from archdiff.config.schema import DataConfig
+from archdiff.data.buckets import Bucket, assign_bucket, cover_size, crop_offsets, make_buckets
+from archdiff.data.catalog import Catalog, ImageRecord
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in the image's own pixels
+
+
+@dataclass(frozen=True)
+class Sample:
+    record: ImageRecord
+    bucket: Bucket
+    tile: Box | None = None  # a native-resolution tile of a large drawing sheet
+
+
+def bucket_list(cfg: DataConfig) -> list[Bucket]:
+    if not cfg.buckets.enabled:
+        return [(cfg.resolution, cfg.resolution)]
+    return make_buckets(cfg.resolution**2, cfg.buckets.step, cfg.buckets.max_aspect)
+
+
+def expand_samples(records: list[ImageRecord], cfg: DataConfig, train: bool) -> list[Sample]:
+    """Each image once in its bucket (times its source's repeats when training), plus tiles of large drawings."""
+    from archdiff.data.images import tile_boxes
+
+    buckets = bucket_list(cfg)
+    samples: list[Sample] = []
+    for record in records:
+        bucket = assign_bucket(record.width, record.height, buckets)
+        these = [Sample(record, bucket)]
+        large = record.width * record.height > (cfg.tile_drawings or float("inf")) * bucket[0] * bucket[1]
+        if train and record.kind == "drawing" and large:
+            these += [Sample(record, bucket, box) for box in tile_boxes(record.width, record.height, bucket, cfg.tile_overlap)]
+        samples += these * (cfg.sources[record.source].repeats if train else 1)
+    return samples
+
+
+def bucket_report(samples: list[Sample]) -> str:
+    """'64x64: 20, 128x32: 6 (2 tiles)': how the data lands in buckets, for the run's log."""
+    counts = Counter(s.bucket for s in samples)
+    tiles = Counter(s.bucket for s in samples if s.tile)
+    parts = []
+    for (width, height), count in sorted(counts.items(), key=lambda item: item[0][0] / item[0][1]):
+        extra = f" ({tiles[(width, height)]} tiles)" if tiles[(width, height)] else ""
+        parts.append(f"{width}x{height}: {count}{extra}")
+    return ", ".join(parts)
+
+
+def crop_geometry(sample: Sample, center: bool, rng: random.Random) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(resize to (w, h), original (h, w), crop (top, left)): where the bucket-sized crop comes from.
+
+    original and crop are the numbers SDXL's time ids are made of; a tile is cut at native resolution.
+    """
+    original = (sample.record.height, sample.record.width)
+    if sample.tile:
+        left, top, _, _ = sample.tile
+        return (sample.record.width, sample.record.height), original, (top, left)
+    size = cover_size(sample.record.width, sample.record.height, sample.bucket)
+    return size, original, crop_offsets(size, sample.bucket, center, rng)
+
+
+def crop_to_bucket(image, sample: Sample, size: tuple[int, int], crop: tuple[int, int]):
+    from archdiff.data.images import resize
+
+    if size != image.size:
+        image = resize(image, size, sample.record.kind)
+    top, left = crop
+    return image.crop((left, top, left + sample.bucket[0], top + sample.bucket[1]))
+
+
+def tokenize(tokenizer, captions: list[str]):
+    return tokenizer(
+        captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    return random.Random(f"{seed}/{epoch}/{index}")
+
+
+class SampleSet:
+    """A map-style dataset (torch DataLoader compatible): latents or pixels, text embeddings or token ids.
+
+    Keys are `(index, epoch)` pairs from the bucket sampler; training draws augmentation from them,
+    evaluation (train=False) is deterministic: centre crop, no flip, the plain caption. With caches, an
+    item carries the VAE's latent distribution and the text embedding instead of pixels and tokens,
+    drawn in the same order from the same generator, so cached and uncached runs see the same samples.
+    """
+
+    def __init__(self, catalog: Catalog, samples: list[Sample], cfg: DataConfig, tokenizer, seed: int, train: bool, caches=None):
+        self.catalog, self.samples, self.cfg, self.tokenizer, self.seed, self.train = (
+            catalog,
+            samples,
+            cfg,
+            tokenizer,
+            seed,
+            train,
+        )
+        self.caches = caches
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def caption(self, sample: Sample, rng: random.Random | None) -> str:
+        from archdiff.data.captions import build_caption
+
+        return build_caption(
+            self.catalog.sources[sample.record.source].caption, sample.record.fields, rng, detail=bool(sample.tile)
+        )
+
+    def augmentation(self, sample: Sample, rng: random.Random) -> str:
+        from archdiff.data.images import choose_augmentation
+
+        if not self.train:
+            return ""
+        return choose_augmentation(sample.record.kind, sample.bucket, self.cfg.random_flip, self.cfg.rotate_drawings, rng)
+
+    def pixels(self, sample: Sample, size, crop, op: str):
+        from archdiff.data.images import apply_augmentation, open_image, to_tensor
+
+        image = open_image(self.catalog.image_bytes(sample.record), self.cfg.max_pixels)
+        return to_tensor(apply_augmentation(crop_to_bucket(image, sample, size, crop), op))
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        import torch
+
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        sample = self.samples[index]
+        rng = sample_rng(self.seed, epoch, index)
+        size, original, crop = crop_geometry(sample, self.cfg.center_crop or not self.train, rng)
+        op = self.augmentation(sample, rng)
+        caption = self.caption(sample, rng if self.train else None)
+        item = {"original_size": torch.tensor(original), "crop_top_left": torch.tensor(crop)}
+        if self.caches and self.caches.latents:
+            item["latent_params"] = self.caches.latents.get(self.caches.latent_key(sample, op))
+        else:
+            item["pixel_values"] = self.pixels(sample, size, crop, op)
+        if self.caches and self.caches.texts:
+            item["text_embeddings"] = self.caches.texts.get(self.caches.text_key(caption))
+        else:
+            item["input_ids"] = tokenize(self.tokenizer, [caption])[0]
+        return item
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch; the bucket sampler guarantees equal shapes."""
+    import torch
+
+    return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
+
+
+def data_summary(catalog: Catalog, train: list[Sample], holdout: list[Sample]) -> str:
+    """What a run trains on, in a few lines: sources, split, buckets, and every skipped file with its reason."""
+    labels = ", ".join(source.label for source in catalog.sources)
+    images = len({(s.record.source, s.record.row) for s in train})
+    lines = [
+        f"data: {len(catalog.records)} images from {labels}: {images} train ({len(train)} samples), {len(holdout)} held out",
+        f"buckets: {bucket_report(train)}",
+    ]
+    if catalog.skipped:
+        lines.append(f"skipped {len(catalog.skipped)}:")
+        lines += [f"  {skipped.name}: {skipped.reason}" for skipped in catalog.skipped]
+    return "\n".join(lines)
