@@ -45,15 +45,16 @@ def find_recipe(name_or_path: str, relative_to: Path | None = None) -> Path:
     raise UserError(f"unknown recipe '{name_or_path}'.{suggestion} Known recipes: {', '.join(sorted(known)) or 'none'}")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a recipe, a manifest); mistakes are one line naming the file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"recipe {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise UserError(f"{what} {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
-        raise UserError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+        raise UserError(f"{what} {path} must be a mapping of keys to values, got {type(data).__name__}")
     return data
 
 
@@ -71,7 +72,7 @@ def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if path.resolve() in chain:
         names = " -> ".join(p.stem for p in (*chain, path.resolve()))
         raise UserError(f"recipe extends itself in a loop: {names}")
-    raw = _read_yaml(path)
+    raw = read_yaml_mapping(path)
     raw.setdefault("name", path.stem)
     parent = raw.pop("extends", None)
     if parent is None:
@@ -97,9 +98,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The schema section a validation-error location points into (for key suggestions)."""
-    model: type[BaseModel] = Recipe
+    model = root
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -110,11 +111,12 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any], root: type[BaseModel] = Recipe) -> str:
+    """One pydantic error as a phrase that names the key, with the closest known key for a typo."""
     loc = tuple(error["loc"])
     key = ".".join(str(p) for p in loc)
     if error["type"] == "extra_forbidden":
-        section = _model_at(loc[:-1])
+        section = _model_at(root, loc[:-1])
         choices = list(section.model_fields) if section else []
         hint = difflib.get_close_matches(str(loc[-1]), choices, n=1)
         suggestion = f"; did you mean '{'.'.join([*map(str, loc[:-1]), hint[0]])}'?" if hint else ""
@@ -132,7 +134,7 @@ def validate_recipe(raw: dict[str, Any], origin: str) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
+        problems = "; ".join(describe_error(e) for e in exc.errors())
         raise UserError(f"recipe {origin}: {problems}") from None
 
 

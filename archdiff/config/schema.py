@@ -6,9 +6,18 @@ Never imports torch: `archdiff recipes validate` must stay instant.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _fits_vae(pixels: int) -> int:
+    if pixels % 8:
+        raise ValueError("must be a multiple of 8 (the VAE downsamples by 8)")
+    return pixels
+
+
+VaePixels = Annotated[int, AfterValidator(_fits_vae)]  # a pixel size the VAE's factor-8 latents can represent
 
 
 class Section(BaseModel):
@@ -45,15 +54,8 @@ class BucketConfig(Section):
     """Aspect-ratio buckets: sides are multiples of `step`, pixel area about resolution squared."""
 
     enabled: bool = Field(True, description="false: every image is cropped to a resolution x resolution square.")
-    step: int = Field(64, ge=8, description="Side granularity in pixels: 64 for SD (latents divisible by 8).")
+    step: VaePixels = Field(64, ge=8, description="Side granularity in pixels: 64 for SD (latents divisible by 8).")
     max_aspect: float = Field(4.0, ge=1.0, description="Widest (or tallest) bucket, as long side / short side.")
-
-    @field_validator("step")
-    @classmethod
-    def _step_fits_vae(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError("must be a multiple of 8 (the VAE downsamples by 8)")
-        return value
 
 
 class CacheConfig(Section):
@@ -64,7 +66,7 @@ class CacheConfig(Section):
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(min_length=1, description="One or more image sources, mixed with per-source repeats.")
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
-    resolution: int = Field(512, ge=8, description="Training size: buckets hold about resolution squared pixels.")
+    resolution: VaePixels = Field(512, ge=8, description="Training size: buckets hold about resolution squared pixels.")
     buckets: BucketConfig = Field(default_factory=BucketConfig)
     center_crop: bool = True
     random_flip: bool = Field(False, description="Mirror photos at random; drawings are never mirrored.")
@@ -80,13 +82,6 @@ class DataConfig(Section):
     )
     cache: CacheConfig = Field(default_factory=CacheConfig)
     num_workers: int = Field(0, ge=0)
-
-    @field_validator("resolution")
-    @classmethod
-    def _resolution_fits_vae(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError("must be a multiple of 8 (the VAE downsamples by 8)")
-        return value
 
     @model_validator(mode="after")
     def _square_bucket_exists(self):

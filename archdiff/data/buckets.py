@@ -121,10 +121,6 @@ class BucketBatchSampler:
         """One epoch, for callers that ask; iteration itself goes on past it."""
         return self.batches_per_epoch
 
-    def bucket_counts(self) -> dict[Bucket, int]:
-        """Samples per bucket, for the run's report."""
-        return {bucket: len(indices) for bucket, indices in self.by_bucket.items()}
-
     def start_at(self, batches_done: int) -> None:
         """Make iteration resume after `batches_done` batches counted from epoch 0, for an exact restart."""
         self.start = batches_done

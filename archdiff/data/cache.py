@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from archdiff.data.samples import Sample, SampleSet, crop_geometry, crop_to_bucket, tokenize
+from archdiff.data.samples import Sample, SampleSet, prepared_image, tokenize
 from archdiff.paths import cache_dir
 
 FORMAT_VERSION = 1  # bump when image preparation changes what an entry holds
@@ -111,7 +111,7 @@ def _store(cache: TensorCache, pending: dict[str, torch.Tensor], final: bool = F
 @torch.no_grad()
 def fill_latents(cache: TensorCache, sets: list[SampleSet], vae, caches: Caches) -> None:
     """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket."""
-    from archdiff.data.images import possible_augmentations
+    from archdiff.data.images import possible_augmentations, to_tensor
 
     wanted: dict[str, tuple[SampleSet, Sample, str]] = {}
     for sample_set in sets:
@@ -130,20 +130,14 @@ def fill_latents(cache: TensorCache, sets: list[SampleSet], vae, caches: Caches)
             for job in jobs:
                 by_bucket.setdefault(job[2].bucket, []).append(job)
             for group in by_bucket.values():
-                pixels = torch.stack([_pixels(sample_set, sample, op) for _, sample_set, sample, op in group])
+                pixels = torch.stack(
+                    [to_tensor(prepared_image(s.catalog, sample, s.cfg.max_pixels, op)) for _, s, sample, op in group]
+                )
                 params = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters.float().cpu()
                 pending.update({key: params[i] for i, (key, *_) in enumerate(group)})
             progress.update(len(jobs))
             _store(cache, pending)
     _store(cache, pending, final=True)
-
-
-def _pixels(sample_set: SampleSet, sample: Sample, op: str) -> torch.Tensor:
-    size, _, crop = crop_geometry(sample, center=True, rng=None)
-    from archdiff.data.images import apply_augmentation, open_image, to_tensor
-
-    image = open_image(sample_set.catalog.image_bytes(sample.record), sample_set.cfg.max_pixels)
-    return to_tensor(apply_augmentation(crop_to_bucket(image, sample, size, crop), op))
 
 
 @torch.no_grad()

@@ -78,6 +78,11 @@ def _tidy(text: str) -> str:
     return ", ".join(part for part in parts if part)
 
 
+def caption_columns(cfg: CaptionConfig) -> list[str]:
+    """The metadata columns a caption config reads: its template's fields, or its one column."""
+    return template_fields(cfg.template) if cfg.template else [cfg.column]
+
+
 def render_template(template: str, row: Mapping[str, Any], drop: frozenset[str] = frozenset()) -> str:
     """Fill the template's fields from the row, leaving out those in `drop`, then tidy the result.
 

@@ -163,12 +163,6 @@ def apply_augmentation(image: Image.Image, op: str) -> Image.Image:
     return image
 
 
-def augment(image: Image.Image, kind: str, flip: bool, rotate: bool, rng: random.Random) -> tuple[Image.Image, str]:
-    """Random training-time change that respects what the image is; returns (image, op) so logs can say what happened."""
-    op = choose_augmentation(kind, image.size, flip, rotate, rng)
-    return apply_augmentation(image, op), op
-
-
 def to_tensor(image: Image.Image):
     """HWC uint8 RGB -> CHW float32 in [-1, 1], the VAE's input range."""
     import torch

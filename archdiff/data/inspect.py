@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from archdiff.config.schema import DataConfig
 from archdiff.data.buckets import Bucket
 from archdiff.data.catalog import Catalog, ImageRecord, build_catalog
-from archdiff.data.samples import Sample, bucket_report, crop_geometry, crop_to_bucket, expand_samples
+from archdiff.data.samples import Sample, bucket_report, expand_samples, prepared_image
 
 SIZE_EDGES = (0, 256, 512, 768, 1024, 2048, 4096)  # lower edges of the long-side bins, px
 SIZE_LABELS = ("< 256 px", "256-511 px", "512-767 px", "768-1023 px", "1024-2047 px", "2048-4095 px", ">= 4096 px")
@@ -316,15 +316,6 @@ class VaeReport:
     written: list[Path]  # before/after PNGs
 
 
-def training_crop(catalog: Catalog, sample: Sample, max_pixels: int) -> Image.Image:
-    """The bucket-sized, centre-cropped image a run trains on (before flips and rotations)."""
-    from archdiff.data.images import open_image
-
-    image = open_image(catalog.image_bytes(sample.record), max_pixels)
-    size, _, crop = crop_geometry(sample, center=True, rng=None)
-    return crop_to_bucket(image, sample, size, crop)
-
-
 def round_trip(vae, image: Image.Image) -> Image.Image:
     """Encode to the latent distribution's mode and decode again, as 8-bit RGB."""
     import torch
@@ -391,7 +382,7 @@ def check_vae(cfg: DataConfig, base_name: str, folder: Path, limit: int | None =
     written: list[Path] = []
     worst: list[tuple[VaeCheck, Image.Image, Image.Image]] = []
     for sample in tqdm(expand_samples(records, cfg, train=False), desc="vae round trip", unit="img"):
-        before = training_crop(catalog, sample, cfg.max_pixels)
+        before = prepared_image(catalog, sample, cfg.max_pixels)
         after = round_trip(vae, before)
         lines = line_score(before, after) if sample.record.kind == "drawing" else None
         check = VaeCheck(sample.record.name, sample.record.kind, sample.bucket, psnr(before, after), lines)

@@ -9,14 +9,14 @@ Stdlib, yaml and pydantic only: `archdiff data list` must stay instant.
 from __future__ import annotations
 
 import re
-import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from archdiff.config.load import describe_error, read_yaml_mapping
 from archdiff.config.schema import CaptionConfig, Section
+from archdiff.data.captions import caption_columns
 from archdiff.errors import UserError
 from archdiff.paths import bundled_datasets_dir
 
@@ -42,7 +42,7 @@ class Manifest(Section):
     def _columns_exist(self):
         if self.image_column not in self.columns:
             raise ValueError(f"image_column '{self.image_column}' is not one of the columns ({', '.join(self.columns)})")
-        needed = caption_fields(self.caption.template) if self.caption.template else [self.caption.column]
+        needed = caption_columns(self.caption)
         missing = [name for name in needed if name not in self.columns]
         if missing:
             where = "caption.template fields" if self.caption.template else "caption.column"
@@ -50,46 +50,17 @@ class Manifest(Section):
         return self
 
 
-def caption_fields(template: str) -> list[str]:
-    """The column names a `{field}` template reads (the part before any `.attr` or `[index]`)."""
-    try:
-        names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-    except ValueError as error:
-        raise ValueError(f"caption.template {template!r} is not a valid format string: {error}") from None
-    return [re.split(r"[.\[]", name, maxsplit=1)[0] for name in names]
-
-
 def manifests_dir() -> Path:
     return bundled_datasets_dir() / "manifests"
 
 
-def _describe(error: dict[str, Any]) -> str:
-    """One pydantic error as a phrase that names the field."""
-    key = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    if error["type"] == "missing":
-        return f"missing key '{key}'"
-    if error["type"] == "value_error":  # our validator: the message names its own fields
-        message = str(error["ctx"]["error"])
-        return f"'{key}' {message}" if key else message
-    return f"'{key}': {error['msg']} (got {error.get('input')!r})"
-
-
 def load_manifest(path: Path) -> Manifest:
     """Read and validate one manifest file; every problem is a UserError naming the file and the field."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"manifest {path}{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"manifest {path} must be a mapping of keys to values, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "manifest")
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as error:
-        raise UserError(f"manifest {path}: {'; '.join(_describe(e) for e in error.errors())}") from None
+        raise UserError(f"manifest {path}: {'; '.join(describe_error(e, Manifest) for e in error.errors())}") from None
     if manifest.name != path.stem:
         raise UserError(f"manifest {path}: 'name' is '{manifest.name}' but must equal the file name '{path.stem}'")
     return manifest

@@ -81,6 +81,15 @@ def crop_to_bucket(image, sample: Sample, size: tuple[int, int], crop: tuple[int
     return image.crop((left, top, left + sample.bucket[0], top + sample.bucket[1]))
 
 
+def prepared_image(catalog: Catalog, sample: Sample, max_pixels: int, op: str = "", geometry=None):
+    """The bucket-sized image a run trains on: centre-cropped unless `geometry` (size, crop) says otherwise, then `op`."""
+    from archdiff.data.images import apply_augmentation, open_image
+
+    size, crop = geometry or crop_geometry(sample, center=True, rng=None)[::2]
+    image = open_image(catalog.image_bytes(sample.record), max_pixels)
+    return apply_augmentation(crop_to_bucket(image, sample, size, crop), op)
+
+
 def tokenize(tokenizer, captions: list[str]):
     return tokenizer(
         captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
@@ -128,14 +137,10 @@ class SampleSet:
             return ""
         return choose_augmentation(sample.record.kind, sample.bucket, self.cfg.random_flip, self.cfg.rotate_drawings, rng)
 
-    def pixels(self, sample: Sample, size, crop, op: str):
-        from archdiff.data.images import apply_augmentation, open_image, to_tensor
-
-        image = open_image(self.catalog.image_bytes(sample.record), self.cfg.max_pixels)
-        return to_tensor(apply_augmentation(crop_to_bucket(image, sample, size, crop), op))
-
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         import torch
+
+        from archdiff.data.images import to_tensor
 
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[index]
@@ -147,7 +152,7 @@ class SampleSet:
         if self.caches and self.caches.latents:
             item["latent_params"] = self.caches.latents.get(self.caches.latent_key(sample, op))
         else:
-            item["pixel_values"] = self.pixels(sample, size, crop, op)
+            item["pixel_values"] = to_tensor(prepared_image(self.catalog, sample, self.cfg.max_pixels, op, (size, crop)))
         if self.caches and self.caches.texts:
             item["text_embeddings"] = self.caches.texts.get(self.caches.text_key(caption))
         else:

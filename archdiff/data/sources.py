@@ -79,10 +79,10 @@ def load_source(config: SourceConfig, default_caption: CaptionConfig) -> LoadedS
 
 
 def _check_caption_columns(label: str, columns: list[str], caption: CaptionConfig) -> None:
-    from archdiff.data.captions import template_fields
+    from archdiff.data.captions import caption_columns
 
     try:
-        needed = template_fields(caption.template) if caption.template else [caption.column]
+        needed = caption_columns(caption)
     except ValueError as error:
         raise UserError(f"data.caption.template: {error}") from None
     missing = [name for name in needed if name not in columns]

@@ -185,10 +185,6 @@ def test_start_at_applies_to_every_process():
         assert take(sampler, 4) == take(BucketBatchSampler(EVEN, 2, 1, 2, rank), 12)[8:]
 
 
-def test_bucket_counts_report_samples_per_bucket():
-    assert BucketBatchSampler(UNEVEN, 4, seed=0).bucket_counts() == {(512, 512): 13, (768, 320): 5, (320, 768): 1}
-
-
 def test_sampler_rejects_empty_data_and_impossible_process_layouts():
     with pytest.raises(ValueError, match="no samples"):
         BucketBatchSampler([], 4, seed=0)

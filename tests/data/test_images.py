@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from archdiff.data.images import (
     UnreadableImage,
-    augment,
+    apply_augmentation,
+    choose_augmentation,
     content_hash,
     open_image,
     possible_augmentations,
@@ -27,6 +28,14 @@ from archdiff.data.images import (
 )
 
 LIMIT = 10**8
+
+
+def augment(image, kind, flip, rotate, rng):
+    """What a training step does to an image: choose the change, then apply it."""
+    op = choose_augmentation(kind, image.size, flip, rotate, rng)
+    return apply_augmentation(image, op), op
+
+
 R = Image.Resampling
 
 

@@ -1,0 +1,62 @@
+"""Training end to end on hostile and mixed data, and from the caches without touching the VAE."""
+
+import subprocess
+import sys
+
+import pytest
+
+from archdiff.config import load_recipe
+from archdiff.train.run import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_cli_trains_on_a_hostile_folder_and_names_what_it_skipped(tmp_path, nasty_folder, tiny_base):
+    folder, described = nasty_folder
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "archdiff", "train", "-r", "demo-tiny", "--data", str(folder), "-o", str(run_dir)]
+    command += ["--max-steps", "6", "--set", "data.resolution=128", "--set", "data.holdout=0", "--set", "validation.prompts=[]"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = (run_dir / "data.txt").read_text()
+    assert report in done.stdout, "the run prints what it writes to data.txt"
+    assert f"{len(described['valid'])} images" in report and f"skipped {len(described['broken'])}:" in report
+    for name, reason in described["broken"].items():
+        assert f"{name}: {reason}" in report
+    buckets = dict(part.split(": ") for part in report.split("buckets: ")[1].splitlines()[0].split(", "))
+    shapes = {}
+    for bucket, count in buckets.items():
+        width, height = map(int, bucket.split("x"))
+        shape = "wide" if width > 1.5 * height else "tall" if height > 1.5 * width else "square"
+        shapes[shape] = shapes.get(shape, 0) + int(count)
+    expected = {}
+    for shape in described["valid"].values():
+        expected[shape] = expected.get(shape, 0) + 1
+    assert shapes == expected, "every valid image lands in a bucket of its own shape"
+
+
+def test_training_from_the_caches_never_runs_the_vae_encoder(tmp_path, tiny_base, monkeypatch, capsys):
+    from diffusers import AutoencoderKL
+
+    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
+    overrides = ["train.max_steps=4", "validation.prompts=[]", "data.cache.latents=true", "data.cache.text=true"]
+    first = run(load_recipe("demo-tiny", [f"output={tmp_path / 'first'}", *overrides]))
+    # 29 training photos, each unflipped and flipped, and 3 held-out ones; 32 captions
+    assert "cache: latents 61 encoded, 0 reused; texts 32 encoded, 0 reused" in capsys.readouterr().out
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the VAE encoder ran although every latent was cached")
+
+    monkeypatch.setattr(AutoencoderKL, "encode", no_encoding)
+    second = run(load_recipe("demo-tiny", [f"output={tmp_path / 'second'}", *overrides]))
+    assert "latents 0 encoded, 61 reused" in capsys.readouterr().out
+    assert second.first_val_loss == pytest.approx(first.first_val_loss)
+    assert second.final_val_loss == pytest.approx(first.final_val_loss)
+
+
+def test_several_sources_mix_with_their_repeats(tmp_path, tiny_base):
+    sources = '[{"path": "facades", "repeats": 2}, {"path": "plans"}]'
+    overrides = [f"output={tmp_path / 'mixed'}", f"data.sources={sources}", "data.holdout=0", "train.max_steps=3"]
+    result = run(load_recipe("demo-tiny", [*overrides, "validation.prompts=[]"]))
+    report = (result.run_dir / "data.txt").read_text()
+    assert "64 images from facades, plans: 64 train (96 samples), 0 held out" in report, "facades count twice, plans once"
