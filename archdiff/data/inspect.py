@@ -279,12 +279,16 @@ def psnr(before: Image.Image, after: Image.Image) -> float:
 
 
 def line_score(before: Image.Image, after: Image.Image) -> float:
-    """Fraction of the original's dark (line) pixels still dark after the round trip; 1.0 when there are no lines."""
+    """How well a round trip keeps a drawing's lines: the F1 of the dark-pixel masks before and after.
+
+    Lost lines and stray ink both cost (an all-dark smear keeps every line but is not a drawing);
+    1.0 when neither image has dark pixels.
+    """
     lines = np.asarray(before.convert("L")) < DARK
-    if not lines.any():
+    dark = np.asarray(after.convert("L")) < STILL_DARK
+    if not lines.any() and not dark.any():
         return 1.0
-    kept = np.asarray(after.convert("L")) < STILL_DARK
-    return float((kept & lines).sum() / lines.sum())
+    return float(2 * (lines & dark).sum() / (lines.sum() + dark.sum()))
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,7 @@ class VaeCheck:
     def problems(self) -> list[str]:
         found = [f"PSNR < {MIN_PSNR:g} dB"] if self.psnr < MIN_PSNR else []
         if self.line_score is not None and self.line_score < MIN_LINE_SCORE:
-            found.append(f"lines kept < {MIN_LINE_SCORE:g}")
+            found.append(f"line score < {MIN_LINE_SCORE:g}")
         return found
 
     @property
@@ -338,7 +342,7 @@ def comparison(before: Image.Image, after: Image.Image, check: VaeCheck) -> Imag
     strip = GAP + 3 * LINE_HEIGHT + 6
     canvas = Image.new("RGB", (width, strip + panel[1] + GAP), "white")
     draw = ImageDraw.Draw(canvas)
-    metrics = f"PSNR {check.psnr:.1f} dB" + ("" if check.line_score is None else f", lines kept {check.line_score:.2f}")
+    metrics = f"PSNR {check.psnr:.1f} dB" + ("" if check.line_score is None else f", line score {check.line_score:.2f}")
     verdict = f"flagged: {', '.join(check.problems)}" if check.problems else "not flagged"
     texts = [
         (GAP, 0, f"{check.name}  {check.kind}  bucket {check.bucket[0]}x{check.bucket[1]}", "black", width - 2 * GAP),
@@ -416,7 +420,7 @@ def format_vae_report(report: VaeReport) -> str:
     lines += [
         f"data: {report.label}",
         f"mean PSNR: {_mean_psnr(checks, 'photo')}, {_mean_psnr(checks, 'drawing')}",
-        f"flagged: {flagged} of {len(checks)} (PSNR < {MIN_PSNR:g} dB, or drawings keeping < {MIN_LINE_SCORE:g} of their lines)",
+        f"flagged: {flagged} of {len(checks)} (PSNR < {MIN_PSNR:g} dB, or drawings with a line score < {MIN_LINE_SCORE:g})",
         f"before/after PNGs: {len(report.written)} in {report.folder}",
     ]
     return "\n".join(lines)

@@ -85,7 +85,10 @@ def test_psnr_and_line_score_on_synthetic_pairs():
     blank = Image.new("RGB", (32, 32), "white")
     assert psnr(plan, plan) == MAX_PSNR and line_score(plan, plan) == 1.0
     assert line_score(plan, blank) == 0.0
-    assert line_score(blank, plan) == 1.0  # no lines to lose
+    assert line_score(blank, blank) == 1.0  # no lines to lose
+    assert line_score(blank, plan) == 0.0, "ink where the drawing had none"
+    smear = Image.new("RGB", (32, 32), "black")
+    assert line_score(plan, smear) == pytest.approx(2 * 48 / (48 + 1024)), "keeping every line inside a smear is no success"
     grey = Image.fromarray(np.full((32, 32, 3), 101, np.uint8))
     assert psnr(grey, Image.fromarray(np.full((32, 32, 3), 100, np.uint8))) == pytest.approx(10 * math.log10(255**2))
     assert psnr(Image.new("RGB", (8, 8), "black"), Image.new("RGB", (8, 8), "white")) == 0.0
@@ -172,7 +175,8 @@ def test_check_vae_command_with_the_tiny_model(tiny_base, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("plan_")]
-    assert len(rows) == 3 and all(row.endswith("PSNR < 20 dB") for row in rows)  # a random VAE reproduces nothing
+    # a random VAE reproduces nothing: noise, and no drawing's lines
+    assert len(rows) == 3 and all(row.endswith("PSNR < 20 dB, line score < 0.8") for row in rows)
     assert "flagged: 3 of 3" in result.output
     pngs = sorted(output.glob("*-vae.png"))
     assert [p.name for p in pngs] == ["plan_000-vae.png", "plan_010-vae.png", "plan_021-vae.png"]
