@@ -24,7 +24,9 @@ RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 DATA_FILE = "data.txt"  # which images went to which bucket, and which were skipped and why
-RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE)
+CHECKPOINTS_DIR = "checkpoints"
+LOGS_DIR = "logs"  # TensorBoard / W&B
+RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE, CHECKPOINTS_DIR, LOGS_DIR)
 
 
 def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
@@ -38,9 +40,12 @@ def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
 
 
 def claim_run_dir(folder: Path) -> None:
-    """Create the run folder and start a fresh metrics log; files archdiff did not write are never touched."""
+    """Create the run folder for a new run: an earlier run's metrics, checkpoints, logs and samples go
+    (so `--resume latest` can never pick up another run's state); files archdiff did not write stay."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / METRICS_FILE).unlink(missing_ok=True)
+    for entry in (CHECKPOINTS_DIR, LOGS_DIR, SAMPLES_DIR):
+        shutil.rmtree(folder / entry, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -90,3 +95,14 @@ class MetricsLog:
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    @staticmethod
+    def read_if_exists(path: Path | None) -> list[dict[str, Any]]:
+        return MetricsLog.read(path) if path is not None and path.is_file() else []
+
+    def keep_until(self, step: int) -> None:
+        """Drop rows after `step`: a resumed run rewrites what the stopped one logged past its checkpoint."""
+        if self.path is None:
+            return
+        rows = [row for row in self.read_if_exists(self.path) if row["step"] <= step]
+        write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from archdiff import __version__
-from archdiff.cli import data, models, recipes, sample, train
+from archdiff.cli import data, models, recipes, runs, sample, train
 from archdiff.errors import UserError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("sample")(sample.sample)
 app.command("tiny-model")(models.tiny_model)
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
+app.add_typer(runs.app, name="runs")
 
 
 def _version(value: bool) -> None:

@@ -20,6 +20,9 @@ def train(
     max_steps: int = typer.Option(None, "--max-steps", help="Override train.max_steps."),
     set_: list[str] = options.SET,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the files of an earlier run in the output folder."),
+    resume: str = typer.Option(
+        None, "--resume", help="Continue from a checkpoint: 'latest' (in the output folder), a checkpoint or a run folder."
+    ),
 ) -> None:
     """Fine-tune a LoRA on the recipe's base model and data."""
     from archdiff.config import load_recipe
@@ -36,15 +39,22 @@ def train(
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
+    from archdiff.train.checkpoints import AlreadyFinished
     from archdiff.train.loop import Interrupted
     from archdiff.train.run import run
 
     try:
-        result = run(resolved, overwrite=overwrite)
+        result = run(resolved, overwrite=overwrite, resume=resume)
+    except AlreadyFinished as finished:
+        typer.echo(f"archdiff: {finished}")
+        return
     except Interrupted as stop:
-        typer.echo(f"\narchdiff: interrupted at step {stop.step}; the LoRA so far is in {resolved.output}", err=True)
-        raise typer.Exit(130) from None
-    typer.echo(f"done: {resolved.train.max_steps} steps at {result.steps_per_second:.1f} steps/s")
+        run_dir = Path(resolved.output)
+        kept = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no new checkpoint (stopped twice)"
+        typer.echo(f"\narchdiff: stopped at step {stop.step}; saved {kept} and the LoRA so far in {run_dir}", err=True)
+        typer.echo(f"resume with: archdiff train --recipe {run_dir / 'recipe.yaml'} --resume latest", err=True)
+        raise typer.Exit(128 + stop.signal_number) from None
+    typer.echo(f"done: {result.steps_trained} steps at {result.steps_per_second:.1f} steps/s")
     if result.first_val_loss is not None and result.final_val_loss is not None:
         ratio = result.final_val_loss / result.first_val_loss
         typer.echo(

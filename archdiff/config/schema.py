@@ -123,6 +123,13 @@ class TrainConfig(Section):
     noise_offset: float = Field(0.0, ge=0.0)
     log_every: int = Field(10, ge=1)
     val_every: int = Field(100, ge=1, description="Held-out denoising loss every N steps (and at start and end).")
+    checkpoint_every: int | None = Field(
+        250, ge=1, description="Save a resumable checkpoint every N steps (and at the end); null = only at the end."
+    )
+    checkpoint_limit: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="Where metrics and sample grids are logged besides metrics.jsonl."
+    )
 
 
 class MemoryConfig(Section):
@@ -143,6 +150,7 @@ class MemoryConfig(Section):
 
 class ValidationConfig(Section):
     prompts: list[str] = Field(default_factory=list)
+    every: int | None = Field(None, ge=1, description="Also draw a prompt x seed grid into samples/ every N steps.")
     seeds: list[int] = Field(default_factory=lambda: [0])
     steps: int = Field(25, ge=1)
     guidance: float = Field(7.5, ge=0.0)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -10,8 +15,10 @@ from tqdm.auto import tqdm
 from archdiff.config.schema import Recipe
 from archdiff.data.buckets import BucketBatchSampler
 from archdiff.data.samples import SampleSet, collate
+from archdiff.errors import UserError
 from archdiff.model.base import Components
 from archdiff.run_files import MetricsLog
+from archdiff.train.checkpoints import TrainerState, read_state, register_adapter_hooks, save_checkpoint
 from archdiff.train.objective import (
     add_noise,
     diffusion_loss,
@@ -41,11 +48,44 @@ EvalSet = list[EvalBatch]
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training; carries the step reached so the CLI can say what was kept."""
+    """Ctrl-C or SIGTERM: the step in flight was finished and checkpointed before stopping."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, checkpoint: Path | None, signal_number: int):
         super().__init__(step)
-        self.step = step
+        self.step, self.checkpoint, self.signal_number = step, checkpoint, signal_number
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite: the weights are not updated with it, and the run stops."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to stop after the current step instead of dying mid-step."""
+
+    def __init__(self):
+        self.signal_number = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._request)
+        return self
+
+    def _request(self, number, frame):
+        if self.signal_number:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+@dataclass
+class LoopResult:
+    first_val_loss: float | None
+    final_val_loss: float | None
+    steps_trained: int  # in this process's run: fewer than max_steps after a resume
 
 
 def encode_images(vae, pixel_values: torch.Tensor, sample: bool = True) -> torch.Tensor:
@@ -139,9 +179,21 @@ def make_optimizer(params, recipe: Recipe):
 
 
 def train_lora(
-    recipe: Recipe, components: Components, train_set: SampleSet, eval_set: EvalSet, accelerator, metrics: MetricsLog
-) -> tuple[float | None, float | None]:
-    """Run `recipe.train.max_steps` optimizer steps; returns the (untrained, final) val_loss, None without holdout."""
+    recipe: Recipe,
+    components: Components,
+    train_set: SampleSet,
+    eval_set: EvalSet,
+    accelerator,
+    metrics: MetricsLog,
+    run_dir: Path,
+    resume: Path | None = None,
+    draw_samples: Callable[[int], None] | None = None,
+) -> LoopResult:
+    """Train up to `recipe.train.max_steps` optimizer steps, checkpointing as the recipe says.
+
+    Resuming restores the adapter, optimizer, LR schedule, RNG states and the data position, so the
+    continuation is bit-identical to an uninterrupted run on the same machine and thread count.
+    """
     from diffusers.optimization import get_scheduler
 
     cfg = recipe.train
@@ -149,6 +201,7 @@ def train_lora(
     device = accelerator.device
     alphas = components.noise_scheduler.alphas_cumprod.to(device)
     target_type = prediction_type(recipe, components.noise_scheduler)
+    recipe_dump = recipe.model_dump(mode="json")
 
     sampler = BucketBatchSampler(
         [sample.bucket for sample in train_set.samples],
@@ -158,8 +211,10 @@ def train_lora(
         process_index=accelerator.process_index,
     )
     # Not passed through accelerator.prepare: the bucket sampler already shards by process, one bucket per step.
+    # Its own generator keeps worker seeding off the global RNG, which checkpoints restore.
+    loader_generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers
+        train_set, batch_sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers, generator=loader_generator
     )
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, recipe)
@@ -170,55 +225,105 @@ def train_lora(
         num_training_steps=cfg.max_steps * accelerator.num_processes,
     )
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    register_adapter_hooks(accelerator, unet)
 
-    def validate(step: int) -> float | None:
+    def validate() -> float | None:
         if not eval_set or not accelerator.is_main_process:
             return None
         return evaluate(accelerator.unwrap_model(unet), eval_set)
 
-    first_val_loss = validate(0)
-    metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=first_val_loss)
-    step, running_loss, running_count = 0, torch.zeros((), device=accelerator.device), 0
-    bar = tqdm(total=cfg.max_steps, desc="train", unit="step", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    step = batches = 0
+    first_val_loss = None
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        state = read_state(resume)
+        step, batches = state.step, state.batches
+        first_val_loss = next((row["val_loss"] for row in MetricsLog.read_if_exists(metrics.path) if row["step"] == 0), None)
+    else:
+        first_val_loss = validate()
+        metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=first_val_loss, elapsed=0.0)
+    if step >= cfg.max_steps:
+        return LoopResult(first_val_loss, None, 0)
+    sampler.start_at(batches)
+
+    def checkpoint() -> Path:
+        return save_checkpoint(accelerator, run_dir, TrainerState(step, batches, recipe_dump), cfg.checkpoint_limit)
+
+    started, start_step = time.perf_counter(), step
+    running_loss, running_count = torch.zeros((), device=device), 0
+    val_loss = None
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+        dynamic_ncols=True,
+    )
     unet.train()
-    try:
-        for batch in loader:  # endless: the bucket sampler runs epoch after epoch
-            with accelerator.accumulate(unet):
-                with torch.no_grad():
-                    latents = batch_latents(batch, vae, components.scaling_factor, device)
-                    embeddings = batch_text(batch, text_encoder, device)
-                noise = sample_noise(latents, cfg.noise_offset)
-                timesteps = sample_timesteps(len(latents), len(alphas), latents.device)
-                target = training_target(latents, noise, timesteps, alphas, target_type)
-                prediction = unet(add_noise(latents, noise, timesteps, alphas), timesteps, embeddings).sample
-                weights = min_snr_weights(snr(timesteps, alphas), cfg.snr_gamma, target_type) if cfg.snr_gamma else None
-                loss = diffusion_loss(prediction, target, weights)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach()
-            running_count += 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            is_val_step = step % cfg.val_every == 0 or step == cfg.max_steps
-            val_loss = validate(step) if is_val_step else None
-            if step % cfg.log_every == 0 or is_val_step:
-                mean_loss = accelerator.gather(running_loss).mean().item() / running_count
-                running_loss.zero_()
-                running_count = 0
-                lr = lr_scheduler.get_last_lr()[0]
-                metrics.write(step=step, loss=mean_loss, lr=lr, val_loss=val_loss)
-                bar.set_postfix(
-                    loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {})
-                )
-            if step >= cfg.max_steps:
-                return first_val_loss, val_loss
-    except KeyboardInterrupt:
-        raise Interrupted(step) from None
-    finally:
-        bar.close()
+    with StopRequest() as stop:
+        try:
+            for batch in loader:  # endless: the bucket sampler runs epoch after epoch
+                with accelerator.accumulate(unet):
+                    with torch.no_grad():
+                        latents = batch_latents(batch, vae, components.scaling_factor, device)
+                        embeddings = batch_text(batch, text_encoder, device)
+                    noise = sample_noise(latents, cfg.noise_offset)
+                    timesteps = sample_timesteps(len(latents), len(alphas), latents.device)
+                    target = training_target(latents, noise, timesteps, alphas, target_type)
+                    prediction = unet(add_noise(latents, noise, timesteps, alphas), timesteps, embeddings).sample
+                    weights = min_snr_weights(snr(timesteps, alphas), cfg.snr_gamma, target_type) if cfg.snr_gamma else None
+                    loss = diffusion_loss(prediction, target, weights)
+                    if not accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all():
+                        raise Diverged(
+                            f"the loss became {loss.item()} at step {step + 1}; nothing from that step was applied. "
+                            f"Lower train.learning_rate or use mixed_precision bf16 (fp16 overflows); "
+                            f"the last checkpoint is in {run_dir / 'checkpoints'}"
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                batches += 1
+                running_loss += loss.detach()
+                running_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                last = step == cfg.max_steps
+                is_val_step = step % cfg.val_every == 0 or last
+                val_loss = validate() if is_val_step else None
+                if step % cfg.log_every == 0 or is_val_step:
+                    mean_loss = accelerator.gather(running_loss).mean().item() / running_count
+                    running_loss.zero_()
+                    running_count = 0
+                    lr = lr_scheduler.get_last_lr()[0]
+                    metrics.write(step=step, loss=mean_loss, lr=lr, val_loss=val_loss, elapsed=time.perf_counter() - started)
+                    accelerator.log(
+                        {"loss": mean_loss, "lr": lr, **({"val_loss": val_loss} if val_loss is not None else {})}, step=step
+                    )
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {})
+                    )
+                if draw_samples and recipe.validation.every and step % recipe.validation.every == 0 and not last:
+                    draw_samples(step)
+                if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    checkpoint()
+                if last:
+                    return LoopResult(first_val_loss, val_loss, step - start_step)
+                if _stop_requested(stop, accelerator):
+                    raise Interrupted(step, checkpoint(), stop.signal_number)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop without a new checkpoint
+            raise Interrupted(step, None, signal.SIGINT) from None
+        finally:
+            bar.close()
+    raise AssertionError("the bucket sampler never ends")
+
+
+def _stop_requested(stop: StopRequest, accelerator) -> bool:
+    """Every process stops at the same step when any of them was signalled."""
+    asked = torch.tensor([stop.signal_number != 0], device=accelerator.device)
+    return bool(accelerator.gather(asked).any())

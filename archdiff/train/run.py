@@ -14,6 +14,7 @@ from archdiff.config import Recipe, dump_recipe
 from archdiff.errors import UserError
 from archdiff.run_files import (
     DATA_FILE,
+    LOGS_DIR,
     METRICS_FILE,
     RECIPE_FILE,
     SAMPLES_DIR,
@@ -22,6 +23,7 @@ from archdiff.run_files import (
     refuse_earlier_run,
     write_text_atomic,
 )
+from archdiff.train.checkpoints import AlreadyFinished, check_resumable, checkpoint_name, find_checkpoint, read_state
 
 
 @dataclass
@@ -32,9 +34,10 @@ class RunResult:
     final_val_loss: float | None
     steps_per_second: float
     sample_files: list[Path]
+    steps_trained: int  # by this call: fewer than max_steps when resumed
 
 
-def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
+def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> RunResult:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -51,6 +54,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     # 1. inputs: every check that can fail on user input, before anything is written
     cuda = torch.cuda.is_available()
     check_memory_options(recipe.memory, cuda)
+    check_trackers(recipe)
     base = resolve_base(recipe.base)
     check_cache_options(recipe)
     catalog = build_catalog(recipe.data)
@@ -60,21 +64,40 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     train_samples = expand_samples(train_records, recipe.data, train=True)
     holdout_samples = expand_samples(holdout_records, recipe.data, train=False)
     run_dir = Path(recipe.output)
-    refuse_earlier_run(run_dir, overwrite)
+    checkpoint = None
+    if resume:
+        checkpoint = find_checkpoint(resume, run_dir)
+        state = read_state(checkpoint)
+        check_resumable(state, recipe.model_dump(mode="json"), checkpoint)
+        if state.step >= recipe.train.max_steps:
+            raise AlreadyFinished(
+                f"{run_dir} already finished at step {state.step} of {recipe.train.max_steps}: nothing to train"
+            )
+    else:
+        refuse_earlier_run(run_dir, overwrite)
 
     accelerator = Accelerator(
         mixed_precision=recipe.memory.mixed_precision,
         gradient_accumulation_steps=recipe.train.gradient_accumulation,
         cpu=not cuda,
+        log_with=list(recipe.train.trackers) or None,
+        project_dir=str(run_dir / LOGS_DIR),
     )
     main = accelerator.is_main_process
+    metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
     if main:
-        print(f"archdiff: training '{recipe.name}' on {recipe.base} -> {run_dir}")
+        action = f"resuming '{recipe.name}' from {checkpoint}" if checkpoint else f"training '{recipe.name}'"
+        print(f"archdiff: {action} on {recipe.base} -> {run_dir}")
         summary = data_summary(catalog, train_samples, holdout_samples)
         print(summary)
-        claim_run_dir(run_dir)
+        if checkpoint:
+            run_dir.mkdir(parents=True, exist_ok=True)  # resuming another run's checkpoint into a new folder
+            metrics.keep_until(state.step)
+        else:
+            claim_run_dir(run_dir)
         write_text_atomic(run_dir / RECIPE_FILE, dump_recipe(recipe))
         write_text_atomic(run_dir / DATA_FILE, summary + "\n")
+    accelerator.init_trackers(recipe.name)
     set_seed(recipe.train.seed)
 
     # 2. model: frozen base in the training dtype, trainable LoRA in fp32
@@ -106,23 +129,39 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
 
     # 4. train
     eval_set = build_eval_set(holdout_set, recipe, components, accelerator.device) if main else []
-    metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
+    draw = (lambda step: _sample_grid(recipe, base.source, components, accelerator, run_dir, step)) if main else None
     started = time.perf_counter()
     try:
-        first_val, final_val = train_lora(recipe, components, train_set, eval_set, accelerator, metrics)
-    except Interrupted as stop:
+        result = train_lora(recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw)
+    except Interrupted:
         if main:
             save_lora(accelerator.unwrap_model(components.unet), recipe.lora, run_dir)
-        raise Interrupted(stop.step) from None
+        accelerator.end_training()
+        raise
     elapsed = time.perf_counter() - started
     accelerator.wait_for_everyone()
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
     lora_file = save_lora(unet, recipe.lora, run_dir) if main else None
-    samples = _validation_samples(recipe, base.source, components, unet, run_dir) if main else []
+    samples = _validation_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
     accelerator.end_training()
-    return RunResult(run_dir, lora_file, first_val, final_val, recipe.train.max_steps / elapsed, samples)
+    return RunResult(
+        run_dir,
+        lora_file,
+        result.first_val_loss,
+        result.final_val_loss,
+        result.steps_trained / elapsed,
+        samples,
+        result.steps_trained,
+    )
+
+
+def check_trackers(recipe: Recipe) -> None:
+    import importlib.util
+
+    if "wandb" in recipe.train.trackers and importlib.util.find_spec("wandb") is None:
+        raise UserError("train.trackers lists wandb, which is not installed: pip install wandb (or drop it from the list)")
 
 
 def check_cache_options(recipe: Recipe) -> None:
@@ -139,13 +178,8 @@ def check_cache_options(recipe: Recipe) -> None:
         )
 
 
-def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: Path) -> list[Path]:
-    """The recipe's validation prompts drawn with the trained adapter, into samples/."""
-    if not recipe.validation.prompts:
-        return []
+def _validation_pipeline(source: str, components, unet):
     from diffusers import StableDiffusionPipeline
-
-    from archdiff.sample import generate, save_images
 
     pipe = StableDiffusionPipeline.from_pretrained(
         source,
@@ -158,10 +192,58 @@ def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: 
         dtype=unet.dtype,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _draw_prompts(recipe: Recipe, pipe) -> list[list]:
+    """One row of images (one per validation seed) for each validation prompt."""
+    from archdiff.sample import generate
+
     cfg, size = recipe.validation, recipe.data.resolution
+    return [generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size) for prompt in cfg.prompts]
+
+
+def _save_grid(rows: list[list], accelerator, run_dir: Path, step: int) -> Path:
+    """samples/step-NNNNNN.png, prompts down and seeds across, also sent to the trackers."""
+    import numpy as np
+
+    from archdiff.sample import grid
+
+    sheet = grid([image for row in rows for image in row], columns=len(rows[0]))
+    path = run_dir / SAMPLES_DIR / f"{checkpoint_name(step)}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": np.asarray(sheet)[None]}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({"samples": [sheet]}, step=step)
+    return path
+
+
+def _sample_grid(recipe: Recipe, source: str, components, accelerator, run_dir: Path, step: int) -> None:
+    """A progress grid during training; the UNet goes back to training mode untouched."""
+    if not recipe.validation.prompts:
+        return
+    unet = accelerator.unwrap_model(components.unet)
+    unet.eval()
+    try:
+        rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet))
+    finally:
+        unet.train()
+    _save_grid(rows, accelerator, run_dir, step)
+
+
+def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: Path, accelerator) -> list[Path]:
+    """The recipe's validation prompts drawn with the trained adapter: one folder per prompt and the final grid."""
+    if not recipe.validation.prompts:
+        return []
+    from archdiff.sample import save_images
+
+    cfg = recipe.validation
+    rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet))
     paths = []
-    for index, prompt in enumerate(cfg.prompts):
-        images = generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size)
+    for index, (prompt, images) in enumerate(zip(cfg.prompts, rows, strict=True)):
         settings = {"prompt": prompt, "base": recipe.base, "lora": [f"{run_dir}:1"], "steps": cfg.steps, "guidance": cfg.guidance}
         paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}")
-    return paths
+    return [*paths, _save_grid(rows, accelerator, run_dir, recipe.train.max_steps)]

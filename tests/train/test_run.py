@@ -22,7 +22,9 @@ PROMPT = "timber house in mountains"
 def test_run_folder_holds_exactly_the_promised_files(demo_run):
     run_dir = demo_run.run_dir
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints",
         "data.txt",
+        "logs",
         "metrics.jsonl",
         "pytorch_lora_weights.safetensors",
         "recipe.yaml",
@@ -33,7 +35,24 @@ def test_run_folder_holds_exactly_the_promised_files(demo_run):
         "samples/prompt00/00-seed0.png",
         "samples/prompt00/01-seed1.png",
         "samples/prompt00/grid.png",
+        "samples/step-000100.png",
+        "samples/step-000200.png",
+        "samples/step-000300.png",
     ]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000100", "step-000200", "step-000300"]
+
+
+def test_progress_grids_and_tensorboard_events(demo_run):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    grid = Image.open(demo_run.run_dir / "samples" / "step-000100.png")
+    assert grid.size == (2 * 64, 64), "one row per prompt, one column per seed"
+    events = EventAccumulator(str(next((demo_run.run_dir / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"loss", "lr", "val_loss"} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Images("samples")] == [100, 200, 300]
+    assert events.Scalars("val_loss")[-1].step == 300
 
 
 def test_saved_recipe_is_fully_resolved(demo_run):
@@ -57,7 +76,8 @@ def test_metrics_log_every_step_with_loss_lr_and_val_loss(demo_run):
     rows = MetricsLog.read(demo_run.run_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
     assert steps == [0, *range(10, 301, 10)]
-    assert all({"step", "loss", "lr", "val_loss"} == set(r) for r in rows)
+    assert all({"step", "loss", "lr", "val_loss", "elapsed"} == set(r) for r in rows)
+    assert [r["elapsed"] for r in rows] == sorted(r["elapsed"] for r in rows), "seconds since training started"
     assert all(isinstance(r["loss"], float) and r["lr"] >= 0 for r in rows[1:])
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [0, 50, 100, 150, 200, 250, 300]
 

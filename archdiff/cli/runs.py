@@ -1,0 +1,24 @@
+"""`archdiff runs show`: how far a run got and how its losses went, from the run folder alone (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from archdiff.runs import format_summary, plot_losses, read_metrics, summarize
+
+app = typer.Typer(help="Look at training runs.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    run: Path = typer.Argument(..., help="Run folder (the recipe's output, e.g. runs/demo-tiny)."),
+    plot: Path = typer.Option(None, "--plot", help="Also write a PNG chart of loss and val_loss by step to this path."),
+) -> None:
+    """Summarize a finished, stopped or running run: steps, losses, time, checkpoints and files."""
+    summary = summarize(run)
+    chart = plot_losses(read_metrics(run), plot, f"{summary.name}: loss by step") if plot else None
+    typer.echo(format_summary(summary))
+    if chart:
+        typer.echo(f"plot: {chart}")

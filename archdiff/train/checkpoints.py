@@ -1,0 +1,154 @@
+"""Resumable checkpoints: accelerate's state (optimizer, LR schedule, grad scaler, every process's RNG),
+the LoRA tensors alone (not the frozen base), and where training stood (step, batches consumed).
+
+A checkpoint is written into a hidden `.partial` folder and renamed into place only after its
+trainer_state.json, written last, is there: a folder named step-NNNNNN is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archdiff.errors import UserError
+from archdiff.run_files import CHECKPOINTS_DIR
+
+STATE_FILE = "trainer_state.json"
+ADAPTER_FILE = "adapter.safetensors"
+PREFIX = "step-"
+
+# Recipe fields a resumed run may change: they steer logging, saving and sampling, not the maths.
+CHANGEABLE_ON_RESUME = (
+    "name",
+    "description",
+    "output",
+    "train.max_steps",
+    "train.log_every",
+    "train.val_every",
+    "train.checkpoint_every",
+    "train.checkpoint_limit",
+    "train.trackers",
+    "validation.",
+    "data.num_workers",
+)
+
+
+class AlreadyFinished(Exception):
+    """`--resume` on a run that reached max_steps: nothing to do, and that is not an error."""
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    step: int
+    batches: int  # micro-batches consumed by this process: the bucket sampler restarts after them
+    recipe: dict[str, Any]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    folder = run_dir / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def read_state(checkpoint: Path) -> TrainerState:
+    data = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    return TrainerState(data["step"], data["batches"], data["recipe"])
+
+
+def find_checkpoint(spec: str, run_dir: Path) -> Path:
+    """`latest` (in the recipe's output folder), a checkpoint folder, or a run folder (its latest)."""
+    if spec != "latest":
+        path = Path(spec).expanduser()
+        if (path / STATE_FILE).is_file():
+            return path
+        if not path.is_dir():
+            raise UserError(f"--resume {spec}: no such folder")
+        run_dir = path
+    found = complete_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"--resume {spec}: no complete checkpoint in {run_dir / CHECKPOINTS_DIR}")
+    return found[-1]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changes_that_break_resume(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted recipe keys that differ and that a bit-exact continuation cannot absorb."""
+    old, new = _flatten(saved), _flatten(current)
+    differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    return [key for key in differing if not key.startswith(CHANGEABLE_ON_RESUME)]
+
+
+def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Path) -> None:
+    broken = changes_that_break_resume(state.recipe, current)
+    if broken:
+        shown = ", ".join(f"{key} ({_flatten(state.recipe).get(key)!r} -> {_flatten(current).get(key)!r})" for key in broken)
+        raise UserError(f"cannot resume from {checkpoint}: the recipe changed in {shown}; start a new run instead")
+
+
+def register_adapter_hooks(accelerator, unet) -> None:
+    """Save and load only the LoRA tensors through accelerate's state machinery, never the frozen base."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            adapter = get_peft_model_state_dict(accelerator.unwrap_model(unet))
+            save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, os.path.join(output_dir, ADAPTER_FILE))
+        weights.clear()  # accelerate would otherwise write the whole UNet
+
+    def load_hook(models, input_dir):
+        set_peft_model_state_dict(accelerator.unwrap_model(unet), load_file(os.path.join(input_dir, ADAPTER_FILE)))
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def save_checkpoint(accelerator, run_dir: Path, state: TrainerState, limit: int) -> Path:
+    """Write a complete checkpoint atomically on every process; keep the newest `limit`."""
+    folder = run_dir / CHECKPOINTS_DIR
+    final = folder / checkpoint_name(state.step)
+    partial = folder / f".{final.name}.partial"
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if main:
+            (partial / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1), encoding="utf-8")
+            shutil.rmtree(final, ignore_errors=True)  # a step saved twice (Ctrl-C right after a checkpoint)
+            os.replace(partial, final)
+    except OSError as error:
+        if main:
+            shutil.rmtree(partial, ignore_errors=True)
+        previous = complete_checkpoints(run_dir)
+        kept = f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
+        raise UserError(f"could not save the checkpoint for step {state.step}: {error.strerror or error}; {kept}") from None
+    accelerator.wait_for_everyone()
+    if main:
+        for old in complete_checkpoints(run_dir)[:-limit]:
+            shutil.rmtree(old)
+    return final
