@@ -25,8 +25,23 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 DATA_FILE = "data.txt"  # which images went to which bucket, and which were skipped and why
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"  # checkpoints/step-000250
+CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 LOGS_DIR = "logs"  # TensorBoard / W&B
 RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE, CHECKPOINTS_DIR, LOGS_DIR)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's finished checkpoints, oldest first."""
+    folder = run_dir / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / CHECKPOINT_STATE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix(CHECKPOINT_PREFIX))
 
 
 def refuse_earlier_run(folder: Path, overwrite: bool) -> None:

@@ -15,10 +15,9 @@ from typing import Any
 import yaml
 
 from archdiff.errors import UserError
-from archdiff.run_files import CHECKPOINTS_DIR, METRICS_FILE, RECIPE_FILE, MetricsLog
+from archdiff.run_files import METRICS_FILE, RECIPE_FILE, MetricsLog, checkpoint_step, complete_checkpoints
+from archdiff.units import human_duration, human_size
 
-CHECKPOINT_PREFIX = "step-"
-CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 FINAL_LOSS_WINDOW = 5  # one logged loss is noisy; the mean of the last few says where training ended
 
 
@@ -68,7 +67,7 @@ def summarize(run_dir: Path) -> RunSummary:
         last_val_loss=val[-1][1] if val else None,
         final_loss=sum(losses[-FINAL_LOSS_WINDOW:]) / len(losses[-FINAL_LOSS_WINDOW:]) if losses else None,
         elapsed=_training_seconds(rows),
-        checkpoints=_checkpoint_steps(run_dir),
+        checkpoints=[checkpoint_step(c) for c in complete_checkpoints(run_dir)],
         files={entry.name: _disk_size(entry) for entry in sorted(run_dir.iterdir())},
     )
 
@@ -103,36 +102,10 @@ def _training_seconds(rows: list[dict[str, Any]]) -> float | None:
     return total + times[-1]
 
 
-def _checkpoint_steps(run_dir: Path) -> list[int]:
-    folder = run_dir / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / CHECKPOINT_STATE).is_file()]
-    return sorted(int(p.name.removeprefix(CHECKPOINT_PREFIX)) for p in found if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit())
-
-
 def _disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def human_size(n_bytes: int) -> str:
-    value, unit = float(n_bytes), "B"
-    for bigger in ("KB", "MB", "GB", "TB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-
-
-def human_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
 
 
 def format_summary(s: RunSummary) -> str:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from archdiff.cli import app
 from archdiff.errors import UserError
-from archdiff.runs import format_summary, human_duration, human_size, plot_losses, read_metrics, summarize
+from archdiff.runs import format_summary, plot_losses, read_metrics, summarize
 
 MAX_STEPS = 40
 WEIGHTS_BYTES = 3_000_000
@@ -111,11 +111,6 @@ def test_format_summary_is_aligned_with_human_units(tmp_path):
         "    57 B  recipe.yaml",
     ]
     assert "resume" not in text
-
-
-def test_human_units():
-    assert [human_size(n) for n in (512, 2048, 12_900_000, 3 * 1024**3)] == ["512 B", "2.0 KB", "12.3 MB", "3.0 GB"]
-    assert [human_duration(s) for s in (42.25, 245, 3720)] == ["42.2 s", "4 min 05 s", "1 h 02 min"]
 
 
 def test_run_without_metrics_yet(tmp_path):

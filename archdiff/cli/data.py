@@ -10,6 +10,7 @@ import typer
 from archdiff.data.manifests import load_manifests
 from archdiff.data.sources import IMAGE_SUFFIXES, bundled_names
 from archdiff.paths import bundled_datasets_dir
+from archdiff.units import human_size
 
 app = typer.Typer(help="Inspect and list training data.", no_args_is_help=True)
 
@@ -20,22 +21,13 @@ def _columns(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-def _size(n_bytes: int) -> str:
-    value, unit = float(n_bytes), "B"
-    for bigger in ("KB", "MB", "GB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-
-
 def _bundled_row(folder: Path) -> tuple[str, ...]:
     """Name, image count, kinds (from metadata.jsonl; rows without one train as photo) and size on disk."""
     files = [p for p in folder.rglob("*") if p.is_file()]
     images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
     lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
     kinds = sorted({json.loads(line).get("kind") or "photo" for line in lines if line.strip()})
-    return (folder.name, str(images), ", ".join(kinds), _size(sum(p.stat().st_size for p in files)))
+    return (folder.name, str(images), ", ".join(kinds), human_size(sum(p.stat().st_size for p in files)))
 
 
 @app.command("list")

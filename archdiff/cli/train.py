@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -23,6 +24,9 @@ def train(
     resume: str = typer.Option(
         None, "--resume", help="Continue from a checkpoint: 'latest' (in the output folder), a checkpoint or a run folder."
     ),
+    num_processes: int = typer.Option(
+        1, "--num-processes", min=1, help="Train as N data-parallel processes (accelerate launch on GPUs, torchrun on CPUs)."
+    ),
 ) -> None:
     """Fine-tune a LoRA on the recipe's base model and data."""
     from archdiff.config import load_recipe
@@ -35,6 +39,11 @@ def train(
     }
     overrides = [*set_, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value is not None)]
     resolved = load_recipe(recipe, overrides)
+
+    from archdiff.train.launch import launched_by_a_launcher, relaunch
+
+    if num_processes > 1 and not launched_by_a_launcher():
+        raise typer.Exit(relaunch(num_processes, sys.argv[1:]))
 
     from archdiff.runtime import quiet_libraries
 
@@ -54,12 +63,17 @@ def train(
         typer.echo(f"\narchdiff: stopped at step {stop.step}; saved {kept} and the LoRA so far in {run_dir}", err=True)
         typer.echo(f"resume with: archdiff train --recipe {run_dir / 'recipe.yaml'} --resume latest", err=True)
         raise typer.Exit(128 + stop.signal_number) from None
+    if not result.main:
+        return
     typer.echo(f"done: {result.steps_trained} steps at {result.steps_per_second:.1f} steps/s")
     if result.first_val_loss is not None and result.final_val_loss is not None:
         ratio = result.final_val_loss / result.first_val_loss
         typer.echo(
             f"held-out loss: {result.first_val_loss:.4f} -> {result.final_val_loss:.4f} ({ratio:.2f}x the untrained model's)"
         )
+    if result.processes > 1:
+        same = "identical on every rank" if result.ranks_agree else "DIFFERENT across ranks (a DDP sync problem)"
+        typer.echo(f"processes: {result.processes}, LoRA weights {same}")
     typer.echo(f"LoRA:    {result.lora_file}")
     typer.echo(f"metrics: {result.run_dir / 'metrics.jsonl'}")
     if result.sample_files:

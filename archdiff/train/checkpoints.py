@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from archdiff.errors import UserError
-from archdiff.run_files import CHECKPOINTS_DIR
+from archdiff.run_files import CHECKPOINT_PREFIX, CHECKPOINT_STATE, CHECKPOINTS_DIR, complete_checkpoints
 
-STATE_FILE = "trainer_state.json"
 ADAPTER_FILE = "adapter.safetensors"
-PREFIX = "step-"
 
 # Recipe fields a resumed run may change: they steer logging, saving and sampling, not the maths.
 CHANGEABLE_ON_RESUME = (
@@ -49,20 +47,11 @@ class TrainerState:
 
 
 def checkpoint_name(step: int) -> str:
-    return f"{PREFIX}{step:06d}"
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Finished checkpoints, oldest first."""
-    folder = run_dir / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    return f"{CHECKPOINT_PREFIX}{step:06d}"
 
 
 def read_state(checkpoint: Path) -> TrainerState:
-    data = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    data = json.loads((checkpoint / CHECKPOINT_STATE).read_text(encoding="utf-8"))
     return TrainerState(data["step"], data["batches"], data["recipe"])
 
 
@@ -70,7 +59,7 @@ def find_checkpoint(spec: str, run_dir: Path) -> Path:
     """`latest` (in the recipe's output folder), a checkpoint folder, or a run folder (its latest)."""
     if spec != "latest":
         path = Path(spec).expanduser()
-        if (path / STATE_FILE).is_file():
+        if (path / CHECKPOINT_STATE).is_file():
             return path
         if not path.is_dir():
             raise UserError(f"--resume {spec}: no such folder")
@@ -138,7 +127,7 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainerState, limit: int)
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()
         if main:
-            (partial / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1), encoding="utf-8")
+            (partial / CHECKPOINT_STATE).write_text(json.dumps(state.__dict__, indent=1), encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)  # a step saved twice (Ctrl-C right after a checkpoint)
             os.replace(partial, final)
     except OSError as error:

@@ -35,6 +35,9 @@ class RunResult:
     steps_per_second: float
     sample_files: list[Path]
     steps_trained: int  # by this call: fewer than max_steps when resumed
+    processes: int = 1
+    ranks_agree: bool = True  # every process ended with the same LoRA weights
+    main: bool = True  # the process that writes files and reports
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> RunResult:
@@ -139,7 +142,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
-    accelerator.wait_for_everyone()
+    ranks_agree = _ranks_agree(accelerator, components.unet)
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
@@ -154,7 +157,19 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         result.steps_trained / elapsed,
         samples,
         result.steps_trained,
+        accelerator.num_processes,
+        ranks_agree,
+        main,
     )
+
+
+def _ranks_agree(accelerator, unet) -> bool:
+    """DDP keeps replicas in lockstep; compare every trainable value across processes to prove it."""
+    import torch
+
+    flat = torch.cat([p.detach().flatten().float() for p in unet.parameters() if p.requires_grad])
+    gathered = accelerator.gather(flat[None])
+    return bool((gathered == gathered[0]).all())
 
 
 def check_trackers(recipe: Recipe) -> None:

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from archdiff.config import load_recipe
 from archdiff.errors import UserError
-from archdiff.run_files import MetricsLog
-from archdiff.train.checkpoints import complete_checkpoints, read_state
+from archdiff.run_files import MetricsLog, complete_checkpoints
+from archdiff.train.checkpoints import read_state
 from archdiff.train.run import run
 
 pytestmark = pytest.mark.slow
