@@ -58,6 +58,8 @@ def train(
         typer.echo(f"archdiff: {finished}")
         return
     except Interrupted as stop:
+        if not stop.main:
+            raise typer.Exit(128 + stop.signal_number) from None
         run_dir = Path(resolved.output)
         kept = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no new checkpoint (stopped twice)"
         typer.echo(f"\narchdiff: stopped at step {stop.step}; saved {kept} and the LoRA so far in {run_dir}", err=True)

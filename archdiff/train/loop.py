@@ -50,9 +50,9 @@ EvalSet = list[EvalBatch]
 class Interrupted(Exception):
     """Ctrl-C or SIGTERM: the step in flight was finished and checkpointed before stopping."""
 
-    def __init__(self, step: int, checkpoint: Path | None, signal_number: int):
+    def __init__(self, step: int, checkpoint: Path | None, signal_number: int, main: bool):
         super().__init__(step)
-        self.step, self.checkpoint, self.signal_number = step, checkpoint, signal_number
+        self.step, self.checkpoint, self.signal_number, self.main = step, checkpoint, signal_number, main
 
 
 class Diverged(UserError):
@@ -315,9 +315,9 @@ def train_lora(
                 if last:
                     return LoopResult(first_val_loss, val_loss, step - start_step)
                 if _stop_requested(stop, accelerator):
-                    raise Interrupted(step, checkpoint(), stop.signal_number)
+                    raise Interrupted(step, checkpoint(), stop.signal_number, accelerator.is_main_process)
         except KeyboardInterrupt:  # a second Ctrl-C: stop without a new checkpoint
-            raise Interrupted(step, None, signal.SIGINT) from None
+            raise Interrupted(step, None, signal.SIGINT, accelerator.is_main_process) from None
         finally:
             bar.close()
     raise AssertionError("the bucket sampler never ends")

@@ -179,10 +179,11 @@ def test_existing_output_folder_is_untouched(archdiff, tmp_path: Path, extra: li
     [
         pytest.param("memory.attention=xformers", ["xformers", "archdiff[cuda]"], id="xformers-without-extra"),
         pytest.param("memory.mixed_precision=fp16", ["fp16", "CUDA"], id="fp16-on-cpu"),
+        pytest.param("train.trackers=[tensorboard, wandb]", ["wandb", "pip install wandb"], id="wandb-not-installed"),
     ],
 )
 def test_memory_options_this_machine_cannot_honour(archdiff, setting: str, expected: list[str]) -> None:
-    """CUDA-only knobs are refused up front on this CPU machine without the cuda extra, saying what is missing."""
+    """CUDA-only knobs and missing optional packages are refused up front, saying what is missing."""
     message = user_error(archdiff(*TRAIN_DEMO, "--set", setting))
     for text in expected:
         assert text in message
@@ -223,3 +224,16 @@ def test_help_is_instant_and_imports_no_heavy_library(tmp_path: Path) -> None:
     assert json.loads(markers["HEAVY"]) == [], result.stdout
     assert "train" in result.stdout
     assert elapsed < 1.5, f"archdiff --help took {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        pytest.param(["--resume", "latest"], "no complete checkpoint", id="resume-without-checkpoints"),
+        pytest.param(["--resume", "nowhere/at/all"], "no such folder", id="resume-missing-folder"),
+    ],
+)
+def test_resume_needs_a_checkpoint(archdiff, tmp_path: Path, extra: list[str], expected: str) -> None:
+    message = user_error(archdiff(*TRAIN_DEMO, "--output", str(tmp_path / "fresh"), *extra))
+    assert expected in message
+    assert not (tmp_path / "fresh").exists(), "a refused resume creates nothing"
