@@ -56,6 +56,8 @@ def same_lora(a: Path, b: Path) -> bool:
 
 
 def main() -> None:
+    from archdiff.run_files import complete_checkpoints
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40)
@@ -70,7 +72,9 @@ def main() -> None:
             run_dir = Path(scratch) / f"trial{trial}"
             target = rng.randint(1, args.steps - 1)
             reached = kill_at(run_dir, args.steps, target)
-            subprocess.run(command(run_dir, args.steps, "--resume", "latest"), check=True, capture_output=True)
+            # killed before the first checkpoint: nothing to resume, the run starts again
+            how = ["--resume", "latest"] if complete_checkpoints(run_dir) else ["--overwrite"]
+            subprocess.run(command(run_dir, args.steps, *how), check=True, capture_output=True)
             same = same_lora(reference, run_dir)
             identical += same
             print(

@@ -40,7 +40,7 @@ def _tiny_base(name: str) -> BaseModel:
     folder = cache_dir() / "tiny" / family
     if not (folder / "model_index.json").is_file():
         build_tiny_pipeline(folder, family, overwrite=True)
-    return BaseModel(name, str(folder), family)
+    return BaseModel(name, str(folder), _family(json.loads((folder / "model_index.json").read_text()), name))
 
 
 def _family(model_index: dict[str, Any], name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from archdiff.errors import UserError
 from archdiff.run_files import staging_dir
 
-FAMILIES = ("sd15",)
+FAMILIES = ("sd15", "sd2v")  # SD 1.x (epsilon) and SD 2.x-v (v-prediction)
 
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -44,7 +44,8 @@ def write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def _build_sd15(folder: Path) -> None:
+def _build_sd(folder: Path, prediction_type: str, linear_projection: bool) -> None:
+    """SD 1.x's layout (epsilon, conv projections) or SD 2.x-v's (velocity target, linear projections)."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -77,6 +78,7 @@ def _build_sd15(folder: Path) -> None:
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=16,
+        use_linear_projection=linear_projection,
     )
     vae = AutoencoderKL(
         sample_size=64,
@@ -94,7 +96,7 @@ def _build_sd15(folder: Path) -> None:
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         clip_sample=False,
         steps_offset=1,
     )
@@ -112,7 +114,10 @@ def _build_sd15(folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
-_BUILDERS = {"sd15": _build_sd15}
+_BUILDERS = {
+    "sd15": lambda folder: _build_sd(folder, "epsilon", linear_projection=False),
+    "sd2v": lambda folder: _build_sd(folder, "v_prediction", linear_projection=True),
+}
 
 
 @contextmanager

@@ -52,7 +52,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     from archdiff.model.base import load_components, resolve_base
     from archdiff.model.lora import attach_lora, save_lora
     from archdiff.model.memory import apply_memory_options, check_memory_options, weight_dtype
-    from archdiff.train.loop import Interrupted, build_eval_set, train_lora
+    from archdiff.train.loop import Interrupted, build_eval_set, prediction_type, train_lora
 
     # 1. inputs: every check that can fail on user input, before anything is written
     cuda = torch.cuda.is_available()
@@ -112,6 +112,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     attach_lora(components.unet, recipe.lora)
     cast_training_params(components.unet, dtype=torch.float32)
     apply_memory_options(components.unet, recipe.memory)
+    if main:
+        origin = "the recipe" if recipe.train.prediction_type else "the base's scheduler"
+        print(f"target: {prediction_type(recipe, components.noise_scheduler)} (from {origin})")
 
     # 3. data as the model sees it, encoded once into the caches when the recipe asks
     seed = recipe.train.seed

@@ -76,3 +76,13 @@ def test_folder_that_is_not_a_pipeline(tmp_path):
 def test_unknown_tiny_family():
     with pytest.raises(UserError, match="tiny-sd15"):
         resolve_base("tiny-sd99")
+
+
+def test_tiny_v_prediction_base():
+    """tiny-sd2v: SD 2.x's layout (linear attention projections) and a v-prediction scheduler."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    base = resolve_base("tiny-sd2v")
+    assert base.family == "sd15", "the same StableDiffusionPipeline; only the scheduler's target differs"
+    assert DDPMScheduler.from_pretrained(base.source, subfolder="scheduler").config.prediction_type == "v_prediction"
+    assert UNet2DConditionModel.load_config(base.source, subfolder="unet")["use_linear_projection"] is True

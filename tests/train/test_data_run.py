@@ -60,3 +60,22 @@ def test_several_sources_mix_with_their_repeats(tmp_path, tiny_base):
     result = run(load_recipe("demo-tiny", [*overrides, "validation.prompts=[]"]))
     report = (result.run_dir / "data.txt").read_text()
     assert "64 images from facades, plans: 64 train (96 samples), 0 held out" in report, "facades count twice, plans once"
+
+
+def test_a_v_prediction_base_trains_with_the_velocity_target(tmp_path, monkeypatch, capsys):
+    """The target comes from the base's scheduler: tiny-sd2v is v-prediction, like SD 2.x 768-v."""
+    import archdiff.train.loop as loop
+
+    seen = []
+    real_target = loop.training_target
+
+    def recording_target(*args):
+        seen.append(args[-1])
+        return real_target(*args)
+
+    monkeypatch.setattr(loop, "training_target", recording_target)
+    overrides = [f"output={tmp_path / 'v'}", "base=tiny-sd2v", "train.max_steps=60", "validation.prompts=[]"]
+    result = run(load_recipe("demo-tiny", overrides))
+    assert "target: v_prediction (from the base's scheduler)" in capsys.readouterr().out
+    assert set(seen) == {"v_prediction"} and len(seen) > 60, "every training step and the val set"
+    assert result.final_val_loss < 0.8 * result.first_val_loss
