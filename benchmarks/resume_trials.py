@@ -77,9 +77,8 @@ def main() -> None:
             subprocess.run(command(run_dir, args.steps, *how), check=True, capture_output=True)
             same = same_lora(reference, run_dir)
             identical += same
-            print(
-                f"trial {trial}: killed after step {reached} (aimed at {target}), resumed: {'identical' if same else 'DIFFERENT'}"
-            )
+            verdict = "identical" if same else "DIFFERENT"
+            print(f"trial {trial}: killed after step {reached} (aimed at {target}), then {' '.join(how)}: {verdict}")
     print(f"{identical} of {args.trials} resumed runs are bit-identical to the uninterrupted run")
 
 
