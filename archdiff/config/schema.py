@@ -90,6 +90,15 @@ class DataConfig(Section):
         return self
 
 
+class TextEncoderLoraConfig(Section):
+    """A LoRA on the CLIP text encoder too: teaches new words (a trigger, a drawing convention's name)."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    learning_rate: float | None = Field(None, gt=0, description="Its own learning rate; null = train.learning_rate.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], min_length=1)
+
+
 class LoraConfig(Section):
     rank: int = Field(16, ge=1)
     alpha: float = Field(16.0, gt=0)
@@ -99,6 +108,7 @@ class LoraConfig(Section):
         min_length=1,
         description="UNet module names (peft matching): attention by default; add ff.net.0.proj, ff.net.2, conv1, conv2 ...",
     )
+    text_encoder: TextEncoderLoraConfig | None = Field(None, description="Also train a LoRA on the text encoder; null = off.")
 
 
 class TrainConfig(Section):

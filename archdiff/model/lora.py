@@ -7,18 +7,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from archdiff.config.schema import LoraConfig
+from archdiff.config.schema import LoraConfig, TextEncoderLoraConfig
 from archdiff.errors import UserError
 from archdiff.run_files import LORA_WEIGHTS, staging_dir
 
 
-def peft_config(cfg: LoraConfig):
+def peft_config(cfg: LoraConfig | TextEncoderLoraConfig):
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
+        lora_dropout=getattr(cfg, "dropout", 0.0),
         init_lora_weights="gaussian",
         target_modules=list(cfg.target_modules),
     )
@@ -34,6 +34,20 @@ def attach_lora(unet, cfg: LoraConfig) -> None:
         raise UserError(f"lora.target_modules [{names}] matched nothing in the UNet ({str(exc).splitlines()[0]})") from None
 
 
+def attach_text_encoder_lora(text_encoder, cfg: TextEncoderLoraConfig) -> None:
+    """peft's injection directly: transformers' own `add_adapter` wants a newer peft than this stack has."""
+    from peft import inject_adapter_in_model
+
+    text_encoder.requires_grad_(False)
+    try:
+        inject_adapter_in_model(peft_config(cfg), text_encoder)
+    except ValueError as exc:
+        names = ", ".join(cfg.target_modules)
+        raise UserError(
+            f"lora.text_encoder.target_modules [{names}] matched nothing in the text encoder ({str(exc).splitlines()[0]})"
+        ) from None
+
+
 def lora_state_dict(unet) -> dict:
     """peft-named keys (`lora_A`/`lora_B`): diffusers loads them for every module type.
 
@@ -45,15 +59,25 @@ def lora_state_dict(unet) -> dict:
     return get_peft_model_state_dict(unet)
 
 
-def save_lora(unet, cfg: LoraConfig, folder: Path) -> Path:
-    """Write `pytorch_lora_weights.safetensors` atomically into `folder` (temp file, then rename)."""
+def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoder=None) -> Path:
+    """Write `pytorch_lora_weights.safetensors` atomically into `folder` (temp file, then rename).
+
+    With a text-encoder LoRA, both adapters go into the one file, so `load_lora_weights` restores both.
+    """
     from diffusers import StableDiffusionPipeline
 
+    text_encoder_parts = {}
+    if cfg.text_encoder is not None and text_encoder is not None:
+        text_encoder_parts = {
+            "text_encoder_lora_layers": lora_state_dict(text_encoder),
+            "text_encoder_lora_adapter_metadata": peft_config(cfg.text_encoder).to_dict(),
+        }
     with staging_dir(folder) as staging:
         StableDiffusionPipeline.save_lora_weights(
             staging,
             unet_lora_layers=lora_state_dict(unet),
             unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
+            **text_encoder_parts,
         )
         os.replace(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
     return folder / LORA_WEIGHTS

@@ -18,6 +18,7 @@ from archdiff.errors import UserError
 from archdiff.run_files import CHECKPOINT_PREFIX, CHECKPOINT_STATE, CHECKPOINTS_DIR, complete_checkpoints
 
 ADAPTER_FILE = "adapter.safetensors"
+TEXT_ENCODER_ADAPTER_FILE = "text_encoder_adapter.safetensors"
 
 # Recipe fields a resumed run may change: they steer logging, saving and sampling, not the maths.
 CHANGEABLE_ON_RESUME = (
@@ -94,19 +95,23 @@ def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Pa
         raise UserError(f"cannot resume from {checkpoint}: the recipe changed in {shown}; start a new run instead")
 
 
-def register_adapter_hooks(accelerator, unet) -> None:
+def register_adapter_hooks(accelerator, unet, text_encoder=None) -> None:
     """Save and load only the LoRA tensors through accelerate's state machinery, never the frozen base."""
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
+    adapters = {ADAPTER_FILE: unet, **({TEXT_ENCODER_ADAPTER_FILE: text_encoder} if text_encoder is not None else {})}
+
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            adapter = get_peft_model_state_dict(accelerator.unwrap_model(unet))
-            save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, os.path.join(output_dir, ADAPTER_FILE))
-        weights.clear()  # accelerate would otherwise write the whole UNet
+            for name, model in adapters.items():
+                adapter = get_peft_model_state_dict(accelerator.unwrap_model(model))
+                save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, os.path.join(output_dir, name))
+        weights.clear()  # accelerate would otherwise write the whole UNet and text encoder
 
     def load_hook(models, input_dir):
-        set_peft_model_state_dict(accelerator.unwrap_model(unet), load_file(os.path.join(input_dir, ADAPTER_FILE)))
+        for name, model in adapters.items():
+            set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(os.path.join(input_dir, name)))
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)

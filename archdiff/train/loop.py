@@ -40,8 +40,9 @@ class EvalBatch:
 
     noisy: torch.Tensor
     timesteps: torch.Tensor
-    text_embeddings: torch.Tensor
+    text_embeddings: torch.Tensor  # from the untrained text encoder
     target: torch.Tensor
+    input_ids: torch.Tensor | None  # to re-encode when the text encoder trains too (None with the text cache)
 
 
 EvalSet = list[EvalBatch]
@@ -139,12 +140,14 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
         noise = sample_noise(latents.cpu(), generator=generator).to(device)
         target = training_target(latents, noise, timesteps, alphas, prediction_type(recipe, components.noise_scheduler))
         noisy = add_noise(latents, noise, timesteps, alphas)
-        eval_set.append(EvalBatch(noisy, timesteps, embeddings.repeat_interleave(k, dim=0), target))
+        input_ids = examples["input_ids"].repeat_interleave(k, dim=0) if "input_ids" in examples else None
+        eval_set.append(EvalBatch(noisy, timesteps, embeddings.repeat_interleave(k, dim=0), target, input_ids))
     return eval_set
 
 
 @torch.no_grad()
-def evaluate(unet, eval_set: EvalSet, batch_size: int = 16) -> float:
+def evaluate(unet, eval_set: EvalSet, text_encoder=None, batch_size: int = 16) -> float:
+    """Mean denoising loss on the held-out set; pass the text encoder when it trains, so its change counts."""
     was_training = unet.training
     unet.eval()
     total, count = 0.0, 0
@@ -152,9 +155,11 @@ def evaluate(unet, eval_set: EvalSet, batch_size: int = 16) -> float:
     for group in eval_set:
         for start in range(0, len(group.timesteps), batch_size):
             window = slice(start, start + batch_size)
-            prediction = unet(
-                group.noisy[window].to(dtype), group.timesteps[window], group.text_embeddings[window].to(dtype)
-            ).sample
+            if text_encoder is None:
+                embeddings = group.text_embeddings[window]
+            else:
+                embeddings = encode_text(text_encoder, group.input_ids[window])
+            prediction = unet(group.noisy[window].to(dtype), group.timesteps[window], embeddings.to(dtype)).sample
             n = len(group.timesteps[window])
             total += diffusion_loss(prediction, group.target[window]).item() * n
             count += n
@@ -216,21 +221,31 @@ def train_lora(
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers, generator=loader_generator
     )
+    train_text = recipe.lora.text_encoder is not None
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, recipe)
+    groups = [{"params": params}]
+    if train_text:
+        text_params = [p for p in text_encoder.parameters() if p.requires_grad]
+        groups.append({"params": text_params, "lr": recipe.lora.text_encoder.learning_rate or cfg.learning_rate})
+        params = params + text_params
+    optimizer = make_optimizer(groups, recipe)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer,
         num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
         num_training_steps=cfg.max_steps * accelerator.num_processes,
     )
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    register_adapter_hooks(accelerator, unet)
+    if train_text:
+        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    else:
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    trained = [unet, text_encoder] if train_text else [unet]
+    register_adapter_hooks(accelerator, unet, text_encoder if train_text else None)
 
     def validate() -> float | None:
         if not eval_set or not accelerator.is_main_process:
             return None
-        return evaluate(accelerator.unwrap_model(unet), eval_set)
+        return evaluate(accelerator.unwrap_model(unet), eval_set, accelerator.unwrap_model(text_encoder) if train_text else None)
 
     step = batches = 0
     first_val_loss = None
@@ -260,13 +275,15 @@ def train_lora(
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    unet.train()
+    for model in trained:
+        model.train()
     with StopRequest() as stop:
         try:
             for batch in loader:  # endless: the bucket sampler runs epoch after epoch
-                with accelerator.accumulate(unet):
+                with accelerator.accumulate(*trained):
                     with torch.no_grad():
                         latents = batch_latents(batch, vae, components.scaling_factor, device)
+                    with torch.set_grad_enabled(train_text):
                         embeddings = batch_text(batch, text_encoder, device)
                     noise = sample_noise(latents, cfg.noise_offset)
                     timesteps = sample_timesteps(len(latents), len(alphas), latents.device)

@@ -50,7 +50,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     from archdiff.data.catalog import build_catalog, split_holdout
     from archdiff.data.samples import SampleSet, data_summary, expand_samples
     from archdiff.model.base import load_components, resolve_base
-    from archdiff.model.lora import attach_lora, save_lora
+    from archdiff.model.lora import attach_lora, attach_text_encoder_lora, save_lora
     from archdiff.model.memory import apply_memory_options, check_memory_options, weight_dtype
     from archdiff.train.loop import Interrupted, build_eval_set, prediction_type, train_lora
 
@@ -111,6 +111,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         frozen.to(accelerator.device, dtype=dtype)
     attach_lora(components.unet, recipe.lora)
     cast_training_params(components.unet, dtype=torch.float32)
+    if recipe.lora.text_encoder:
+        attach_text_encoder_lora(components.text_encoder, recipe.lora.text_encoder)
+        cast_training_params(components.text_encoder, dtype=torch.float32)
     apply_memory_options(components.unet, recipe.memory)
     if main:
         origin = "the recipe" if recipe.train.prediction_type else "the base's scheduler"
@@ -141,15 +144,15 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         result = train_lora(recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw)
     except Interrupted:
         if main:
-            save_lora(accelerator.unwrap_model(components.unet), recipe.lora, run_dir)
+            save_lora(components.unet, recipe.lora, run_dir, components.text_encoder)
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
-    ranks_agree = _ranks_agree(accelerator, components.unet)
+    ranks_agree = _ranks_agree(accelerator, [components.unet, components.text_encoder])
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
-    lora_file = save_lora(unet, recipe.lora, run_dir) if main else None
+    lora_file = save_lora(unet, recipe.lora, run_dir, components.text_encoder) if main else None
     samples = _validation_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
     accelerator.end_training()
     return RunResult(
@@ -166,11 +169,11 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     )
 
 
-def _ranks_agree(accelerator, unet) -> bool:
+def _ranks_agree(accelerator, models) -> bool:
     """DDP keeps replicas in lockstep; compare every trainable value across processes to prove it."""
     import torch
 
-    flat = torch.cat([p.detach().flatten().float() for p in unet.parameters() if p.requires_grad])
+    flat = torch.cat([p.detach().flatten().float() for model in models for p in model.parameters() if p.requires_grad])
     gathered = accelerator.gather(flat[None])
     return bool((gathered == gathered[0]).all())
 
@@ -190,6 +193,8 @@ def check_cache_options(recipe: Recipe) -> None:
     if data.cache.latents and not data.center_crop:
         raise UserError("data.cache.latents needs data.center_crop: true (a cached latent holds one crop of each image)")
     captions = [data.caption, *(source.caption for source in data.sources if source.caption)]
+    if data.cache.text and recipe.lora.text_encoder:
+        raise UserError("data.cache.text cannot hold embeddings of a text encoder that trains (lora.text_encoder)")
     if data.cache.text and any(varies_per_step(caption) for caption in captions):
         raise UserError(
             "data.cache.text needs fixed captions: turn off caption.shuffle_tags and caption.field_dropout, or the text cache"
