@@ -166,6 +166,17 @@ class ValidationConfig(Section):
     guidance: float = Field(7.5, ge=0.0)
 
 
+class DreamBoothConfig(Section):
+    """Teach one subject (a building) from a few photos, keeping the class (houses) as the base drew it."""
+
+    instance_prompt: str = Field(description="Caption of every subject image, with a rare trigger: 'a photo of sks house'.")
+    class_prompt: str | None = Field(None, description="'a photo of a house': enables prior preservation; null = off.")
+    class_images: int = Field(100, ge=1, description="Class images the base model draws once (cached, reused by later runs).")
+    prior_loss_weight: float = Field(1.0, ge=0.0)
+    class_steps: int = Field(25, ge=1, description="Sampling steps for the class images.")
+    class_guidance: float = Field(7.5, ge=0.0)
+
+
 class Recipe(Section):
     """A fully resolved recipe (after `extends` and --set overrides)."""
 
@@ -178,6 +189,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    dreambooth: DreamBoothConfig | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from archdiff.train.objective import (
     add_noise,
     diffusion_loss,
     min_snr_weights,
+    prior_preservation_loss,
     sample_noise,
     sample_timesteps,
     snr,
@@ -109,6 +110,13 @@ def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
 
 
+def batch_bucket(batch: dict) -> tuple[int, int]:
+    """(width, height) in pixels of a collated batch, from its pixels or its cached latents."""
+    if "pixel_values" in batch:
+        return batch["pixel_values"].shape[-1], batch["pixel_values"].shape[-2]
+    return batch["latent_params"].shape[-1] * 8, batch["latent_params"].shape[-2] * 8
+
+
 def batch_text(batch: dict, text_encoder, device) -> torch.Tensor:
     if "text_embeddings" in batch:
         return batch["text_embeddings"].to(device)
@@ -193,6 +201,7 @@ def train_lora(
     run_dir: Path,
     resume: Path | None = None,
     draw_samples: Callable[[int], None] | None = None,
+    class_batches=None,
 ) -> LoopResult:
     """Train up to `recipe.train.max_steps` optimizer steps, checkpointing as the recipe says.
 
@@ -280,6 +289,10 @@ def train_lora(
     with StopRequest() as stop:
         try:
             for batch in loader:  # endless: the bucket sampler runs epoch after epoch
+                instances = len(next(iter(batch.values())))
+                if class_batches is not None:  # DreamBooth: as many class images, same bucket, one batch
+                    extra = collate(class_batches.batch(batch_bucket(batch), instances, batches))
+                    batch = {key: torch.cat([batch[key], extra[key]]) for key in batch}
                 with accelerator.accumulate(*trained):
                     with torch.no_grad():
                         latents = batch_latents(batch, vae, components.scaling_factor, device)
@@ -290,7 +303,12 @@ def train_lora(
                     target = training_target(latents, noise, timesteps, alphas, target_type)
                     prediction = unet(add_noise(latents, noise, timesteps, alphas), timesteps, embeddings).sample
                     weights = min_snr_weights(snr(timesteps, alphas), cfg.snr_gamma, target_type) if cfg.snr_gamma else None
-                    loss = diffusion_loss(prediction, target, weights)
+                    if class_batches is None:
+                        loss = diffusion_loss(prediction, target, weights)
+                    else:
+                        loss = prior_preservation_loss(
+                            prediction, target, weights, instances, recipe.dreambooth.prior_loss_weight
+                        )
                     if not accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all():
                         raise Diverged(
                             f"the loss became {loss.item()} at step {step + 1}; nothing from that step was applied. "

@@ -69,6 +69,20 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torc
     return per_sample.mean()
 
 
+def prior_preservation_loss(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, instances: int, prior_weight: float
+) -> torch.Tensor:
+    """DreamBooth: the first `instances` samples are the subject, the rest class images the base drew itself.
+
+    instance loss + prior_weight x class loss, each a mean over its own part of the batch.
+    """
+
+    def loss(part: slice) -> torch.Tensor:
+        return diffusion_loss(prediction[part], target[part], None if weights is None else weights[part])
+
+    return loss(slice(0, instances)) + prior_weight * loss(slice(instances, None))
+
+
 def _per_sample(values: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     picked = values.to(device=like.device, dtype=torch.float32)[timesteps]
     return picked.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)

@@ -24,6 +24,7 @@ from archdiff.run_files import (
     write_text_atomic,
 )
 from archdiff.train.checkpoints import AlreadyFinished, check_resumable, checkpoint_name, find_checkpoint, read_state
+from archdiff.train.dreambooth import ClassBatches, class_data, class_targets, ensure_class_images, instance_data
 
 
 @dataclass
@@ -60,12 +61,11 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     check_trackers(recipe)
     base = resolve_base(recipe.base)
     check_cache_options(recipe)
-    catalog = build_catalog(recipe.data)
-    train_records, holdout_records = split_holdout(
-        catalog.records, recipe.data.holdout, recipe.data.holdout_group, recipe.train.seed
-    )
-    train_samples = expand_samples(train_records, recipe.data, train=True)
-    holdout_samples = expand_samples(holdout_records, recipe.data, train=False)
+    data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
+    catalog = build_catalog(data)
+    train_records, holdout_records = split_holdout(catalog.records, data.holdout, data.holdout_group, recipe.train.seed)
+    train_samples = expand_samples(train_records, data, train=True)
+    holdout_samples = expand_samples(holdout_records, data, train=False)
     run_dir = Path(recipe.output)
     checkpoint = None
     if resume:
@@ -109,6 +109,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     for frozen in (components.vae, components.text_encoder, components.unet):
         frozen.requires_grad_(False)
         frozen.to(accelerator.device, dtype=dtype)
+    class_set = None
+    if recipe.dreambooth and recipe.dreambooth.class_prompt:
+        class_set = _class_set(recipe, data, train_samples, base.source, components, accelerator, run_dir)
     attach_lora(components.unet, recipe.lora)
     cast_training_params(components.unet, dtype=torch.float32)
     if recipe.lora.text_encoder:
@@ -121,14 +124,15 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
     # 3. data as the model sees it, encoded once into the caches when the recipe asks
     seed = recipe.train.seed
-    train_set = SampleSet(catalog, train_samples, recipe.data, components.tokenizer, seed, train=True)
-    holdout_set = SampleSet(catalog, holdout_samples, recipe.data, components.tokenizer, seed, train=False)
-    if recipe.data.cache.latents or recipe.data.cache.text:
+    train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, train=True)
+    holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, train=False)
+    sets = [train_set, holdout_set, *([class_set] if class_set else [])]
+    if data.cache.latents or data.cache.text:
         with accelerator.main_process_first():
             caches = build_caches(
-                [train_set, holdout_set],
-                recipe.data.cache.latents,
-                recipe.data.cache.text,
+                sets,
+                data.cache.latents,
+                data.cache.text,
                 components.vae,
                 components.tokenizer,
                 components.text_encoder,
@@ -141,7 +145,10 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     draw = (lambda step: _sample_grid(recipe, base.source, components, accelerator, run_dir, step)) if main else None
     started = time.perf_counter()
     try:
-        result = train_lora(recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw)
+        class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
+        result = train_lora(
+            recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches
+        )
     except Interrupted:
         if main:
             save_lora(components.unet, recipe.lora, run_dir, components.text_encoder)
@@ -176,6 +183,29 @@ def _ranks_agree(accelerator, models) -> bool:
     flat = torch.cat([p.detach().flatten().float() for model in models for p in model.parameters() if p.requires_grad])
     gathered = accelerator.gather(flat[None])
     return bool((gathered == gathered[0]).all())
+
+
+def _class_set(recipe: Recipe, data, train_samples, source: str, components, accelerator, run_dir: Path):
+    """DreamBooth's class images, drawn by the untouched base (main process first, the others reuse them)."""
+    from archdiff.data.cache import module_fingerprint
+    from archdiff.data.catalog import build_catalog
+    from archdiff.data.samples import SampleSet, expand_samples
+
+    targets = class_targets([s.bucket for s in train_samples], recipe.dreambooth.class_images, recipe.train.batch_size)
+    with accelerator.main_process_first():
+        pipe = _validation_pipeline(source, components, components.unet)
+        drawn = ensure_class_images(recipe.dreambooth, targets, pipe, module_fingerprint(components.unet))
+    class_cfg = class_data(data, drawn.folder)
+    class_catalog = build_catalog(class_cfg)
+    if accelerator.is_main_process:
+        print(drawn.report())
+        subjects = ", ".join(sorted({s.record.name for s in train_samples}))
+        lines = [f"instance prompt: {recipe.dreambooth.instance_prompt}", f"subject images: {subjects}", drawn.report()]
+        lines.append(f"class prompt: {recipe.dreambooth.class_prompt}")
+        with (run_dir / DATA_FILE).open("a", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+    samples = expand_samples(class_catalog.records, class_cfg, train=True)
+    return SampleSet(class_catalog, samples, class_cfg, components.tokenizer, recipe.train.seed, train=True)
 
 
 def check_trackers(recipe: Recipe) -> None:

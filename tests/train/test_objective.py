@@ -109,3 +109,13 @@ def test_loss_is_computed_in_fp32():
     target = torch.zeros(1, 1, 2, 2, dtype=torch.float16)
     loss = diffusion_loss(prediction, target)
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(90000.0)
+
+
+def test_prior_preservation_loss_weights_the_class_half():
+    from archdiff.train.objective import prior_preservation_loss
+
+    target = torch.zeros(4, 2)
+    prediction = torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [2.0, 2.0]])  # subject error 1, class error 4
+    assert prior_preservation_loss(prediction, target, None, 2, 0.5).item() == pytest.approx(1.0 + 0.5 * 4.0)
+    weights = torch.tensor([1.0, 3.0, 1.0, 0.0])
+    assert prior_preservation_loss(prediction, target, weights, 2, 1.0).item() == pytest.approx(2.0 + 2.0)
