@@ -62,14 +62,17 @@ def run_recipe(loras: list[LoraSpec]) -> dict:
     return {}
 
 
-def load_pipeline(source: str, loras: list[LoraSpec]):
+def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15"):
+    """The base's own pipeline class (SDXL or SD 1.x/2.x), with every LoRA loaded as a named adapter."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cuda = torch.cuda.is_available()
-    pipe = StableDiffusionPipeline.from_pretrained(
-        source, dtype=torch.float16 if cuda else torch.float32, safety_checker=None, requires_safety_checker=False
-    )
+    dtype = torch.float16 if cuda else torch.float32
+    if family == "sdxl":
+        pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     names = []
     for index, lora in enumerate(loras):
@@ -164,7 +167,7 @@ def sample_to_folder(
     resolved = resolve_base(base_name)
     if width is None and height is None:
         width = height = recipe.get("data", {}).get("resolution")
-    pipe = load_pipeline(resolved.source, loras)
+    pipe = load_pipeline(resolved.source, loras, resolved.family)
     seeds = list(range(seed, seed + num_images))
     images = generate(pipe, prompt, seeds, steps, guidance, width, height)
     settings = {"prompt": prompt, "base": base_name, "lora": [lora.label for lora in loras], "steps": steps, "guidance": guidance}

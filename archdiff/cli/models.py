@@ -9,7 +9,9 @@ import typer
 
 def tiny_model(
     folder: Path = typer.Argument(..., help="Folder to write the diffusers pipeline into."),
-    family: str = typer.Option("sd15", "--family", help="sd15 (SD 1.x, epsilon) or sd2v (SD 2.x layout, v-prediction)."),
+    family: str = typer.Option(
+        "sd15", "--family", help="sd15 (SD 1.x, epsilon), sd2v (SD 2.x layout, v-prediction) or sdxl (two text encoders)."
+    ),
 ) -> None:
     """Build a tiny random diffusers pipeline offline (for tests, demos and debugging)."""
     from archdiff.runtime import quiet_libraries

@@ -109,7 +109,17 @@ class SampleSet:
     drawn in the same order from the same generator, so cached and uncached runs see the same samples.
     """
 
-    def __init__(self, catalog: Catalog, samples: list[Sample], cfg: DataConfig, tokenizer, seed: int, train: bool, caches=None):
+    def __init__(
+        self,
+        catalog: Catalog,
+        samples: list[Sample],
+        cfg: DataConfig,
+        tokenizer,
+        seed: int,
+        train: bool,
+        caches=None,
+        tokenizer_2=None,
+    ):
         self.catalog, self.samples, self.cfg, self.tokenizer, self.seed, self.train = (
             catalog,
             samples,
@@ -119,6 +129,7 @@ class SampleSet:
             train,
         )
         self.caches = caches
+        self.tokenizer_2 = tokenizer_2  # SDXL: items also carry `input_ids_2` for the second text encoder
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -157,6 +168,8 @@ class SampleSet:
             item["text_embeddings"] = self.caches.texts.get(self.caches.text_key(caption))
         else:
             item["input_ids"] = tokenize(self.tokenizer, [caption])[0]
+            if self.tokenizer_2 is not None:
+                item["input_ids_2"] = tokenize(self.tokenizer_2, [caption])[0]
         return item
 
 

@@ -17,13 +17,16 @@ from archdiff.errors import UserError
 from archdiff.paths import cache_dir
 
 TINY_PREFIX = "tiny-"
-_PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd15"}
+_PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 _OFFLINE_HINT = "for an offline try, use --base tiny-sd15"
 
 
 @dataclass(frozen=True)
 class BaseModel:
-    """A resolved base: `source` is passed to `from_pretrained` (a local folder or a Hub id)."""
+    """A resolved base: `source` is passed to `from_pretrained` (a local folder or a Hub id).
+
+    `family` is "sd15" (one text encoder; SD 2.x too) or "sdxl" (two text encoders, size/crop conditioning).
+    """
 
     name: str
     source: str
@@ -47,7 +50,7 @@ def _family(model_index: dict[str, Any], name: str) -> str:
     pipeline_class = model_index.get("_class_name", "?")
     if pipeline_class not in _PIPELINE_FAMILIES:
         raise UserError(
-            f"base '{name}' is a {pipeline_class}; archdiff trains {', '.join(_PIPELINE_FAMILIES)} bases (SD 1.x/2.x)"
+            f"base '{name}' is a {pipeline_class}; archdiff trains {', '.join(_PIPELINE_FAMILIES)} bases (SD 1.x/2.x, SDXL)"
         )
     return _PIPELINE_FAMILIES[pipeline_class]
 
@@ -108,6 +111,12 @@ class Components:
     vae: Any
     unet: Any
     noise_scheduler: Any
+    tokenizer_2: Any = None  # SDXL's second tokenizer and text encoder (with projection); None for SD 1.x/2.x
+    text_encoder_2: Any = None
+
+    @property
+    def sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
     @property
     def scaling_factor(self) -> float:
@@ -116,12 +125,19 @@ class Components:
 
 def load_components(base: BaseModel) -> Components:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    second = {}
+    if base.family == "sdxl":
+        second = {
+            "tokenizer_2": CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer_2"),
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base.source, subfolder="text_encoder_2"),
+        }
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer"),
         text_encoder=CLIPTextModel.from_pretrained(base.source, subfolder="text_encoder"),
         vae=AutoencoderKL.from_pretrained(base.source, subfolder="vae"),
         unet=UNet2DConditionModel.from_pretrained(base.source, subfolder="unet"),
         noise_scheduler=DDPMScheduler.from_pretrained(base.source, subfolder="scheduler"),
+        **second,
     )

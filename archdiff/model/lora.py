@@ -59,12 +59,13 @@ def lora_state_dict(unet) -> dict:
     return get_peft_model_state_dict(unet)
 
 
-def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoder=None) -> Path:
+def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoder=None, sdxl: bool = False) -> Path:
     """Write `pytorch_lora_weights.safetensors` atomically into `folder` (temp file, then rename).
 
     With a text-encoder LoRA, both adapters go into the one file, so `load_lora_weights` restores both.
+    An SDXL LoRA is written by SDXL's pipeline class, whose `load_lora_weights` reads it back.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     text_encoder_parts = {}
     if cfg.text_encoder is not None and text_encoder is not None:
@@ -73,7 +74,8 @@ def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoder=None) -> Path:
             "text_encoder_lora_adapter_metadata": peft_config(cfg.text_encoder).to_dict(),
         }
     with staging_dir(folder) as staging:
-        StableDiffusionPipeline.save_lora_weights(
+        pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+        pipeline_class.save_lora_weights(
             staging,
             unet_lora_layers=lora_state_dict(unet),
             unet_lora_adapter_metadata=peft_config(cfg).to_dict(),

@@ -1,4 +1,6 @@
-"""The training loop: LoRA on the UNet, the denoising objective, accelerate for devices and precision."""
+"""The training loop: LoRA on the UNet, the denoising objective, accelerate for devices and precision.
+
+SD 1.x/2.x condition the UNet on text alone; SDXL adds pooled text and per-sample size/crop time ids."""
 
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class EvalBatch:
     text_embeddings: torch.Tensor  # from the untrained text encoder
     target: torch.Tensor
     input_ids: torch.Tensor | None  # to re-encode when the text encoder trains too (None with the text cache)
+    added_cond: dict[str, torch.Tensor] | None = None  # SDXL's pooled text and time ids; None for SD 1.x/2.x
 
 
 EvalSet = list[EvalBatch]
@@ -123,6 +126,30 @@ def batch_text(batch: dict, text_encoder, device) -> torch.Tensor:
     return encode_text(text_encoder, batch["input_ids"])
 
 
+def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, bucket: tuple[int, int]) -> torch.Tensor:
+    """Per sample (original h, w, crop top, left, target h, w): SDXL is told each image's size and crop, so
+    upscaled or cropped training images do not teach it to draw blurry or cut-off buildings."""
+    width, height = bucket
+    target = torch.tensor([height, width], dtype=original_size.dtype).expand(len(original_size), 2)
+    return torch.cat([original_size, crop_top_left, target], dim=1)
+
+
+def encode_text_sdxl(text_encoder, text_encoder_2, input_ids: torch.Tensor, input_ids_2: torch.Tensor):
+    """As SDXL's pipeline encodes a prompt: both encoders' penultimate states side by side, and the second's pooled projection."""
+    first = text_encoder(input_ids.to(text_encoder.device), output_hidden_states=True)
+    second = text_encoder_2(input_ids_2.to(text_encoder_2.device), output_hidden_states=True)
+    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+
+
+def batch_conditioning(batch: dict, text_encoder, components: Components, device):
+    """The UNet's text conditioning, plus SDXL's `added_cond_kwargs` (None for SD 1.x/2.x, which have none)."""
+    if not components.sdxl:
+        return batch_text(batch, text_encoder, device), None
+    embeddings, pooled = encode_text_sdxl(text_encoder, components.text_encoder_2, batch["input_ids"], batch["input_ids_2"])
+    time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch_bucket(batch))
+    return embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(device, embeddings.dtype)}
+
+
 def prediction_type(recipe: Recipe, noise_scheduler) -> str:
     return recipe.train.prediction_type or noise_scheduler.config.prediction_type
 
@@ -142,14 +169,16 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
     for bucket in sorted(by_bucket):
         examples = collate([holdout[i] for i in by_bucket[bucket]])
         latents = batch_latents(examples, components.vae, components.scaling_factor, device, sample=False).float()
-        embeddings = batch_text(examples, components.text_encoder, device)
+        embeddings, added = batch_conditioning(examples, components.text_encoder, components, device)
         latents = latents.repeat_interleave(k, dim=0)
         timesteps = stratified_timesteps(k, len(alphas)).repeat(len(by_bucket[bucket])).to(device)
         noise = sample_noise(latents.cpu(), generator=generator).to(device)
         target = training_target(latents, noise, timesteps, alphas, prediction_type(recipe, components.noise_scheduler))
         noisy = add_noise(latents, noise, timesteps, alphas)
         input_ids = examples["input_ids"].repeat_interleave(k, dim=0) if "input_ids" in examples else None
-        eval_set.append(EvalBatch(noisy, timesteps, embeddings.repeat_interleave(k, dim=0), target, input_ids))
+        if added is not None:
+            added = {key: value.repeat_interleave(k, dim=0) for key, value in added.items()}
+        eval_set.append(EvalBatch(noisy, timesteps, embeddings.repeat_interleave(k, dim=0), target, input_ids, added))
     return eval_set
 
 
@@ -167,7 +196,9 @@ def evaluate(unet, eval_set: EvalSet, text_encoder=None, batch_size: int = 16) -
                 embeddings = group.text_embeddings[window]
             else:
                 embeddings = encode_text(text_encoder, group.input_ids[window])
-            prediction = unet(group.noisy[window].to(dtype), group.timesteps[window], embeddings.to(dtype)).sample
+            added = {key: value[window].to(dtype) for key, value in group.added_cond.items()} if group.added_cond else None
+            noisy = group.noisy[window].to(dtype)
+            prediction = unet(noisy, group.timesteps[window], embeddings.to(dtype), added_cond_kwargs=added).sample
             n = len(group.timesteps[window])
             total += diffusion_loss(prediction, group.target[window]).item() * n
             count += n
@@ -297,11 +328,12 @@ def train_lora(
                     with torch.no_grad():
                         latents = batch_latents(batch, vae, components.scaling_factor, device)
                     with torch.set_grad_enabled(train_text):
-                        embeddings = batch_text(batch, text_encoder, device)
+                        embeddings, added_cond = batch_conditioning(batch, text_encoder, components, device)
                     noise = sample_noise(latents, cfg.noise_offset)
                     timesteps = sample_timesteps(len(latents), len(alphas), latents.device)
                     target = training_target(latents, noise, timesteps, alphas, target_type)
-                    prediction = unet(add_noise(latents, noise, timesteps, alphas), timesteps, embeddings).sample
+                    noisy = add_noise(latents, noise, timesteps, alphas)
+                    prediction = unet(noisy, timesteps, embeddings, added_cond_kwargs=added_cond).sample
                     weights = min_snr_weights(snr(timesteps, alphas), cfg.snr_gamma, target_type) if cfg.snr_gamma else None
                     if class_batches is None:
                         loss = diffusion_loss(prediction, target, weights)

@@ -60,6 +60,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     check_memory_options(recipe.memory, cuda)
     check_trackers(recipe)
     base = resolve_base(recipe.base)
+    check_family_options(recipe, base.family)
     check_cache_options(recipe)
     data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
     catalog = build_catalog(data)
@@ -106,7 +107,8 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # 2. model: frozen base in the training dtype, trainable LoRA in fp32
     components = load_components(base)
     dtype = weight_dtype(recipe.memory)
-    for frozen in (components.vae, components.text_encoder, components.unet):
+    parts = (components.vae, components.text_encoder, components.unet, components.text_encoder_2)
+    for frozen in (part for part in parts if part is not None):  # text_encoder_2 is SDXL's only
         frozen.requires_grad_(False)
         frozen.to(accelerator.device, dtype=dtype)
     class_set = None
@@ -124,8 +126,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
     # 3. data as the model sees it, encoded once into the caches when the recipe asks
     seed = recipe.train.seed
-    train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, train=True)
-    holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, train=False)
+    tokenizer_2 = components.tokenizer_2
+    train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, train=True, tokenizer_2=tokenizer_2)
+    holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, train=False, tokenizer_2=tokenizer_2)
     sets = [train_set, holdout_set, *([class_set] if class_set else [])]
     if data.cache.latents or data.cache.text:
         with accelerator.main_process_first():
@@ -151,7 +154,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         )
     except Interrupted:
         if main:
-            save_lora(components.unet, recipe.lora, run_dir, components.text_encoder)
+            save_lora(components.unet, recipe.lora, run_dir, components.text_encoder, sdxl=components.sdxl)
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
@@ -159,7 +162,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
-    lora_file = save_lora(unet, recipe.lora, run_dir, components.text_encoder) if main else None
+    lora_file = save_lora(unet, recipe.lora, run_dir, components.text_encoder, sdxl=components.sdxl) if main else None
     samples = _validation_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
     accelerator.end_training()
     return RunResult(
@@ -192,7 +195,7 @@ def _class_set(recipe: Recipe, data, train_samples, source: str, components, acc
     from archdiff.data.samples import SampleSet, expand_samples
 
     targets = class_targets([s.bucket for s in train_samples], recipe.dreambooth.class_images, recipe.train.batch_size)
-    with accelerator.main_process_first():
+    with accelerator.main_process_first(), accelerator.autocast():
         pipe = _validation_pipeline(source, components, components.unet)
         drawn = ensure_class_images(recipe.dreambooth, targets, pipe, module_fingerprint(components.unet))
     class_cfg = class_data(data, drawn.folder)
@@ -231,29 +234,46 @@ def check_cache_options(recipe: Recipe) -> None:
         )
 
 
-def _validation_pipeline(source: str, components, unet):
-    from diffusers import StableDiffusionPipeline
+def check_family_options(recipe: Recipe, family: str) -> None:
+    """SDXL trains a UNet LoRA; options built for SD 1.x's single text encoder are refused, not half-applied."""
+    if family != "sdxl":
+        return
+    if recipe.lora.text_encoder:
+        raise UserError("lora.text_encoder is not supported on SDXL bases yet (two text encoders); set it to null")
+    if recipe.data.cache.text:
+        raise UserError("data.cache.text is not supported on SDXL bases yet (two text encoders); set it to false")
+    if recipe.dreambooth:
+        raise UserError("dreambooth is not supported on SDXL bases yet; use an SD 1.x/2.x base or a plain LoRA recipe")
+    if recipe.memory.mixed_precision == "fp16":
+        raise UserError("memory.mixed_precision=fp16 on SDXL: its VAE overflows to NaN in fp16; use bf16 (or no)")
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        source,
-        unet=unet,
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        safety_checker=None,
-        requires_safety_checker=False,
-        dtype=unet.dtype,
-    )
+
+def _validation_pipeline(source: str, components, unet):
+    """The base pipeline around the in-memory (possibly training) UNet and the loaded encoders."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    parts = {"unet": unet, "vae": components.vae, "text_encoder": components.text_encoder, "tokenizer": components.tokenizer}
+    if components.sdxl:
+        parts |= {"text_encoder_2": components.text_encoder_2, "tokenizer_2": components.tokenizer_2, "add_watermarker": False}
+        pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=unet.dtype, **parts)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, safety_checker=None, requires_safety_checker=False, dtype=unet.dtype, **parts
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _draw_prompts(recipe: Recipe, pipe) -> list[list]:
-    """One row of images (one per validation seed) for each validation prompt."""
+def _draw_prompts(recipe: Recipe, pipe, accelerator) -> list[list]:
+    """One row of images (one per validation seed) for each validation prompt.
+
+    Under autocast, as training runs: with bf16/fp16 the frozen weights are half precision, the LoRA fp32.
+    """
     from archdiff.sample import generate
 
     cfg, size = recipe.validation, recipe.data.resolution
-    return [generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size) for prompt in cfg.prompts]
+    with accelerator.autocast():
+        return [generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size) for prompt in cfg.prompts]
 
 
 def _save_grid(rows: list[list], accelerator, run_dir: Path, step: int) -> Path:
@@ -281,7 +301,7 @@ def _sample_grid(recipe: Recipe, source: str, components, accelerator, run_dir: 
     unet = accelerator.unwrap_model(components.unet)
     unet.eval()
     try:
-        rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet))
+        rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet), accelerator)
     finally:
         unet.train()
     _save_grid(rows, accelerator, run_dir, step)
@@ -294,7 +314,7 @@ def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: 
     from archdiff.sample import save_images
 
     cfg = recipe.validation
-    rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet))
+    rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet), accelerator)
     paths = []
     for index, (prompt, images) in enumerate(zip(cfg.prompts, rows, strict=True)):
         settings = {"prompt": prompt, "base": recipe.base, "lora": [f"{run_dir}:1"], "steps": cfg.steps, "guidance": cfg.guidance}

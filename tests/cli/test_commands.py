@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from archdiff.cli import app
@@ -29,11 +30,12 @@ def test_recipes_validate_all_shipped():
     assert result.exit_code == 0 and result.stdout.count("ok ") >= 3
 
 
-def test_tiny_model_command_writes_a_pipeline(tmp_path):
-    result = runner.invoke(app, ["tiny-model", str(tmp_path / "tiny"), "--family", "sd15"])
+@pytest.mark.parametrize(("family", "pipeline"), [("sd15", "StableDiffusionPipeline"), ("sdxl", "StableDiffusionXLPipeline")])
+def test_tiny_model_command_writes_a_pipeline(tmp_path, family, pipeline):
+    result = runner.invoke(app, ["tiny-model", str(tmp_path / "tiny"), "--family", family])
     assert result.exit_code == 0, result.output
     index = json.loads((tmp_path / "tiny" / "model_index.json").read_text())
-    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["_class_name"] == pipeline
 
 
 def test_version():

@@ -35,6 +35,16 @@ def test_demo_tiny_extends_facade_lora_and_overrides_only_tiny_needs():
     assert demo.output == "runs/demo-tiny" and real.output == "runs/facade-lora"
 
 
+def test_sdxl_recipe_is_facade_lora_at_1024_and_passes_the_sdxl_checks():
+    from archdiff.train.run import check_cache_options, check_family_options
+
+    real, sdxl = load_recipe("facade-lora"), load_recipe("sdxl-facade-lora")
+    assert sdxl.base == "stabilityai/stable-diffusion-xl-base-1.0" and sdxl.data.resolution == 1024
+    assert sdxl.data.sources == real.data.sources and sdxl.lora == real.lora
+    check_family_options(sdxl, "sdxl")  # what a run on the SDXL base refuses, this recipe avoids
+    check_cache_options(sdxl)
+
+
 def test_plans_are_drawings_and_tiled():
     """Drawings are never mirrored whatever random_flip says (tested in tests/data/test_images.py)."""
     plans = load_recipe("plan-lora").data

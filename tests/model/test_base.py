@@ -36,6 +36,31 @@ def test_components_load_with_sd_shapes(tiny_base):
     assert parts.noise_scheduler.config.prediction_type == "epsilon"
 
 
+def test_tiny_sdxl_has_two_text_encoders_and_size_conditioning():
+    base = resolve_base("tiny-sdxl")
+    folder = Path(base.source)
+    assert base.family == "sdxl"
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 10_000_000, "a few MB"
+    parts = load_components(base)
+    assert parts.sdxl and type(parts.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    unet = parts.unet.config
+    assert unet.addition_embed_type == "text_time"
+    assert unet.cross_attention_dim == parts.text_encoder.config.hidden_size + parts.text_encoder_2.config.hidden_size
+    assert (
+        unet.projection_class_embeddings_input_dim
+        == 6 * unet.addition_time_embed_dim + parts.text_encoder_2.config.projection_dim
+    )
+    assert type(parts.noise_scheduler).__name__ == "DDPMScheduler", "training noise from the pipeline's Euler config"
+    assert parts.noise_scheduler.config.prediction_type == "epsilon"
+    assert parts.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode().shape == (1, 4, 8, 8)
+
+
+def test_sd15_components_have_no_second_text_encoder(tiny_base):
+    parts = load_components(resolve_base("tiny-sd15"))
+    assert not parts.sdxl and parts.tokenizer_2 is None
+
+
 def test_tokenizer_from_written_vocab_handles_any_text(tiny_base):
     tokenizer = CLIPTokenizer.from_pretrained(tiny_base, subfolder="tokenizer")
     ids = tokenizer("Ünïcode façade, 3-storey!").input_ids

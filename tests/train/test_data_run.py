@@ -79,3 +79,21 @@ def test_a_v_prediction_base_trains_with_the_velocity_target(tmp_path, monkeypat
     assert "target: v_prediction (from the base's scheduler)" in capsys.readouterr().out
     assert set(seen) == {"v_prediction"} and len(seen) > 60, "every training step and the val set"
     assert result.final_val_loss < 0.8 * result.first_val_loss
+
+
+def test_bf16_runs_draw_their_validation_images(tmp_path, tiny_base):
+    """Half-precision frozen weights with an fp32 LoRA: sampling (validation and DreamBooth's class images)
+    runs under the same autocast as training. A subprocess: accelerate's precision is fixed per process."""
+    dreambooth = (
+        "dreambooth={instance_prompt: a photo of sks house, class_prompt: a photo of a house, class_images: 1, class_steps: 2}"
+    )
+    command = [sys.executable, "-m", "archdiff", "train", "-r", "demo-tiny", "-o", str(tmp_path / "bf16"), "--max-steps", "2"]
+    for setting in ("memory.mixed_precision=bf16", "validation.seeds=[0]", "validation.steps=2", dreambooth):
+        command += ["--set", setting]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "bf16" / "samples").rglob("*.png")) == [
+        "00-seed0.png",
+        "grid.png",
+        "step-000002.png",
+    ]
