@@ -119,6 +119,10 @@ class Components:
         return self.text_encoder_2 is not None
 
     @property
+    def text_encoders(self) -> tuple:
+        return (self.text_encoder, self.text_encoder_2) if self.sdxl else (self.text_encoder,)
+
+    @property
     def scaling_factor(self) -> float:
         return self.vae.config.scaling_factor
 

@@ -59,20 +59,20 @@ def lora_state_dict(unet) -> dict:
     return get_peft_model_state_dict(unet)
 
 
-def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoder=None, sdxl: bool = False) -> Path:
+def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), sdxl: bool = False) -> Path:
     """Write `pytorch_lora_weights.safetensors` atomically into `folder` (temp file, then rename).
 
-    With a text-encoder LoRA, both adapters go into the one file, so `load_lora_weights` restores both.
-    An SDXL LoRA is written by SDXL's pipeline class, whose `load_lora_weights` reads it back.
+    With a text-encoder LoRA, every adapter goes into the one file (SDXL: both encoders'), so
+    `load_lora_weights` restores them all. An SDXL LoRA is written by SDXL's pipeline class, which reads it back.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     text_encoder_parts = {}
-    if cfg.text_encoder is not None and text_encoder is not None:
-        text_encoder_parts = {
-            "text_encoder_lora_layers": lora_state_dict(text_encoder),
-            "text_encoder_lora_adapter_metadata": peft_config(cfg.text_encoder).to_dict(),
-        }
+    if cfg.text_encoder is not None:
+        metadata = peft_config(cfg.text_encoder).to_dict()
+        for prefix, encoder in zip(("text_encoder", "text_encoder_2"), text_encoders, strict=False):
+            text_encoder_parts[f"{prefix}_lora_layers"] = lora_state_dict(encoder)
+            text_encoder_parts[f"{prefix}_lora_adapter_metadata"] = metadata
     with staging_dir(folder) as staging:
         pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
         pipeline_class.save_lora_weights(

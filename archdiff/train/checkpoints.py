@@ -18,7 +18,7 @@ from archdiff.errors import UserError
 from archdiff.run_files import CHECKPOINT_PREFIX, CHECKPOINT_STATE, CHECKPOINTS_DIR, complete_checkpoints
 
 ADAPTER_FILE = "adapter.safetensors"
-TEXT_ENCODER_ADAPTER_FILE = "text_encoder_adapter.safetensors"
+TEXT_ENCODER_ADAPTER_FILES = ("text_encoder_adapter.safetensors", "text_encoder_2_adapter.safetensors")  # SDXL has two
 
 # Recipe fields a resumed run may change: they steer logging, saving and sampling, not the maths.
 CHANGEABLE_ON_RESUME = (
@@ -95,12 +95,12 @@ def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Pa
         raise UserError(f"cannot resume from {checkpoint}: the recipe changed in {shown}; start a new run instead")
 
 
-def register_adapter_hooks(accelerator, unet, text_encoder=None) -> None:
+def register_adapter_hooks(accelerator, unet, text_encoders: list) -> None:
     """Save and load only the LoRA tensors through accelerate's state machinery, never the frozen base."""
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
-    adapters = {ADAPTER_FILE: unet, **({TEXT_ENCODER_ADAPTER_FILE: text_encoder} if text_encoder is not None else {})}
+    adapters = {ADAPTER_FILE: unet, **dict(zip(TEXT_ENCODER_ADAPTER_FILES, text_encoders, strict=False))}
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:

@@ -45,7 +45,7 @@ class EvalBatch:
     timesteps: torch.Tensor
     text_embeddings: torch.Tensor  # from the untrained text encoder
     target: torch.Tensor
-    input_ids: torch.Tensor | None  # to re-encode when the text encoder trains too (None with the text cache)
+    token_ids: dict[str, torch.Tensor]  # to re-encode when the text encoders train too (empty with the text cache)
     added_cond: dict[str, torch.Tensor] | None = None  # SDXL's pooled text and time ids; None for SD 1.x/2.x
 
 
@@ -109,8 +109,13 @@ def batch_latents(batch: dict, vae, scaling_factor: float, device, sample: bool 
     return (dist.sample() if sample else dist.mode()) * scaling_factor
 
 
+def _device(module) -> torch.device:
+    """Where a module's weights are; also for a DDP-wrapped encoder, which has no `.device`."""
+    return next(module.parameters()).device
+
+
 def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
-    return text_encoder(input_ids.to(text_encoder.device), return_dict=False)[0]
+    return text_encoder(input_ids.to(_device(text_encoder)), return_dict=False)[0]
 
 
 def batch_bucket(batch: dict) -> tuple[int, int]:
@@ -118,12 +123,6 @@ def batch_bucket(batch: dict) -> tuple[int, int]:
     if "pixel_values" in batch:
         return batch["pixel_values"].shape[-1], batch["pixel_values"].shape[-2]
     return batch["latent_params"].shape[-1] * 8, batch["latent_params"].shape[-2] * 8
-
-
-def batch_text(batch: dict, text_encoder, device) -> torch.Tensor:
-    if "text_embeddings" in batch:
-        return batch["text_embeddings"].to(device)
-    return encode_text(text_encoder, batch["input_ids"])
 
 
 def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, bucket: tuple[int, int]) -> torch.Tensor:
@@ -136,16 +135,25 @@ def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, buck
 
 def encode_text_sdxl(text_encoder, text_encoder_2, input_ids: torch.Tensor, input_ids_2: torch.Tensor):
     """As SDXL's pipeline encodes a prompt: both encoders' penultimate states side by side, and the second's pooled projection."""
-    first = text_encoder(input_ids.to(text_encoder.device), output_hidden_states=True)
-    second = text_encoder_2(input_ids_2.to(text_encoder_2.device), output_hidden_states=True)
+    first = text_encoder(input_ids.to(_device(text_encoder)), output_hidden_states=True)
+    second = text_encoder_2(input_ids_2.to(_device(text_encoder_2)), output_hidden_states=True)
     return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
 
 
-def batch_conditioning(batch: dict, text_encoder, components: Components, device):
+def encode_prompts(text_encoders: list, token_ids: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(text conditioning, SDXL's pooled text or None) from token ids, with one or two text encoders."""
+    if len(text_encoders) == 1:
+        return encode_text(text_encoders[0], token_ids["input_ids"]), None
+    return encode_text_sdxl(text_encoders[0], text_encoders[1], token_ids["input_ids"], token_ids["input_ids_2"])
+
+
+def batch_conditioning(batch: dict, text_encoders: list, device):
     """The UNet's text conditioning, plus SDXL's `added_cond_kwargs` (None for SD 1.x/2.x, which have none)."""
-    if not components.sdxl:
-        return batch_text(batch, text_encoder, device), None
-    embeddings, pooled = encode_text_sdxl(text_encoder, components.text_encoder_2, batch["input_ids"], batch["input_ids_2"])
+    if "text_embeddings" in batch:  # the text cache (SD 1.x/2.x)
+        return batch["text_embeddings"].to(device), None
+    embeddings, pooled = encode_prompts(text_encoders, batch)
+    if pooled is None:
+        return embeddings, None
     time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], batch_bucket(batch))
     return embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(device, embeddings.dtype)}
 
@@ -169,22 +177,22 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
     for bucket in sorted(by_bucket):
         examples = collate([holdout[i] for i in by_bucket[bucket]])
         latents = batch_latents(examples, components.vae, components.scaling_factor, device, sample=False).float()
-        embeddings, added = batch_conditioning(examples, components.text_encoder, components, device)
+        embeddings, added = batch_conditioning(examples, components.text_encoders, device)
         latents = latents.repeat_interleave(k, dim=0)
         timesteps = stratified_timesteps(k, len(alphas)).repeat(len(by_bucket[bucket])).to(device)
         noise = sample_noise(latents.cpu(), generator=generator).to(device)
         target = training_target(latents, noise, timesteps, alphas, prediction_type(recipe, components.noise_scheduler))
         noisy = add_noise(latents, noise, timesteps, alphas)
-        input_ids = examples["input_ids"].repeat_interleave(k, dim=0) if "input_ids" in examples else None
+        token_ids = {key: examples[key].repeat_interleave(k, dim=0) for key in ("input_ids", "input_ids_2") if key in examples}
         if added is not None:
             added = {key: value.repeat_interleave(k, dim=0) for key, value in added.items()}
-        eval_set.append(EvalBatch(noisy, timesteps, embeddings.repeat_interleave(k, dim=0), target, input_ids, added))
+        eval_set.append(EvalBatch(noisy, timesteps, embeddings.repeat_interleave(k, dim=0), target, token_ids, added))
     return eval_set
 
 
 @torch.no_grad()
-def evaluate(unet, eval_set: EvalSet, text_encoder=None, batch_size: int = 16) -> float:
-    """Mean denoising loss on the held-out set; pass the text encoder when it trains, so its change counts."""
+def evaluate(unet, eval_set: EvalSet, text_encoders: list | None = None, batch_size: int = 16) -> float:
+    """Mean denoising loss on the held-out set; pass the text encoders when they train, so their change counts."""
     was_training = unet.training
     unet.eval()
     total, count = 0.0, 0
@@ -192,11 +200,13 @@ def evaluate(unet, eval_set: EvalSet, text_encoder=None, batch_size: int = 16) -
     for group in eval_set:
         for start in range(0, len(group.timesteps), batch_size):
             window = slice(start, start + batch_size)
-            if text_encoder is None:
+            added = {key: value[window].to(dtype) for key, value in group.added_cond.items()} if group.added_cond else None
+            if text_encoders is None:
                 embeddings = group.text_embeddings[window]
             else:
-                embeddings = encode_text(text_encoder, group.input_ids[window])
-            added = {key: value[window].to(dtype) for key, value in group.added_cond.items()} if group.added_cond else None
+                embeddings, pooled = encode_prompts(text_encoders, {key: ids[window] for key, ids in group.token_ids.items()})
+                if pooled is not None:
+                    added["text_embeds"] = pooled.to(dtype)
             noisy = group.noisy[window].to(dtype)
             prediction = unet(noisy, group.timesteps[window], embeddings.to(dtype), added_cond_kwargs=added).sample
             n = len(group.timesteps[window])
@@ -242,7 +252,7 @@ def train_lora(
     from diffusers.optimization import get_scheduler
 
     cfg = recipe.train
-    unet, vae, text_encoder = components.unet, components.vae, components.text_encoder
+    unet, vae, text_encoders = components.unet, components.vae, list(components.text_encoders)
     device = accelerator.device
     alphas = components.noise_scheduler.alphas_cumprod.to(device)
     target_type = prediction_type(recipe, components.noise_scheduler)
@@ -265,7 +275,7 @@ def train_lora(
     params = [p for p in unet.parameters() if p.requires_grad]
     groups = [{"params": params}]
     if train_text:
-        text_params = [p for p in text_encoder.parameters() if p.requires_grad]
+        text_params = [p for encoder in text_encoders for p in encoder.parameters() if p.requires_grad]
         groups.append({"params": text_params, "lr": recipe.lora.text_encoder.learning_rate or cfg.learning_rate})
         params = params + text_params
     optimizer = make_optimizer(groups, recipe)
@@ -276,16 +286,17 @@ def train_lora(
         num_training_steps=cfg.max_steps * accelerator.num_processes,
     )
     if train_text:
-        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+        unet, *text_encoders, optimizer, lr_scheduler = accelerator.prepare(unet, *text_encoders, optimizer, lr_scheduler)
     else:
         unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    trained = [unet, text_encoder] if train_text else [unet]
-    register_adapter_hooks(accelerator, unet, text_encoder if train_text else None)
+    trained = [unet, *text_encoders] if train_text else [unet]
+    register_adapter_hooks(accelerator, unet, text_encoders if train_text else [])
 
     def validate() -> float | None:
         if not eval_set or not accelerator.is_main_process:
             return None
-        return evaluate(accelerator.unwrap_model(unet), eval_set, accelerator.unwrap_model(text_encoder) if train_text else None)
+        encoders = [accelerator.unwrap_model(encoder) for encoder in text_encoders] if train_text else None
+        return evaluate(accelerator.unwrap_model(unet), eval_set, encoders)
 
     step = batches = 0
     first_val_loss = None
@@ -328,7 +339,7 @@ def train_lora(
                     with torch.no_grad():
                         latents = batch_latents(batch, vae, components.scaling_factor, device)
                     with torch.set_grad_enabled(train_text):
-                        embeddings, added_cond = batch_conditioning(batch, text_encoder, components, device)
+                        embeddings, added_cond = batch_conditioning(batch, text_encoders, device)
                     noise = sample_noise(latents, cfg.noise_offset)
                     timesteps = sample_timesteps(len(latents), len(alphas), latents.device)
                     target = training_target(latents, noise, timesteps, alphas, target_type)

@@ -107,8 +107,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # 2. model: frozen base in the training dtype, trainable LoRA in fp32
     components = load_components(base)
     dtype = weight_dtype(recipe.memory)
-    parts = (components.vae, components.text_encoder, components.unet, components.text_encoder_2)
-    for frozen in (part for part in parts if part is not None):  # text_encoder_2 is SDXL's only
+    for frozen in (components.vae, components.unet, *components.text_encoders):
         frozen.requires_grad_(False)
         frozen.to(accelerator.device, dtype=dtype)
     class_set = None
@@ -117,8 +116,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     attach_lora(components.unet, recipe.lora)
     cast_training_params(components.unet, dtype=torch.float32)
     if recipe.lora.text_encoder:
-        attach_text_encoder_lora(components.text_encoder, recipe.lora.text_encoder)
-        cast_training_params(components.text_encoder, dtype=torch.float32)
+        for encoder in components.text_encoders:
+            attach_text_encoder_lora(encoder, recipe.lora.text_encoder)
+            cast_training_params(encoder, dtype=torch.float32)
     apply_memory_options(components.unet, recipe.memory)
     if main:
         origin = "the recipe" if recipe.train.prediction_type else "the base's scheduler"
@@ -154,15 +154,15 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         )
     except Interrupted:
         if main:
-            save_lora(components.unet, recipe.lora, run_dir, components.text_encoder, sdxl=components.sdxl)
+            save_lora(components.unet, recipe.lora, run_dir, components.text_encoders, sdxl=components.sdxl)
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
-    ranks_agree = _ranks_agree(accelerator, [components.unet, components.text_encoder])
+    ranks_agree = _ranks_agree(accelerator, [components.unet, *components.text_encoders])
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
-    lora_file = save_lora(unet, recipe.lora, run_dir, components.text_encoder, sdxl=components.sdxl) if main else None
+    lora_file = save_lora(unet, recipe.lora, run_dir, components.text_encoders, sdxl=components.sdxl) if main else None
     samples = _validation_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
     accelerator.end_training()
     return RunResult(
@@ -238,8 +238,6 @@ def check_family_options(recipe: Recipe, family: str) -> None:
     """SDXL trains a UNet LoRA; options built for SD 1.x's single text encoder are refused, not half-applied."""
     if family != "sdxl":
         return
-    if recipe.lora.text_encoder:
-        raise UserError("lora.text_encoder is not supported on SDXL bases yet (two text encoders); set it to null")
     if recipe.data.cache.text:
         raise UserError("data.cache.text is not supported on SDXL bases yet (two text encoders); set it to false")
     if recipe.dreambooth:

@@ -38,7 +38,6 @@ def test_two_encoder_embedding_matches_the_sdxl_pipeline():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("lora.text_encoder={rank: 4}", "lora.text_encoder is not supported on SDXL"),
         ("data.cache.text=true", "data.cache.text is not supported on SDXL"),
         ("memory.mixed_precision=fp16", "fp16 on SDXL: its VAE overflows"),
     ],

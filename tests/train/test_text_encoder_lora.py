@@ -20,11 +20,13 @@ PROMPT = "timber house in mountains"
 PLAIN_DIFFUSERS = textwrap.dedent(
     """
     import sys, numpy as np, torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
     base, run_dir, out = sys.argv[1:4]
-    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+    pipe = DiffusionPipeline.from_pretrained(base)
     pipe.load_lora_weights(run_dir)
-    assert any("lora" in name for name, _ in pipe.text_encoder.named_modules()), "the text-encoder part loaded"
+    encoders = [pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
+    for encoder in filter(None, encoders):
+        assert any("lora" in name for name, _ in encoder.named_modules()), "every text-encoder part loaded"
     generator = torch.Generator("cpu").manual_seed(0)
     image = pipe(PROMPT, num_inference_steps=20, guidance_scale=7.5, generator=generator, width=64, height=64).images[0]
     np.save(out, np.asarray(image))
@@ -33,8 +35,14 @@ PLAIN_DIFFUSERS = textwrap.dedent(
 ).replace("PROMPT", repr(PROMPT))
 
 
-def test_text_encoder_lora_round_trips_through_plain_diffusers(tmp_path, tiny_base):
+@pytest.mark.parametrize(
+    ("base", "encoders"), [("tiny-sd15", ["text_encoder"]), ("tiny-sdxl", ["text_encoder", "text_encoder_2"])]
+)
+def test_text_encoder_lora_round_trips_through_plain_diffusers(tmp_path, tiny_base, base, encoders):
+    from archdiff.model.base import resolve_base
+
     overrides = [
+        f"base={base}",
         f"output={tmp_path / 'te'}",
         "train.max_steps=30",
         "lora.text_encoder={rank: 4, alpha: 4, learning_rate: 1.0e-3}",
@@ -43,16 +51,19 @@ def test_text_encoder_lora_round_trips_through_plain_diffusers(tmp_path, tiny_ba
         "validation.steps=20",
     ]
     result = run(load_recipe("demo-tiny", overrides))
-    with safe_open(result.lora_file, "pt") as weights:
-        text_keys = [k for k in weights.keys() if k.startswith("text_encoder.")]
-        trained = [weights.get_tensor(k) for k in text_keys if ".lora_B." in k]
-    assert text_keys and all(t.abs().sum() > 0 for t in trained), "the text-encoder adapter trained and was saved"
     checkpoint = result.run_dir / "checkpoints" / "step-000030"
-    assert (checkpoint / "text_encoder_adapter.safetensors").is_file()
+    for encoder in encoders:
+        with safe_open(result.lora_file, "pt") as weights:
+            keys = [k for k in weights.keys() if k.startswith(f"{encoder}.")]
+            trained = [weights.get_tensor(k) for k in keys if ".lora_B." in k]
+        # (SDXL reads the first encoder's penultimate layer, so its last layer's adapter gets no gradient)
+        assert keys and any(t.abs().sum() > 0 for t in trained), f"the {encoder} adapter trained and was saved"
+        assert (checkpoint / f"{encoder}_adapter.safetensors").is_file()
 
     script, out = tmp_path / "plain.py", tmp_path / "plain.npy"
     script.write_text(PLAIN_DIFFUSERS)
-    subprocess.run([sys.executable, str(script), tiny_base, str(result.run_dir), str(out)], check=True, cwd=tmp_path)
+    source = resolve_base(base).source
+    subprocess.run([sys.executable, str(script), source, str(result.run_dir), str(out)], check=True, cwd=tmp_path)
     in_memory = np.asarray(Image.open(result.run_dir / "samples" / "prompt00" / "00-seed0.png").convert("RGB"))
     assert np.array_equal(np.load(out), in_memory), "plain diffusers reproduces the trained model's image exactly"
 
