@@ -88,17 +88,11 @@ def _tiny_vae():
     )
 
 
-def _build_sd(folder: Path, prediction_type: str, linear_projection: bool) -> None:
-    """SD 1.x's layout (epsilon, conv projections) or SD 2.x-v's (velocity target, linear projections)."""
-    import torch
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def _tiny_unet(**layout):
+    """Two cross-attention levels (latents halve once); `layout` adds the family's own settings."""
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(0)
-    write_tokenizer_files(folder / "tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
-    text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_size=32))
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -106,11 +100,23 @@ def _build_sd(folder: Path, prediction_type: str, linear_projection: bool) -> No
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=16,
-        use_linear_projection=linear_projection,
+        **layout,
     )
+
+
+def _build_sd(folder: Path, prediction_type: str, linear_projection: bool) -> None:
+    """SD 1.x's layout (epsilon, conv projections) or SD 2.x-v's (velocity target, linear projections)."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    write_tokenizer_files(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_size=32))
+    unet = _tiny_unet(cross_attention_dim=32, use_linear_projection=linear_projection)
     vae = _tiny_vae()
     scheduler = DDPMScheduler(**_SD_SCHEDULE, prediction_type=prediction_type, clip_sample=False)
     pipe = StableDiffusionPipeline(
@@ -130,7 +136,7 @@ def _build_sd(folder: Path, prediction_type: str, linear_projection: bool) -> No
 def _build_sdxl(folder: Path) -> None:
     """SDXL's layout: two text encoders (their penultimate states concatenated), pooled text + size/crop ids added."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(0)
@@ -141,17 +147,8 @@ def _build_sdxl(folder: Path) -> None:
     text_encoder = CLIPTextModel(_text_config(tokenizers[0], hidden_size=32))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizers[1], hidden_size=48))
     time_embed_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    unet = _tiny_unet(
         cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
-        attention_head_dim=8,
-        norm_num_groups=16,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_embed_dim,
