@@ -48,15 +48,16 @@ def attach_text_encoder_lora(text_encoder, cfg: TextEncoderLoraConfig) -> None:
         ) from None
 
 
-def lora_state_dict(unet) -> dict:
+def lora_state_dict(model) -> dict:
     """peft-named keys (`lora_A`/`lora_B`): diffusers loads them for every module type.
 
     (diffusers' `convert_state_dict_to_diffusers` renames only attention keys to the old
     `lora.down` style; a LoRA that also covers conv/ff layers then reloads without its attention part.)
+    Contiguous, because safetensors refuses channels_last conv weights (memory.channels_last).
     """
     from peft.utils import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(unet)
+    return {key: value.contiguous() for key, value in get_peft_model_state_dict(model).items()}
 
 
 def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), sdxl: bool = False) -> Path:

@@ -97,16 +97,18 @@ def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Pa
 
 def register_adapter_hooks(accelerator, unet, text_encoders: list) -> None:
     """Save and load only the LoRA tensors through accelerate's state machinery, never the frozen base."""
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file, save_file
+
+    from archdiff.model.lora import lora_state_dict
 
     adapters = {ADAPTER_FILE: unet, **dict(zip(TEXT_ENCODER_ADAPTER_FILES, text_encoders, strict=False))}
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
             for name, model in adapters.items():
-                adapter = get_peft_model_state_dict(accelerator.unwrap_model(model))
-                save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, os.path.join(output_dir, name))
+                adapter = lora_state_dict(accelerator.unwrap_model(model))
+                save_file({k: v.detach().cpu() for k, v in adapter.items()}, os.path.join(output_dir, name))
         weights.clear()  # accelerate would otherwise write the whole UNet and text encoder
 
     def load_hook(models, input_dir):

@@ -352,7 +352,7 @@ def train_lora(
                         loss = prior_preservation_loss(
                             prediction, target, weights, instances, recipe.dreambooth.prior_loss_weight
                         )
-                    if not accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all():
+                    if not _everywhere(torch.isfinite(loss.detach()), accelerator):
                         raise Diverged(
                             f"the loss became {loss.item()} at step {step + 1}; nothing from that step was applied. "
                             f"Lower train.learning_rate or use mixed_precision bf16 (fp16 overflows); "
@@ -401,7 +401,15 @@ def train_lora(
     raise AssertionError("the bucket sampler never ends")
 
 
+def _everywhere(flag: torch.Tensor, accelerator) -> bool:
+    """True when a boolean holds on every process; one process skips the collective (and its overhead)."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    return bool(accelerator.gather(flag.reshape(1)).all())
+
+
 def _stop_requested(stop: StopRequest, accelerator) -> bool:
     """Every process stops at the same step when any of them was signalled."""
-    asked = torch.tensor([stop.signal_number != 0], device=accelerator.device)
-    return bool(accelerator.gather(asked).any())
+    if accelerator.num_processes == 1:
+        return stop.signal_number != 0
+    return not _everywhere(torch.tensor(stop.signal_number == 0, device=accelerator.device), accelerator)

@@ -48,3 +48,19 @@ def test_base_stays_frozen(tiny_base):
     attach_lora(unet, LoraConfig(rank=2))
     trainable = [name for name, p in unet.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
+
+
+def test_channels_last_lora_weights_save(tiny_base, tmp_path):
+    """memory.channels_last makes conv LoRA weights non-contiguous; safetensors refuses those unless packed."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from archdiff.config.schema import LoraConfig
+    from archdiff.model.lora import attach_lora, save_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
+    cfg = LoraConfig(rank=4, alpha=4, target_modules=["conv1", "to_q"])
+    attach_lora(unet, cfg)
+    unet.to(memory_format=torch.channels_last)
+    assert not unet.down_blocks[0].resnets[0].conv1.lora_A["default"].weight.is_contiguous()
+    assert save_lora(unet, cfg, tmp_path).stat().st_size > 0
