@@ -19,10 +19,12 @@ from PIL.PngImagePlugin import PngInfo
 from archdiff.errors import UserError
 from archdiff.run_files import LORA_WEIGHTS, read_run_recipe
 
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """One `--lora PATH[:SCALE]`: a run folder or a .safetensors file, and its strength."""
+    """One `--lora WHERE[:SCALE]`: a run folder, a .safetensors file (diffusers or kohya keys) or a Hub id."""
 
     path: Path
     scale: float = 1.0
@@ -38,20 +40,49 @@ class LoraSpec:
                 pass
         return cls(Path(path).expanduser(), scale)
 
-    def weights_file(self) -> Path:
-        """The LoRA file behind this spec; a clear error when there is none."""
+    @property
+    def hub_id(self) -> str | None:
+        """`user/name` when nothing local has that name: the LoRA is then fetched from the Hub."""
+        text = self.path.as_posix()
+        return text if not self.path.exists() and HUB_ID.match(text) else None
+
+    def location(self) -> tuple[str, str]:
+        """(folder, file name) for `load_lora_weights`; a Hub LoRA is downloaded (or found in the HF cache) first."""
+        if self.hub_id:
+            return fetch_hub_lora(self.hub_id)
         if self.path.is_dir():
             weights = self.path / LORA_WEIGHTS
             if not weights.is_file():
                 raise UserError(f"--lora '{self.path}' holds no LoRA ({LORA_WEIGHTS} is missing)")
-            return weights
+            return str(self.path), LORA_WEIGHTS
         if self.path.is_file() and self.path.suffix == ".safetensors":
-            return self.path
-        raise UserError(f"--lora '{self.path}' is neither a run folder nor a .safetensors LoRA file")
+            return str(self.path.parent), self.path.name
+        raise UserError(f"--lora '{self.path}' is not a run folder, a .safetensors LoRA file or a Hub id (user/name)")
+
+    def local(self) -> LoraSpec:
+        """This spec with a Hub id replaced by its downloaded file: checked, and fetched once."""
+        folder, weight_name = self.location()
+        return LoraSpec(Path(folder) / weight_name, self.scale)
 
     @property
     def label(self) -> str:
         return f"{self.path}:{self.scale:g}"
+
+
+def fetch_hub_lora(repo_id: str) -> tuple[str, str]:
+    """A Hub LoRA repo's weights: `pytorch_lora_weights.safetensors`, else its only .safetensors file (kohya uploads)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.safetensors"]))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one line each
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"--lora '{repo_id}' is no local path and could not be fetched from the Hub ({reason})") from None
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
+    if LORA_WEIGHTS in files or len(files) == 1:
+        return str(folder), LORA_WEIGHTS if LORA_WEIGHTS in files else files[0]
+    found = ", ".join(files) or "none"
+    raise UserError(f"--lora '{repo_id}': expected {LORA_WEIGHTS} or a single .safetensors file in the repo (found: {found})")
 
 
 def run_recipe(loras: list[LoraSpec]) -> dict:
@@ -62,13 +93,17 @@ def run_recipe(loras: list[LoraSpec]) -> dict:
     return {}
 
 
-def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15"):
-    """The base's own pipeline class (SDXL or SD 1.x/2.x), with every LoRA loaded as a named adapter."""
+def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", device: str | None = None, fuse: bool = False):
+    """The base's own pipeline class (SDXL or SD 1.x/2.x) with every LoRA as a named adapter at its scale.
+
+    `fuse` merges the weighted adapters into the base weights and drops the adapter layers: the same
+    images (up to float rounding), faster steps.
+    """
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    cuda = torch.cuda.is_available()
-    dtype = torch.float16 if cuda else torch.float32
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device == "cuda" else torch.float32
     if family == "sdxl":
         pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
     else:
@@ -76,30 +111,70 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15"):
     pipe.set_progress_bar_config(disable=True)
     names = []
     for index, lora in enumerate(loras):
-        name, weights = f"lora{index}", lora.weights_file()
+        name, (where, weight_name) = f"lora{index}", lora.location()
         try:
-            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=name)
-        except (ValueError, KeyError, OSError) as exc:
-            raise UserError(f"--lora '{lora.path}' could not be loaded onto this base: {str(exc).splitlines()[0]}") from None
+            pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=name)
+        except Exception as exc:  # noqa: BLE001 - a wrong file, a LoRA for another base, an unreachable Hub: one line each
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"--lora '{lora.path}' could not be loaded onto this base: {reason}") from None
         names.append(name)
     if names:
         pipe.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
-    return pipe.to("cuda" if cuda else "cpu")
+        if fuse:
+            pipe.fuse_lora(adapter_names=names, lora_scale=1.0)  # the per-adapter weights are set just above
+            pipe.unload_lora_weights()
+    return pipe.to(device)
 
 
 def generate(
-    pipe, prompt: str, seeds: list[int], steps: int, guidance: float, width: int | None, height: int | None
+    pipe,
+    prompt: str,
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    width: int | None,
+    height: int | None,
+    init_image: Image.Image | None = None,
+    strength: float = 0.6,
 ) -> list[Image.Image]:
-    """One image per seed, each from its own CPU generator, so any image can be redrawn alone."""
+    """One image per seed, each from its own CPU generator, so any image can be redrawn alone.
+
+    With `init_image`, `pipe` is an img2img pipeline: the output takes the init image's size.
+    """
     import torch
     from tqdm.auto import tqdm
 
+    size = {"image": init_image, "strength": strength} if init_image is not None else {"width": width, "height": height}
     images = []
     for seed in tqdm(seeds, desc="sample", unit="img", leave=False, disable=len(seeds) < 2):
         generator = torch.Generator("cpu").manual_seed(seed)
-        result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height, generator=generator)
+        result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **size)
         images.append(result.images[0])
     return images
+
+
+def init_image_for(path: Path, width: int | None, height: int | None, resolution: int, step: int) -> Image.Image:
+    """A sketch or photo to start from, cropped to the bucket of its shape the LoRA trained at (or to --width/--height).
+
+    Any image mode (1-bit sketches, palette, CMYK, EXIF-rotated photos) reads upright as RGB; the
+    line-keeping drawing filter shrinks it, so thin pencil lines survive.
+    """
+    from archdiff.data.buckets import assign_bucket, cover_size, make_buckets
+    from archdiff.data.images import UnreadableImage, open_image, resize
+
+    if not path.is_file():
+        raise UserError(f"--init-image '{path}' is not a file")
+    try:
+        image = open_image(path, max_pixels=150_000_000)
+    except UnreadableImage as error:
+        raise UserError(f"--init-image '{path}': {error}") from None
+    if width and height:
+        target = (width, height)
+    else:
+        target = assign_bucket(image.width, image.height, make_buckets(resolution * resolution, step, max_aspect=4.0))
+    resized = resize(image, cover_size(image.width, image.height, target), "drawing")
+    left, top = (resized.width - target[0]) // 2, (resized.height - target[1]) // 2
+    return resized.crop((left, top, left + target[0], top + target[1]))
 
 
 def grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:
@@ -121,6 +196,8 @@ def png_info(settings: dict[str, object]) -> PngInfo:
     lines += f"Size: {settings['width']}x{settings['height']}, Model: {settings['base']}"
     if settings.get("lora"):
         lines += f", Lora: {', '.join(settings['lora'])}"
+    if "strength" in settings:
+        lines += f", Denoising strength: {settings['strength']}"
     info.add_text("parameters", lines)
     return info
 
@@ -154,21 +231,36 @@ def sample_to_folder(
     width: int | None,
     height: int | None,
     output: Path | None,
+    init_image: Path | None = None,
+    strength: float = 0.6,
+    fuse: bool = False,
 ) -> list[Path]:
     """What `archdiff sample` does: resolve everything, draw `num_images` seeds from `seed`, save."""
     from archdiff.model.base import resolve_base
 
-    for lora in loras:
-        lora.weights_file()  # every --lora is checked before anything heavy is loaded
+    local_loras = [lora.local() for lora in loras]  # every --lora is checked (and fetched) before a model loads
     recipe = run_recipe(loras)
     base_name = base or recipe.get("base")
     if not base_name:
         raise UserError("no --base given and no --lora run folder to take it from; pass --base (e.g. --base tiny-sd15)")
+    data = recipe.get("data", {})
+    resolution = data.get("resolution")
+    start = None
+    if init_image is not None:
+        step = data.get("buckets", {}).get("step", 64)
+        start = init_image_for(init_image, width, height, resolution or 512, step)
+    elif width is None and height is None:
+        width = height = resolution
     resolved = resolve_base(base_name)
-    if width is None and height is None:
-        width = height = recipe.get("data", {}).get("resolution")
-    pipe = load_pipeline(resolved.source, loras, resolved.family)
+    pipe = load_pipeline(resolved.source, local_loras, resolved.family, fuse=fuse)
+    if start is not None:
+        from diffusers import AutoPipelineForImage2Image
+
+        pipe = AutoPipelineForImage2Image.from_pipe(pipe)  # same modules, adapters included
+        pipe.set_progress_bar_config(disable=True)
     seeds = list(range(seed, seed + num_images))
-    images = generate(pipe, prompt, seeds, steps, guidance, width, height)
+    images = generate(pipe, prompt, seeds, steps, guidance, width, height, start, strength)
     settings = {"prompt": prompt, "base": base_name, "lora": [lora.label for lora in loras], "steps": steps, "guidance": guidance}
+    if start is not None:
+        settings.update(init_image=str(init_image), strength=strength)
     return save_images(images, seeds, settings, output or default_output(prompt))

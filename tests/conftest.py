@@ -44,3 +44,24 @@ def nasty_folder(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("nasty")
     return root, make_nasty_folder(root)
+
+
+@pytest.fixture(scope="session")
+def small_lora_runs(tmp_path_factory, tiny_base) -> dict[str, Path]:
+    """12-step runs on tiny-sd15 and tiny-sdxl with alpha != rank and a text-encoder LoRA: what exporters and samplers read."""
+    from archdiff.config import load_recipe
+    from archdiff.train.run import run
+
+    runs = {}
+    for base in ("tiny-sd15", "tiny-sdxl"):
+        overrides = [
+            f"base={base}",
+            f"output={tmp_path_factory.mktemp('small-runs') / base}",
+            "train.max_steps=12",
+            "train.checkpoint_every=null",
+            "lora.alpha=4",
+            "lora.text_encoder={rank: 4, alpha: 2}",
+            "validation.prompts=[]",
+        ]
+        runs[base] = run(load_recipe("demo-tiny", overrides)).run_dir
+    return runs

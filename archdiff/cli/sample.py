@@ -12,7 +12,16 @@ from archdiff.cli import options
 def sample(
     prompt: str = typer.Argument(..., help="What to draw."),
     base: str = options.BASE,
-    lora: list[str] = typer.Option([], "--lora", help="Run folder or .safetensors file, optionally PATH:SCALE (repeatable)."),
+    lora: list[str] = typer.Option(
+        [],
+        "--lora",
+        help="Run folder, .safetensors file (diffusers or kohya keys) or Hub id, optionally WHERE:SCALE (repeatable).",
+    ),
+    fuse: bool = typer.Option(False, "--fuse", help="Merge the weighted LoRAs into the base weights: faster steps, same images."),
+    init_image: Path = typer.Option(None, "--init-image", help="Start from this sketch or photo (img2img)."),
+    strength: float = typer.Option(
+        0.6, "--strength", min=0.01, max=1.0, help="With --init-image: how far to move away from it (1 = ignore it)."
+    ),
     steps: int = typer.Option(25, "--steps", min=1, help="Denoising steps."),
     guidance: float = typer.Option(7.5, "--guidance", min=0.0, help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image; image i uses seed + i."),
@@ -21,7 +30,7 @@ def sample(
     height: int = typer.Option(None, "--height", min=8, help="Height in pixels (default: the run's resolution)."),
     output: Path = typer.Option(None, "--output", "-o", help="Folder for the images (default: samples/<time>-<prompt>)."),
 ) -> None:
-    """Generate images; if --base is omitted, a --lora run folder's recipe names the base."""
+    """Generate images (or img2img from --init-image); if --base is omitted, a --lora run folder's recipe names the base."""
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
@@ -39,6 +48,9 @@ def sample(
         width=width,
         height=height,
         output=output,
+        init_image=init_image,
+        strength=strength,
+        fuse=fuse,
     )
     for path in paths:
         typer.echo(f"image: {path}")

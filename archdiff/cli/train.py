@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from archdiff.cli import options
+from archdiff.errors import UserError
 
 
 def train(
@@ -39,6 +40,10 @@ def train(
     }
     overrides = [*set_, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value is not None)]
     resolved = load_recipe(recipe, overrides)
+    if resolved.hub:
+        from archdiff.push import hub_token
+
+        hub_token("or drop hub from the recipe to train without pushing")  # before training, not after it
 
     from archdiff.train.launch import launched_by_a_launcher, relaunch
 
@@ -81,3 +86,16 @@ def train(
     if result.sample_files:
         typer.echo(f"samples: {result.sample_files[0].parent.parent}")
     typer.echo(f'next:    archdiff sample "timber house in mountains" --lora {result.run_dir}')
+    if resolved.hub:
+        _push(result.run_dir, resolved.hub.repo, resolved.hub.private)
+
+
+def _push(run_dir: Path, repo: str, private: bool) -> None:
+    """The recipe's hub.repo: push at the end; a failed push keeps the run and says how to retry it."""
+    from archdiff.push import push_run
+
+    try:
+        pushed = push_run(run_dir, repo, private=private)
+    except UserError as error:
+        raise UserError(f"the run is kept in {run_dir}, but {error}") from None
+    typer.echo(f"pushed:  {pushed.url}")

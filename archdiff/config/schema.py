@@ -177,6 +177,13 @@ class DreamBoothConfig(Section):
     class_guidance: float = Field(7.5, ge=0.0)
 
 
+class HubConfig(Section):
+    """Where `archdiff train` pushes the adapter when it finishes (the same upload as `archdiff push`)."""
+
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="USER/NAME of a Hugging Face Hub model repo.")
+    private: bool = Field(False, description="Create the repo private (an existing repo keeps its visibility).")
+
+
 class Recipe(Section):
     """A fully resolved recipe (after `extends` and --set overrides)."""
 
@@ -190,6 +197,7 @@ class Recipe(Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     dreambooth: DreamBoothConfig | None = None
+    hub: HubConfig | None = Field(None, description="Push the adapter and a model card to the Hub at the end; null = don't.")
 
     @model_validator(mode="before")
     @classmethod

@@ -33,6 +33,7 @@ CHANGEABLE_ON_RESUME = (
     "train.trackers",
     "validation.",
     "data.num_workers",
+    "hub",
 )
 
 

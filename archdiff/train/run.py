@@ -315,6 +315,7 @@ def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: 
     rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet), accelerator)
     paths = []
     for index, (prompt, images) in enumerate(zip(cfg.prompts, rows, strict=True)):
-        settings = {"prompt": prompt, "base": recipe.base, "lora": [f"{run_dir}:1"], "steps": cfg.steps, "guidance": cfg.guidance}
+        lora = [f"{run_dir.name}:1"]  # the folder's name only: these images get shared, home paths should not
+        settings = {"prompt": prompt, "base": recipe.base, "lora": lora, "steps": cfg.steps, "guidance": cfg.guidance}
         paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}")
     return [*paths, _save_grid(rows, accelerator, run_dir, recipe.train.max_steps)]

@@ -237,3 +237,36 @@ def test_resume_needs_a_checkpoint(archdiff, tmp_path: Path, extra: list[str], e
     message = user_error(archdiff(*TRAIN_DEMO, "--output", str(tmp_path / "fresh"), *extra))
     assert expected in message
     assert not (tmp_path / "fresh").exists(), "a refused resume creates nothing"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(["export", "no-such-run", "--format", "kohya"], ["no-such-run", "holds no LoRA"], id="missing-run"),
+        pytest.param(
+            ["export", "run", "--format", "onnx"], ["unknown export format 'onnx'", "kohya, diffusers, peft, fused"], id="format"
+        ),
+        pytest.param(["export", "run", "--format", "kohya", "--scale", "0.5"], ["--scale applies only"], id="scale"),
+        pytest.param(["export", "run", "--format", "kohya", "-o", "x.pt"], ["must end in .safetensors"], id="kohya-suffix"),
+        pytest.param(
+            ["sample", "x", "--lora", "run", "--init-image", "nope.png"], ["--init-image 'nope.png'", "not a file"], id="init"
+        ),
+        pytest.param(
+            ["sample", "x", "--lora", "run", "--init-image", "run/recipe.yaml"], ["--init-image", "not an image"], id="init-txt"
+        ),
+        pytest.param(
+            ["sample", "x", "--base", "tiny-sd15", "--lora", "someone/missing-lora"],
+            ["someone/missing-lora", "could not be fetched from the Hub"],
+            id="hub-lora",
+        ),
+    ],
+)
+def test_export_and_sample_inputs(archdiff, tmp_path: Path, args: list[str], expected: list[str]) -> None:
+    """A run folder that looks finished (the checks come before any weights are read), and each bad request beside it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (run / "recipe.yaml").write_text("base: tiny-sd15\nname: run\n")
+    message = user_error(archdiff(*args))
+    for text in expected:
+        assert text in message

@@ -120,4 +120,6 @@ def test_lora_loads_in_plain_diffusers_and_matches_archdiff_sample(demo_run, tin
     assert np.array_equal(np.asarray(sampled.convert("RGB")), plain["after"])
     assert sampled.text["prompt"] == PROMPT and sampled.text["seed"] == "0" and sampled.text["base"] == "tiny-sd15"
     assert json.loads(sampled.text["lora"]) == [f"{demo_run.run_dir}:1"]
+    validation = Image.open(demo_run.run_dir / "samples" / "prompt00" / "00-seed0.png")
+    assert json.loads(validation.text["lora"]) == ["demo:1"], "pushed images name the run, not its folder on this machine"
     assert (out / "grid.png").is_file()

@@ -1,0 +1,31 @@
+"""`archdiff push`: upload a run's LoRA, model card, recipe and final samples to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def push(
+    run: Path = typer.Argument(..., help="Run folder of a finished run (the recipe's output, e.g. runs/facade-lora)."),
+    repo: str = typer.Option(..., "--repo", help="USER/NAME of the Hub model repo; created if it does not exist."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the files and write the model card into RUN; upload nothing."),
+) -> None:
+    """Push the adapter to the Hub: only the LoRA, README.md (the model card), recipe.yaml and the final samples.
+
+    The token comes from HF_TOKEN or `hf auth login`.
+    """
+    from archdiff.push import CARD_FILE, push_run
+    from archdiff.units import human_size
+
+    pushed = push_run(run, repo, private=private, dry_run=dry_run)
+    width = max(len(name) for name, _ in pushed.files)
+    for name, path in pushed.files:
+        typer.echo(f"{name:<{width}}  {human_size(path.stat().st_size):>9}")
+    total = human_size(sum(path.stat().st_size for _, path in pushed.files))
+    if pushed.url is None:
+        typer.echo(f"dry run: {len(pushed.files)} files ({total}) would be uploaded; model card written to {run / CARD_FILE}")
+    else:
+        typer.echo(f"pushed {len(pushed.files)} files ({total}) to {pushed.url}")

@@ -1,0 +1,234 @@
+"""Export a run's LoRA for other tools: kohya (A1111 / ComfyUI), diffusers, peft, or a fused pipeline.
+
+Every format starts from the run's diffusers file (`pytorch_lora_weights.safetensors`) and the
+adapter configs diffusers stores in its header, so alpha travels with the weights: kohya files carry
+`lora_alpha` per module (not the rank, which is what diffusers' converter writes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from archdiff.errors import UserError
+from archdiff.run_files import LORA_WEIGHTS, read_run_recipe, staging_dir
+
+FORMATS = ("kohya", "diffusers", "peft", "fused")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# kohya's module-name prefixes; SD 1.x/2.x name their one text encoder `lora_te_`, SDXL `lora_te1_`/`lora_te2_`.
+KOHYA_PREFIXES = {"sd15": {"unet": "lora_unet", "text_encoder": "lora_te"}}
+KOHYA_PREFIXES["sdxl"] = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class RunLora:
+    """A run's LoRA as stored: tensors by diffusers key (`unet.…lora_A.weight`) and each component's peft config."""
+
+    run_dir: Path
+    tensors: dict
+    configs: dict[str, dict]  # component -> LoraConfig dict (lora_alpha, r, target_modules, ...)
+    recipe: dict
+
+    def component(self, name: str) -> dict:
+        """One component's tensors with the component prefix removed."""
+        prefix = f"{name}."
+        return {key.removeprefix(prefix): value for key, value in self.tensors.items() if key.startswith(prefix)}
+
+
+def read_run_lora(run_dir: Path) -> RunLora:
+    from safetensors import SafetensorError, safe_open
+
+    weights = run_dir / LORA_WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing): pass a finished run folder")
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            flat = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{weights} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+    configs: dict[str, dict] = {}
+    for key, value in flat.items():
+        component, _, field = key.partition(".")
+        configs.setdefault(component, {})[field] = value
+    missing = sorted({key.split(".")[0] for key in tensors} - set(configs))
+    if missing:
+        raise UserError(
+            f"{weights} has no adapter config for {', '.join(missing)}; its alpha is unknown, so it cannot be exported"
+        )
+    return RunLora(run_dir, tensors, configs, read_run_recipe(run_dir))
+
+
+def kohya_alpha(config: dict, module: str) -> float:
+    """The alpha kohya's loaders expect: scale = alpha / rank, as peft's lora_alpha / r."""
+    if config.get("use_rslora") or config.get("use_dora"):
+        raise UserError("rsLoRA and DoRA adapters have no kohya equivalent; export them as diffusers or peft")
+    pattern = config.get("alpha_pattern") or {}
+    matches = [alpha for key, alpha in pattern.items() if module.endswith(key)]
+    return float(matches[0] if matches else config["lora_alpha"])
+
+
+def kohya_state_dict(lora: RunLora, family: str) -> dict:
+    """`lora_unet_<module>` / `lora_te*_<module>` with `.lora_down`, `.lora_up` and `.alpha` per module.
+
+    Text-encoder modules get their `text_model.` root back: kohya names modules from the
+    CLIPTextModel itself (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`).
+    """
+    import torch
+
+    result = {}
+    for component, prefix in KOHYA_PREFIXES[family].items():
+        config = lora.configs.get(component)
+        for key, tensor in lora.component(component).items():
+            module, _, kind = key.rpartition(".lora_")
+            if component != "unet" and not module.startswith("text_model."):
+                module = f"text_model.{module}"
+            name = f"{prefix}_{module.replace('.', '_')}"
+            result[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = tensor
+            result[f"{name}.alpha"] = torch.tensor(kohya_alpha(config, module), dtype=torch.float32)
+    if not result:
+        raise UserError(f"{lora.run_dir / LORA_WEIGHTS} holds no UNet or text-encoder LoRA tensors to export")
+    return result
+
+
+# base version -> (kohya's ss_base_model_version, SAI modelspec architecture)
+BASE_VERSIONS = {
+    "v1": ("sd_v1", "stable-diffusion-v1/lora"),
+    "v2": ("sd_v2", "stable-diffusion-v2-512/lora"),
+    "v2-v": ("sd_v2", "stable-diffusion-v2-768-v/lora"),
+    "xl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+}
+
+
+def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
+    """The `ss_*` training header kohya's scripts write (A1111 and ComfyUI show it), plus SAI's modelspec."""
+    recipe, unet = lora.recipe, lora.configs["unet"]
+    resolution = recipe.get("data", {}).get("resolution", 512)
+    train = recipe.get("train", {})
+    text_encoder = recipe.get("lora", {}).get("text_encoder") or {}
+    name = str(recipe.get("name", lora.run_dir.name))
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(unet["r"]),
+        "ss_network_alpha": f"{unet['lora_alpha']:g}",
+        "archdiff_target_modules": json.dumps(unet["target_modules"]),
+        "ss_base_model_version": BASE_VERSIONS[version][0],
+        "ss_v2": str(version.startswith("v2")),
+        "ss_v_parameterization": str(version == "v2-v"),
+        "ss_sd_model_name": str(recipe.get("base", "")),
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_max_train_steps": str(train.get("max_steps", "")),
+        "ss_learning_rate": str(train.get("learning_rate", "")),
+        "ss_unet_lr": str(train.get("learning_rate", "")),
+        "ss_text_encoder_lr": str(text_encoder.get("learning_rate") or train.get("learning_rate", "")) if text_encoder else "",
+        "ss_seed": str(train.get("seed", "")),
+        "ss_output_name": name,
+        "ss_training_comment": f"trained with archdiff; {recipe.get('description', '')}".rstrip("; "),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": BASE_VERSIONS[version][1],
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return {key: value for key, value in metadata.items() if value != ""}
+
+
+def base_version(source: str, family: str) -> str:
+    """A key of BASE_VERSIONS, from the base's configs: SD 2.x has linear transformer projections, 768-v predicts v."""
+    if family == "sdxl":
+        return "xl"
+    folder = Path(source)
+    unet, scheduler = folder / "unet" / "config.json", folder / "scheduler" / "scheduler_config.json"
+    if not (unet.is_file() and json.loads(unet.read_text()).get("use_linear_projection")):
+        return "v1"
+    v_prediction = scheduler.is_file() and json.loads(scheduler.read_text()).get("prediction_type") == "v_prediction"
+    return "v2-v" if v_prediction else "v2"
+
+
+def default_output(run_dir: Path, fmt: str, name: str) -> Path:
+    return run_dir / "export" / (f"{name}-kohya.safetensors" if fmt == "kohya" else fmt)
+
+
+def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float = 1.0, overwrite: bool = False) -> Path:
+    """What `archdiff export` does; every output is written beside its destination and renamed into place."""
+    from archdiff.model.base import resolve_base
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    if scale != 1.0 and fmt != "fused":
+        raise UserError(
+            "--scale applies only to --format fused (the other formats keep the LoRA separate: scale it when loading)"
+        )
+    if fmt == "kohya" and output is not None and output.suffix != ".safetensors":
+        raise UserError(f"--output for a kohya file must end in .safetensors (got '{output}')")
+    lora = read_run_lora(run_dir)
+    output = output or default_output(run_dir, fmt, str(lora.recipe.get("name", run_dir.name)))
+    if output.exists() and not overwrite:
+        raise UserError(f"'{output}' already exists; choose another --output, or pass --overwrite")
+    base = resolve_base(str(lora.recipe.get("base") or _missing_base(run_dir)))
+    if fmt == "kohya":
+        _write_kohya(lora, base.family, base_version(base.source, base.family), output)
+    elif fmt == "diffusers":
+        _replace_folder(output, lambda staging: shutil.copy2(run_dir / LORA_WEIGHTS, staging / LORA_WEIGHTS))
+    elif fmt == "peft":
+        _replace_folder(output, lambda staging: _write_peft(lora, base.name, staging))
+    else:
+        _replace_folder(output, lambda staging: fuse_into_pipeline(base.source, base.family, run_dir, scale, staging))
+    return output
+
+
+def _missing_base(run_dir: Path) -> str:
+    raise UserError(f"{run_dir / 'recipe.yaml'} names no base model")
+
+
+def _write_kohya(lora: RunLora, family: str, version: str, output: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {key: value.contiguous() for key, value in kohya_state_dict(lora, family).items()}
+    with staging_dir(output.parent) as staging:
+        save_file(tensors, str(staging / output.name), metadata=kohya_metadata(lora, version))
+        os.replace(staging / output.name, output)
+
+
+def _write_peft(lora: RunLora, base_name: str, folder: Path) -> None:
+    """One peft adapter folder per component (`unet/`, `text_encoder/`...): what `PeftModel.from_pretrained` reads."""
+    from safetensors.torch import save_file
+
+    for component in COMPONENTS:
+        tensors = lora.component(component)
+        if not tensors:
+            continue
+        target = folder / component
+        target.mkdir()
+        config = {**lora.configs[component], "base_model_name_or_path": base_name, "inference_mode": True}
+        (target / PEFT_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        save_file({f"base_model.model.{key}": value.contiguous() for key, value in tensors.items()}, str(target / PEFT_FILES[1]))
+
+
+def fuse_into_pipeline(source: str, family: str, run_dir: Path, scale: float, folder: Path) -> None:
+    """The base pipeline with the LoRA merged into its weights at `scale`: loads anywhere, no adapter code needed."""
+    from archdiff.sample import LoraSpec, load_pipeline
+
+    pipe = load_pipeline(source, [LoraSpec(run_dir, scale)], family, device="cpu")
+    pipe.fuse_lora(lora_scale=1.0)  # the adapter weight set above is already `scale`
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(folder)
+
+
+def _replace_folder(output: Path, write) -> None:
+    """Build the folder under a hidden name beside `output`, then swap it in: never a half-written export."""
+    with staging_dir(output.parent) as staging:
+        built = staging / output.name
+        built.mkdir()
+        write(built)
+        if output.is_dir():
+            shutil.rmtree(output)
+        elif output.exists():
+            output.unlink()
+        os.replace(built, output)
