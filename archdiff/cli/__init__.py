@@ -7,7 +7,7 @@ import sys
 import typer
 
 from archdiff import __version__
-from archdiff.cli import data, export, models, push, recipes, runs, sample, train
+from archdiff.cli import bench, data, export, models, push, recipes, runs, sample, train
 from archdiff.errors import UserError
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("sample")(sample.sample)
 app.command("export")(export.export)
+app.command("bench")(bench.bench)
 app.command("tiny-model")(models.tiny_model)
 app.command("push")(push.push)
 app.add_typer(recipes.app, name="recipes")

@@ -142,7 +142,19 @@ class TrainConfig(Section):
     )
 
 
+# What each `memory:` preset sets; keys the recipe writes itself win. Every preset also caches latents
+# (data.cache.latents), which takes the VAE out of the step. `archdiff bench` measures what each costs.
+MEMORY_PRESETS: dict[str, dict[str, object]] = {
+    "low": {"gradient_checkpointing": True, "mixed_precision": "bf16", "optimizer": "adamw8bit"},
+    "balanced": {"mixed_precision": "bf16"},
+    "fast": {"mixed_precision": "bf16", "channels_last": True, "compile": True},
+}
+
+
 class MemoryConfig(Section):
+    preset: Literal["low", "balanced", "fast"] | None = Field(
+        None, description="low | balanced | fast: a tested set of the knobs below (`memory: low` for short)."
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
 
     @field_validator("mixed_precision", mode="before")
@@ -156,6 +168,7 @@ class MemoryConfig(Section):
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     allow_tf32: bool = True
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the UNet: slower start, faster steps (mostly on CUDA).")
 
 
 class ValidationConfig(Section):
@@ -198,6 +211,25 @@ class Recipe(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     dreambooth: DreamBoothConfig | None = None
     hub: HubConfig | None = Field(None, description="Push the adapter and a model card to the Hub at the end; null = don't.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_memory_preset(cls, data):
+        """`memory: low` (or `{preset: low, ...}`): the preset's knobs and the latent cache, under what the recipe sets."""
+        if not isinstance(data, dict):
+            return data
+        memory = data.get("memory")
+        if isinstance(memory, str):
+            memory = {"preset": memory}
+        if not isinstance(memory, dict) or memory.get("preset") not in MEMORY_PRESETS:
+            # no preset, or an unknown one (the field validator then names the choices)
+            return data if memory is None else {**data, "memory": memory}
+        data = {**data, "memory": {**MEMORY_PRESETS[memory["preset"]], **memory}}
+        section = data.get("data")
+        if isinstance(section, dict):
+            cache = section.get("cache") if isinstance(section.get("cache"), dict) else {}
+            data["data"] = {**section, "cache": {"latents": True, **cache}}
+        return data
 
     @model_validator(mode="before")
     @classmethod

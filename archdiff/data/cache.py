@@ -109,7 +109,7 @@ def _store(cache: TensorCache, pending: dict[str, torch.Tensor], final: bool = F
 
 
 @torch.no_grad()
-def fill_latents(cache: TensorCache, sets: list[SampleSet], vae, caches: Caches) -> None:
+def fill_latents(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
     """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket."""
     from archdiff.data.images import possible_augmentations, to_tensor
 
@@ -133,6 +133,7 @@ def fill_latents(cache: TensorCache, sets: list[SampleSet], vae, caches: Caches)
                 pixels = torch.stack(
                     [to_tensor(prepared_image(s.catalog, sample, s.cfg.max_pixels, op)) for _, s, sample, op in group]
                 )
+                vae = components.vae  # loads it, the first time only
                 params = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters.float().cpu()
                 pending.update({key: params[i] for i, (key, *_) in enumerate(group)})
             progress.update(len(jobs))
@@ -161,15 +162,18 @@ def fill_texts(cache: TensorCache, sets: list[SampleSet], tokenizer, text_encode
     _store(cache, pending, final=True)
 
 
-def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, vae, tokenizer, text_encoder) -> Caches:
-    """Open (and fill what is missing in) the caches a recipe asks for; attach them to the sets."""
-    latents = TensorCache(cache_dir() / "latents" / module_fingerprint(vae)) if want_latents else None
-    texts = TensorCache(cache_dir() / "text" / module_fingerprint(text_encoder)) if want_texts else None
+def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, components) -> Caches:
+    """Open (and fill what is missing in) the caches a recipe asks for; attach them to the sets.
+
+    The VAE is loaded only when some latent is missing: its cache folder is keyed by its files.
+    """
+    latents = TensorCache(cache_dir() / "latents" / components.vae_fingerprint()) if want_latents else None
+    texts = TensorCache(cache_dir() / "text" / module_fingerprint(components.text_encoder)) if want_texts else None
     caches = Caches(latents, texts)
     if latents is not None:
-        fill_latents(latents, sets, vae, caches)
+        fill_latents(latents, sets, components, caches)
     if texts is not None:
-        fill_texts(texts, sets, tokenizer, text_encoder, caches)
+        fill_texts(texts, sets, components.tokenizer, components.text_encoder, caches)
     for sample_set in sets:
         sample_set.caches = caches
     return caches

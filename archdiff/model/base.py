@@ -6,9 +6,10 @@ local folder or a Hub id, so the tiny model tests the same loading code a real r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -104,15 +105,22 @@ def resolve_base(name: str) -> BaseModel:
 
 @dataclass
 class Components:
-    """The parts of a Stable Diffusion pipeline that training touches."""
+    """The parts of a Stable Diffusion pipeline that training touches.
+
+    The VAE loads on first use: a run whose latents are all cached never loads it for training.
+    """
 
     tokenizer: Any
     text_encoder: Any
-    vae: Any
     unet: Any
     noise_scheduler: Any
+    source: str  # what from_pretrained loads the parts from (a local folder or a Hub id)
+    vae_config: dict[str, Any]
     tokenizer_2: Any = None  # SDXL's second tokenizer and text encoder (with projection); None for SD 1.x/2.x
     text_encoder_2: Any = None
+    device: Any = "cpu"
+    dtype: Any = None  # of the frozen weights, once placed
+    _vae: Any = field(default=None, repr=False)
 
     @property
     def sdxl(self) -> bool:
@@ -124,7 +132,49 @@ class Components:
 
     @property
     def scaling_factor(self) -> float:
-        return self.vae.config.scaling_factor
+        return self.vae_config.get("scaling_factor", 0.18215)  # diffusers' default for configs that omit it
+
+    @property
+    def vae_loaded(self) -> bool:
+        return self._vae is not None
+
+    @property
+    def vae(self):
+        if self._vae is None:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(self.source, subfolder="vae").requires_grad_(False)
+            self._vae = vae.to(self.device, dtype=self.dtype)
+        return self._vae
+
+    def place(self, device, dtype) -> None:
+        """Frozen weights to the training device and dtype (the VAE goes there when it loads)."""
+        self.device, self.dtype = device, dtype
+        for frozen in (self._vae, self.unet, *self.text_encoders):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                frozen.to(device, dtype=dtype)
+
+    def vae_fingerprint(self) -> str:
+        """The VAE's identity without loading it: its files' bytes and the dtype it encodes in (keys the latent cache)."""
+        digest = hashlib.sha256(str(self.dtype).encode())
+        folder = component_folder(self.source, "vae")
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            digest.update(path.name.encode())
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+        return digest.hexdigest()[:20]
+
+
+def component_folder(source: str, subfolder: str) -> Path:
+    """A pipeline part's local folder: in a local base, or in the HF cache for a Hub id (fetched if missing)."""
+    local = Path(source) / subfolder
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, allow_patterns=[f"{subfolder}/*"])) / subfolder
 
 
 def load_components(base: BaseModel) -> Components:
@@ -140,8 +190,9 @@ def load_components(base: BaseModel) -> Components:
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer"),
         text_encoder=CLIPTextModel.from_pretrained(base.source, subfolder="text_encoder"),
-        vae=AutoencoderKL.from_pretrained(base.source, subfolder="vae"),
         unet=UNet2DConditionModel.from_pretrained(base.source, subfolder="unet"),
         noise_scheduler=DDPMScheduler.from_pretrained(base.source, subfolder="scheduler"),
+        source=base.source,
+        vae_config=dict(AutoencoderKL.load_config(base.source, subfolder="vae")),
         **second,
     )

@@ -21,6 +21,9 @@ def check_memory_options(cfg: MemoryConfig, cuda: bool) -> None:
             raise UserError("memory.attention=xformers needs a CUDA GPU; use sdpa on this machine")
     if cfg.optimizer == "adamw8bit":
         _require_extra("bitsandbytes", "memory.optimizer=adamw8bit")
+    if cfg.compile and not cuda:
+        # torch 2.13's CPU inductor compiled for 2.5 minutes on the tiny UNet and then failed on bucket shapes
+        raise UserError("memory.compile needs a CUDA GPU (on CPU, compiling the UNet is slow and fails); set it false")
     if cfg.mixed_precision == "fp16" and not cuda:
         raise UserError("memory.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
 
@@ -34,6 +37,8 @@ def apply_memory_options(unet, cfg: MemoryConfig) -> None:
         unet.enable_xformers_memory_efficient_attention()
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        unet.compile()  # in place: hooks, adapters and saving still see the same module
     if cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

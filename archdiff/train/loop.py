@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+import archdiff
 from archdiff.config.schema import Recipe
 from archdiff.data.buckets import BucketBatchSampler
 from archdiff.data.samples import SampleSet, collate
@@ -91,6 +92,16 @@ class LoopResult:
     first_val_loss: float | None
     final_val_loss: float | None
     steps_trained: int  # in this process's run: fewer than max_steps after a resume
+    startup: float = 0.0  # seconds from the process's start to the first step
+
+
+def peak_memory_mb(device) -> float:
+    """The most memory this process held so far: CUDA's allocator peak on a GPU, peak RSS on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def encode_images(vae, pixel_values: torch.Tensor, sample: bool = True) -> torch.Tensor:
@@ -99,14 +110,15 @@ def encode_images(vae, pixel_values: torch.Tensor, sample: bool = True) -> torch
     return latents * vae.config.scaling_factor
 
 
-def batch_latents(batch: dict, vae, scaling_factor: float, device, sample: bool = True) -> torch.Tensor:
-    """Latents from the cache's stored distribution when the batch has them; from the VAE otherwise."""
+def batch_latents(batch: dict, components: Components, device, sample: bool = True) -> torch.Tensor:
+    """Latents from the cache's stored distribution when the batch has them; from the VAE otherwise
+    (the only place a training step touches the VAE, so a cached run never loads it)."""
     if "latent_params" not in batch:
-        return encode_images(vae, batch["pixel_values"], sample)
+        return encode_images(components.vae, batch["pixel_values"], sample)
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     dist = DiagonalGaussianDistribution(batch["latent_params"].to(device))
-    return (dist.sample() if sample else dist.mode()) * scaling_factor
+    return (dist.sample() if sample else dist.mode()) * components.scaling_factor
 
 
 def _device(module) -> torch.device:
@@ -176,7 +188,7 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
     eval_set = []
     for bucket in sorted(by_bucket):
         examples = collate([holdout[i] for i in by_bucket[bucket]])
-        latents = batch_latents(examples, components.vae, components.scaling_factor, device, sample=False).float()
+        latents = batch_latents(examples, components, device, sample=False).float()
         embeddings, added = batch_conditioning(examples, components.text_encoders, device)
         latents = latents.repeat_interleave(k, dim=0)
         timesteps = stratified_timesteps(k, len(alphas)).repeat(len(by_bucket[bucket])).to(device)
@@ -252,7 +264,7 @@ def train_lora(
     from diffusers.optimization import get_scheduler
 
     cfg = recipe.train
-    unet, vae, text_encoders = components.unet, components.vae, list(components.text_encoders)
+    unet, text_encoders = components.unet, list(components.text_encoders)
     device = accelerator.device
     alphas = components.noise_scheduler.alphas_cumprod.to(device)
     target_type = prediction_type(recipe, components.noise_scheduler)
@@ -307,9 +319,13 @@ def train_lora(
         first_val_loss = next((row["val_loss"] for row in MetricsLog.read_if_exists(metrics.path) if row["step"] == 0), None)
     else:
         first_val_loss = validate()
-        metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=first_val_loss, elapsed=0.0)
+    startup = time.monotonic() - archdiff.STARTED
+    if resume is None:
+        metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=first_val_loss, elapsed=0.0, startup=startup)
     if step >= cfg.max_steps:
-        return LoopResult(first_val_loss, None, 0)
+        return LoopResult(first_val_loss, None, 0, startup)
+    if accelerator.is_main_process:
+        print(f"start-up: {startup:.1f} s to the first step")
     sampler.start_at(batches)
 
     def checkpoint() -> Path:
@@ -337,7 +353,7 @@ def train_lora(
                     batch = {key: torch.cat([batch[key], extra[key]]) for key in batch}
                 with accelerator.accumulate(*trained):
                     with torch.no_grad():
-                        latents = batch_latents(batch, vae, components.scaling_factor, device)
+                        latents = batch_latents(batch, components, device)
                     with torch.set_grad_enabled(train_text):
                         embeddings, added_cond = batch_conditioning(batch, text_encoders, device)
                     noise = sample_noise(latents, cfg.noise_offset)
@@ -379,7 +395,10 @@ def train_lora(
                     running_loss.zero_()
                     running_count = 0
                     lr = lr_scheduler.get_last_lr()[0]
-                    metrics.write(step=step, loss=mean_loss, lr=lr, val_loss=val_loss, elapsed=time.perf_counter() - started)
+                    peak = {"peak_memory_mb": round(peak_memory_mb(device), 1)} if last else {}
+                    metrics.write(
+                        step=step, loss=mean_loss, lr=lr, val_loss=val_loss, elapsed=time.perf_counter() - started, **peak
+                    )
                     accelerator.log(
                         {"loss": mean_loss, "lr": lr, **({"val_loss": val_loss} if val_loss is not None else {})}, step=step
                     )
@@ -391,7 +410,7 @@ def train_lora(
                 if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     checkpoint()
                 if last:
-                    return LoopResult(first_val_loss, val_loss, step - start_step)
+                    return LoopResult(first_val_loss, val_loss, step - start_step, startup)
                 if _stop_requested(stop, accelerator):
                     raise Interrupted(step, checkpoint(), stop.signal_number, accelerator.is_main_process)
         except KeyboardInterrupt:  # a second Ctrl-C: stop without a new checkpoint

@@ -106,10 +106,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
     # 2. model: frozen base in the training dtype, trainable LoRA in fp32
     components = load_components(base)
-    dtype = weight_dtype(recipe.memory)
-    for frozen in (components.vae, components.unet, *components.text_encoders):
-        frozen.requires_grad_(False)
-        frozen.to(accelerator.device, dtype=dtype)
+    components.place(accelerator.device, weight_dtype(recipe.memory))
     class_set = None
     if recipe.dreambooth and recipe.dreambooth.class_prompt:
         class_set = _class_set(recipe, data, train_samples, base.source, components, accelerator, run_dir)
@@ -132,14 +129,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     sets = [train_set, holdout_set, *([class_set] if class_set else [])]
     if data.cache.latents or data.cache.text:
         with accelerator.main_process_first():
-            caches = build_caches(
-                sets,
-                data.cache.latents,
-                data.cache.text,
-                components.vae,
-                components.tokenizer,
-                components.text_encoder,
-            )
+            caches = build_caches(sets, data.cache.latents, data.cache.text, components)
         if main:
             print(caches.report())
 

@@ -179,6 +179,7 @@ def test_existing_output_folder_is_untouched(archdiff, tmp_path: Path, extra: li
     [
         pytest.param("memory.attention=xformers", ["xformers", "archdiff[cuda]"], id="xformers-without-extra"),
         pytest.param("memory.mixed_precision=fp16", ["fp16", "CUDA"], id="fp16-on-cpu"),
+        pytest.param("memory.compile=true", ["memory.compile", "CUDA"], id="compile-on-cpu"),
         pytest.param("train.trackers=[tensorboard, wandb]", ["wandb", "pip install wandb"], id="wandb-not-installed"),
     ],
 )
@@ -242,6 +243,8 @@ def test_resume_needs_a_checkpoint(archdiff, tmp_path: Path, extra: list[str], e
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
+        pytest.param(["bench", "--recipe", "demo-tiny", "--steps", "5"], ["--steps must be at least 30"], id="bench-steps"),
+        pytest.param(["bench", "--recipe", "demo-tiny", "--matrix", "turbo=on"], ["--matrix 'turbo=on'"], id="bench-knob"),
         pytest.param(["export", "no-such-run", "--format", "kohya"], ["no-such-run", "holds no LoRA"], id="missing-run"),
         pytest.param(
             ["export", "run", "--format", "onnx"], ["unknown export format 'onnx'", "kohya, diffusers, peft, fused"], id="format"

@@ -120,3 +120,35 @@ def test_dumped_recipe_reloads_to_the_same_recipe(tmp_path):
     saved.write_text(dump_recipe(recipe))
     assert "{name}" not in saved.read_text()
     assert Recipe.model_validate(yaml.safe_load(saved.read_text())) == recipe
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("memory=low", {"gradient_checkpointing": True, "mixed_precision": "bf16", "optimizer": "adamw8bit"}),
+        ("memory=balanced", {"gradient_checkpointing": False, "mixed_precision": "bf16", "optimizer": "adamw"}),
+        ("memory=fast", {"mixed_precision": "bf16", "channels_last": True, "compile": True}),
+        ("memory={preset: low, mixed_precision: 'no'}", {"gradient_checkpointing": True, "mixed_precision": "no"}),
+    ],
+)
+def test_memory_presets_set_their_knobs_under_what_the_recipe_says(tmp_path, override, expected):
+    path = tmp_path / "r.yaml"
+    path.write_text("base: tiny-sd15\ndata:\n  sources: [{path: facades}]\n")
+    recipe = load_recipe(str(path), [override])
+    assert recipe.memory.preset == override.split("=")[1].split(",")[0].removeprefix("{preset: ")
+    assert {key: getattr(recipe.memory, key) for key in expected} == expected
+    assert recipe.data.cache.latents, "every preset takes the VAE out of the step"
+    assert not load_recipe(str(path), [override, "data.cache.latents=false"]).data.cache.latents
+    assert load_recipe("facade-lora", [override]).data.cache.latents is False, "a recipe's own cache setting wins"
+
+
+def test_unknown_memory_preset_names_the_choices():
+    with pytest.raises(UserError, match="memory.preset.*'low', 'balanced' or 'fast'"):
+        load_recipe("facade-lora", ["memory=turbo"])
+
+
+def test_dumped_preset_recipe_reloads_to_the_same_recipe(tmp_path):
+    recipe = load_recipe("facade-lora", ["memory=low"])
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_recipe(recipe))
+    assert load_recipe(str(path)) == recipe

@@ -42,9 +42,7 @@ def sample_sets(folder, components, resolution=64, **data):
 
 
 def fill(folder, components, **data):
-    return build_caches(
-        sample_sets(folder, components, **data), True, True, components.vae, components.tokenizer, components.text_encoder
-    )
+    return build_caches(sample_sets(folder, components, **data), True, True, components)
 
 
 def test_second_fill_reuses_everything(tmp_path, fresh_cache, components):
@@ -72,7 +70,7 @@ def test_cached_items_equal_what_the_encoders_give(tmp_path, fresh_cache, compon
     folder = make_folder(tmp_path / "d", count=2)
     sets = sample_sets(folder, components)
     uncached = sets[0][(0, 0)]
-    build_caches(sets, True, True, components.vae, components.tokenizer, components.text_encoder)
+    build_caches(sets, True, True, components)
     cached = sets[0][(0, 0)]
     assert set(cached) == {"latent_params", "text_embeddings", "original_size", "crop_top_left"}
     with torch.no_grad():
@@ -83,18 +81,34 @@ def test_cached_items_equal_what_the_encoders_give(tmp_path, fresh_cache, compon
     assert torch.equal(cached["original_size"], uncached["original_size"])
 
 
-def test_other_weights_use_another_cache_folder(tmp_path, fresh_cache, components):
+def test_other_vae_weights_use_another_cache_folder(tmp_path, fresh_cache, components, tiny_base):
+    """The latent cache is keyed by the VAE's files (so a cached run need not load it): other weights, other entries."""
+    from safetensors.torch import load_file, save_file
+
+    from archdiff.model.base import load_components, resolve_base
+
     folder = make_folder(tmp_path / "d", count=1)
     fill(folder, components)
-    vae = components.vae
-    with torch.no_grad():
-        vae.encoder.conv_in.bias.add_(1.0)
-    try:
-        assert fill(folder, components).encoded["latents"] == 2
-    finally:
-        with torch.no_grad():
-            vae.encoder.conv_in.bias.sub_(1.0)
+    other_base = tmp_path / "other-base"
+    shutil.copytree(tiny_base, other_base)
+    weights = other_base / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    tensors["encoder.conv_in.bias"] += 1.0
+    save_file(tensors, weights)
+    other = load_components(resolve_base(str(other_base)))
+    assert other.vae_fingerprint() != components.vae_fingerprint()
+    assert fill(folder, other).encoded["latents"] == 2
     assert len(list((cache_dir() / "latents").iterdir())) == 2
+
+
+def test_a_complete_cache_never_loads_the_vae(tmp_path, fresh_cache, tiny_base):
+    from archdiff.model.base import load_components, resolve_base
+
+    folder = make_folder(tmp_path / "d", count=2)
+    fill(folder, load_components(resolve_base(tiny_base)))
+    fresh = load_components(resolve_base(tiny_base))
+    assert fill(folder, fresh).reused["latents"] == 4
+    assert not fresh.vae_loaded
 
 
 def test_tensor_cache_reads_across_shards_and_reopens_in_workers(tmp_path):

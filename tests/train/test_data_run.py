@@ -35,8 +35,11 @@ def test_cli_trains_on_a_hostile_folder_and_names_what_it_skipped(tmp_path, nast
     assert shapes == expected, "every valid image lands in a bucket of its own shape"
 
 
-def test_training_from_the_caches_never_runs_the_vae_encoder(tmp_path, tiny_base, monkeypatch, capsys):
+def test_training_from_the_caches_never_loads_the_vae(tmp_path, tiny_base, monkeypatch, capsys):
+    """Cached latents: the VAE's weights are not even loaded for training, only to draw the final images."""
     from diffusers import AutoencoderKL
+
+    from archdiff.run_files import MetricsLog
 
     monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
     overrides = ["train.max_steps=4", "validation.prompts=[]", "data.cache.latents=true", "data.cache.text=true"]
@@ -44,14 +47,25 @@ def test_training_from_the_caches_never_runs_the_vae_encoder(tmp_path, tiny_base
     # 29 training photos, each unflipped and flipped, and 3 held-out ones; 32 captions
     assert "cache: latents 61 encoded, 0 reused; texts 32 encoded, 0 reused" in capsys.readouterr().out
 
-    def no_encoding(*args, **kwargs):
-        raise AssertionError("the VAE encoder ran although every latent was cached")
+    real_from_pretrained = AutoencoderKL.from_pretrained.__func__
+    loaded_after_step = []
 
-    monkeypatch.setattr(AutoencoderKL, "encode", no_encoding)
+    def watched_from_pretrained(cls, *args, **kwargs):
+        if not sampling:
+            raise AssertionError("the VAE was loaded although every latent was cached")
+        loaded_after_step.append(MetricsLog.read(tmp_path / "third" / "metrics.jsonl")[-1]["step"])
+        return real_from_pretrained(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(watched_from_pretrained))
+    sampling = False
     second = run(load_recipe("demo-tiny", [f"output={tmp_path / 'second'}", *overrides]))
     assert "latents 0 encoded, 61 reused" in capsys.readouterr().out
     assert second.first_val_loss == pytest.approx(first.first_val_loss)
     assert second.final_val_loss == pytest.approx(first.final_val_loss)
+    sampling = True  # validation prompts need the decoder: it loads after the last step, for the final images
+    with_samples = [*overrides[:1], "validation.every=null", *overrides[2:]]
+    run(load_recipe("demo-tiny", [f"output={tmp_path / 'third'}", *with_samples]))
+    assert loaded_after_step == [4]
 
 
 def test_several_sources_mix_with_their_repeats(tmp_path, tiny_base):

@@ -76,7 +76,9 @@ def test_metrics_log_every_step_with_loss_lr_and_val_loss(demo_run):
     rows = MetricsLog.read(demo_run.run_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
     assert steps == [0, *range(10, 301, 10)]
-    assert all({"step", "loss", "lr", "val_loss", "elapsed"} == set(r) for r in rows)
+    assert all({"step", "loss", "lr", "val_loss", "elapsed"} == set(r) for r in rows[1:-1])
+    assert set(rows[0]) - set(rows[1]) == {"startup"} and rows[0]["startup"] > 0, "seconds from process start to the first step"
+    assert set(rows[-1]) - set(rows[1]) == {"peak_memory_mb"} and rows[-1]["peak_memory_mb"] > 100, "peak RSS on CPU"
     assert [r["elapsed"] for r in rows] == sorted(r["elapsed"] for r in rows), "seconds since training started"
     assert all(isinstance(r["loss"], float) and r["lr"] >= 0 for r in rows[1:])
     assert [r["step"] for r in rows if r["val_loss"] is not None] == [0, 50, 100, 150, 200, 250, 300]

@@ -1,0 +1,45 @@
+"""`archdiff bench`: steps/s, images/s, peak memory and MFU of the real training step, per configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from archdiff.cli import options
+
+
+def bench(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name (recipes/NAME.yaml) or path to a YAML file."),
+    base: str = options.BASE,
+    steps: int = typer.Option(60, "--steps", help="Training steps per configuration (the first fifth is warm-up)."),
+    matrix: list[str] = typer.Option(
+        [],
+        "--matrix",
+        help="One configuration as knob=value,... (repeatable). Knobs: cache, checkpointing, precision, attention, "
+        "optimizer, channels_last, compile. Default: the recipe, then each knob's other values one at a time.",
+    ),
+    set_: list[str] = options.SET,
+    json_path: Path = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+) -> None:
+    """Benchmark the training step of a recipe across memory/speed configurations."""
+    from archdiff.config import load_recipe
+
+    overrides = [*set_, *([f"base={json.dumps(base)}"] if base else [])]
+    resolved = load_recipe(recipe, overrides)
+
+    from archdiff.runtime import quiet_libraries
+
+    quiet_libraries()
+    from archdiff.bench import HEADER, check_steps, default_matrix, parse_matrix, run_bench, write_json
+
+    check_steps(steps)
+    configs = parse_matrix(matrix) if matrix else default_matrix(resolved)
+    typer.echo(f"archdiff bench: {resolved.name} on {resolved.base}, {len(configs)} configurations x {steps} steps")
+    typer.echo(HEADER)
+    rows, device = run_bench(resolved, configs, steps, progress=typer.echo)
+    typer.echo(f"device: {device}; steps/s and img/s: median over timed windows after warm-up")
+    if json_path:
+        write_json(json_path, rows, device, resolved, steps)
+        typer.echo(f"json:   {json_path}")
