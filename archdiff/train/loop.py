@@ -117,7 +117,7 @@ def batch_latents(batch: dict, components: Components, device, sample: bool = Tr
         return encode_images(components.vae, batch["pixel_values"], sample)
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    dist = DiagonalGaussianDistribution(batch["latent_params"].to(device))
+    dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, non_blocking=True))
     return (dist.sample() if sample else dist.mode()) * components.scaling_factor
 
 
@@ -162,7 +162,7 @@ def encode_prompts(text_encoders: list, token_ids: dict) -> tuple[torch.Tensor, 
 def batch_conditioning(batch: dict, text_encoders: list, device):
     """The UNet's text conditioning, plus SDXL's `added_cond_kwargs` (None for SD 1.x/2.x, which have none)."""
     if "text_embeddings" in batch:  # the text cache (SD 1.x/2.x)
-        return batch["text_embeddings"].to(device), None
+        return batch["text_embeddings"].to(device, non_blocking=True), None
     embeddings, pooled = encode_prompts(text_encoders, batch)
     if pooled is None:
         return embeddings, None
@@ -280,8 +280,14 @@ def train_lora(
     # Not passed through accelerator.prepare: the bucket sampler already shards by process, one bucket per step.
     # Its own generator keeps worker seeding off the global RNG, which checkpoints restore.
     loader_generator = torch.Generator().manual_seed(cfg.seed)
+    workers = recipe.data.num_workers
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=sampler, collate_fn=collate, num_workers=recipe.data.num_workers, generator=loader_generator
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=loader_generator,
+        pin_memory=torch.device(device).type == "cuda",  # page-locked batches copy to the GPU asynchronously
     )
     train_text = recipe.lora.text_encoder is not None
     params = [p for p in unet.parameters() if p.requires_grad]

@@ -1,0 +1,129 @@
+"""archdiff's side of the yardstick against diffusers' official `train_text_to_image_lora.py` (issue 7).
+
+    OMP_NUM_THREADS=1 python benchmarks/vs_official.py [--steps 300]
+
+The model is the one both scripts are meant to train: an SD-1.5-shaped pipeline with a ~1.4 M-parameter
+UNet and a factor-2 VAE (64 px images -> 32x32 latents), built here with random weights around the
+tiny-sd15 text encoder and tokenizer. archdiff trains the bundled 32 facades at 64 px squares,
+batch 2, LoRA rank 4 on the attention projections, lr 1e-4 constant (the official defaults), with
+latents and captions cached. Each run is a separate `archdiff train` process under GNU time, so wall
+time and peak RSS cover the whole process; the first run also fills the cache, the second reuses it.
+Prints steady-state steps/s (median of 10-step windows after warm-up), wall, peak RSS and held-out loss.
+The official script is not part of this repository; run it on the same pipeline folder to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def build_pipeline(folder: Path) -> int:
+    """tiny-sd15 with a 1.4 M-parameter UNet and a factor-2 VAE; returns the UNet's parameter count."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from archdiff.model.base import resolve_base
+
+    shutil.copytree(resolve_base("tiny-sd15").source, folder)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=UNet2DConditionModel.load_config(folder, subfolder="unet")["cross_attention_dim"],
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=16,
+    )
+    for name, part in (("unet", unet), ("vae", vae)):
+        shutil.rmtree(folder / name)
+        part.save_pretrained(folder / name)
+    return sum(p.numel() for p in unet.parameters())
+
+
+def train(base: Path, output: Path, steps: int, cache: Path) -> dict:
+    overrides = {
+        "base": str(base),
+        "output": str(output),
+        "data.resolution": 64,
+        "data.buckets.enabled": False,
+        "data.cache.latents": True,
+        "data.cache.text": True,
+        "data.num_workers": 0,
+        "train.batch_size": 2,
+        "train.max_steps": steps,
+        "train.learning_rate": 1e-4,
+        "train.lr_scheduler": "constant",
+        "train.warmup_steps": 0,
+        "train.log_every": 10,
+        "train.val_every": steps,
+        "train.checkpoint_every": None,
+        "train.trackers": [],
+        "lora.rank": 4,
+        "lora.alpha": 4,
+        "lora.target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
+        "validation.prompts": [],
+    }
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "archdiff", "train", "--recipe", "demo-tiny", "--overwrite"]
+    for key, value in overrides.items():
+        command += ["--set", f"{key}={json.dumps(value)}"]
+    env = {**os.environ, "ARCHDIFF_CACHE": str(cache), "TQDM_DISABLE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", done.stderr)
+    hours, minutes, seconds = (float(x) if x else 0.0 for x in wall.groups())
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
+    from archdiff.bench import timed_steps_per_second
+
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "steady_steps_per_s": timed_steps_per_second(rows, warmup=max(10, steps // 5)),
+        "wall_s": hours * 3600 + minutes * 60 + seconds,
+        "peak_rss_mb": peak_kb / 1024,
+        "startup_s": rows[0]["startup"],
+        "val_loss_before": rows[0]["val_loss"],
+        "val_loss_after": rows[-1]["val_loss"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="archdiff-vs-official-") as work:
+        root = Path(work)
+        params = build_pipeline(root / "base")
+        print(f"pipeline: {root / 'base'} (UNet {params / 1e6:.2f} M parameters, factor-2 VAE)")
+        for label in ("cold cache", "warm cache"):
+            result = train(root / "base", root / label.replace(" ", "-"), args.steps, root / "cache")
+            print(
+                f"{label}: {result['steady_steps_per_s']:.1f} steps/s steady, whole process {result['wall_s']:.1f} s "
+                f"(start-up {result['startup_s']:.1f} s), peak RSS {result['peak_rss_mb']:.0f} MB, held-out loss "
+                f"{result['val_loss_before']:.4f} -> {result['val_loss_after']:.4f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
