@@ -65,6 +65,49 @@ class Diverged(UserError):
     """The loss became NaN or infinite: the weights are not updated with it, and the run stops."""
 
 
+class NanGuard:
+    """Skips an optimizer update whose loss is not finite, without a host sync in the step.
+
+    torch's fused AdamW skips its update when `found_inf` is set (the device-side flag GradScaler
+    uses), so the check stays on the device; the run stops at the next sync point (logging,
+    checkpoint, samples, the end) naming the first bad step. Optimizers without that flag
+    (bitsandbytes' 8-bit AdamW) are checked on the host at once.
+    """
+
+    def __init__(self, optimizer, device, checkpoints: Path):
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+        self.optimizer = inner if isinstance(inner, torch.optim.AdamW) and inner.defaults.get("fused") else None
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: every step so far was finite
+        self.window_bad = torch.zeros((), dtype=torch.bool, device=device)  # within one gradient-accumulation window
+        self.checkpoints = checkpoints
+
+    def record(self, loss: torch.Tensor, step: int, accelerator) -> None:
+        """Note whether this micro-batch's loss (on any process) is finite; before `optimizer.step()`."""
+        bad = ~torch.isfinite(loss.detach())
+        if accelerator.num_processes > 1:
+            bad = accelerator.reduce(bad.float(), reduction="sum") > 0  # a collective, not a host sync
+        self.window_bad |= bad
+        self.first_bad = torch.where((self.first_bad == 0) & bad, step, self.first_bad)
+        if self.optimizer is None:
+            self.check(loss)
+        else:
+            self.optimizer.found_inf = self.window_bad.float()
+
+    def step_done(self) -> None:
+        self.window_bad = torch.zeros_like(self.window_bad)
+
+    def check(self, loss: torch.Tensor | None = None) -> None:
+        """A host sync: raise if any step so far had a non-finite loss."""
+        step = int(self.first_bad)
+        if step:
+            said = f"the loss became {loss.item()}" if loss is not None else "the loss became nan or inf"
+            raise Diverged(
+                f"{said} at step {step}; nothing from that step was applied. "
+                "Lower train.learning_rate or use mixed_precision bf16 (fp16 overflows); "
+                f"the last checkpoint is in {self.checkpoints}"
+            )
+
+
 class StopRequest:
     """SIGINT/SIGTERM handlers that ask the loop to stop after the current step instead of dying mid-step."""
 
@@ -334,7 +377,10 @@ def train_lora(
         print(f"start-up: {startup:.1f} s to the first step")
     sampler.start_at(batches)
 
+    guard = NanGuard(optimizer, device, run_dir / "checkpoints")
+
     def checkpoint() -> Path:
+        guard.check()  # a checkpoint is only ever written from finite steps
         return save_checkpoint(accelerator, run_dir, TrainerState(step, batches, recipe_dump), cfg.checkpoint_limit)
 
     started, start_step = time.perf_counter(), step
@@ -374,12 +420,7 @@ def train_lora(
                         loss = prior_preservation_loss(
                             prediction, target, weights, instances, recipe.dreambooth.prior_loss_weight
                         )
-                    if not _everywhere(torch.isfinite(loss.detach()), accelerator):
-                        raise Diverged(
-                            f"the loss became {loss.item()} at step {step + 1}; nothing from that step was applied. "
-                            f"Lower train.learning_rate or use mixed_precision bf16 (fp16 overflows); "
-                            f"the last checkpoint is in {run_dir / 'checkpoints'}"
-                        )
+                    guard.record(loss, step + 1, accelerator)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -391,12 +432,14 @@ def train_lora(
                 running_count += 1
                 if not accelerator.sync_gradients:
                     continue
+                guard.step_done()
                 step += 1
                 bar.update(1)
                 last = step == cfg.max_steps
                 is_val_step = step % cfg.val_every == 0 or last
                 val_loss = validate() if is_val_step else None
                 if step % cfg.log_every == 0 or is_val_step:
+                    guard.check()
                     mean_loss = accelerator.gather(running_loss).mean().item() / running_count
                     running_loss.zero_()
                     running_count = 0
@@ -412,10 +455,12 @@ def train_lora(
                         loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {})
                     )
                 if draw_samples and recipe.validation.every and step % recipe.validation.every == 0 and not last:
+                    guard.check()
                     draw_samples(step)
                 if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     checkpoint()
                 if last:
+                    guard.check()
                     return LoopResult(first_val_loss, val_loss, step - start_step, startup)
                 if _stop_requested(stop, accelerator):
                     raise Interrupted(step, checkpoint(), stop.signal_number, accelerator.is_main_process)

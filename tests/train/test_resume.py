@@ -131,7 +131,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step(tmp_path, tiny_base, monkeypat
         return value * float("nan") if len(calls) == 5 else value
 
     monkeypatch.setattr(loop, "diffusion_loss", loss_that_explodes)
-    with pytest.raises(UserError, match=r"the loss became nan at step 5; nothing from that step was applied"):
+    with pytest.raises(UserError, match=r"the loss became nan or inf at step 5; nothing from that step was applied"):
         run(quick_recipe(tmp_path / "nan"))
     kept = complete_checkpoints(tmp_path / "nan")
     assert [read_state(c).step for c in kept] == [2, 4], "the last good checkpoints stay"
