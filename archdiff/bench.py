@@ -100,20 +100,29 @@ def configured(recipe: Recipe, config: dict[str, str], output: Path, steps: int)
 
 
 def _text_cache_allowed(recipe: Recipe) -> bool:
-    caption = recipe.data.caption
-    return recipe.lora.text_encoder is None and not (caption.dropout or caption.field_dropout or caption.shuffle_tags)
+    """Whether the recipe could also cache caption embeddings (fixed captions, frozen text encoder, not SDXL)."""
+    from archdiff.model.base import resolve_base
+    from archdiff.train.run import check_cache_options, check_family_options
+
+    trial = recipe.model_copy(deep=True)
+    trial.data.cache.text = True
+    try:
+        check_cache_options(trial)
+        check_family_options(trial, resolve_base(trial.base).family)
+    except UserError:
+        return False
+    return True
 
 
 def refusal(recipe: Recipe, cuda: bool) -> str | None:
     """Why this machine cannot run the configuration ("needs CUDA" ...), or None."""
+    from archdiff.model.base import resolve_base
     from archdiff.model.memory import check_memory_options
     from archdiff.train.run import check_cache_options, check_family_options
 
     try:
         check_memory_options(recipe.memory, cuda)
         check_cache_options(recipe)
-        from archdiff.model.base import resolve_base
-
         check_family_options(recipe, resolve_base(recipe.base).family)
     except UserError as error:
         return str(error)

@@ -63,3 +63,13 @@ def test_bench_prints_measured_rows_and_refuses_cuda_only_ones(tmp_path, tiny_ba
     assert measured["peak_memory_mb"] > 100 and measured["startup_s"] > 0 and measured["gflop_per_step"] > 0
     assert measured["mfu"] is None, "no peak rate is known for a CPU"
     assert rows["precision=fp16"]["note"] == "needs CUDA" and rows["precision=fp16"]["steps_per_s"] is None
+
+
+def test_cache_rows_also_cache_captions_where_the_recipe_allows_it(tmp_path):
+    from archdiff.bench import configured
+
+    sd15 = configured(load_recipe("demo-tiny"), {"cache": "on"}, tmp_path / "a", steps=30)
+    assert sd15.data.cache.latents and sd15.data.cache.text
+    assert sd15.train.max_steps == 30 and sd15.validation.prompts == [] and sd15.train.checkpoint_every is None
+    sdxl = configured(load_recipe("demo-tiny", ["base=tiny-sdxl"]), {"cache": "on"}, tmp_path / "b", steps=30)
+    assert sdxl.data.cache.latents and not sdxl.data.cache.text, "SDXL refuses the text cache"
