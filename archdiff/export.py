@@ -141,13 +141,13 @@ def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
 
 def base_version(source: str, family: str) -> str:
     """A key of BASE_VERSIONS, from the base's configs: SD 2.x has linear transformer projections, 768-v predicts v."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
     if family == "sdxl":
         return "xl"
-    folder = Path(source)
-    unet, scheduler = folder / "unet" / "config.json", folder / "scheduler" / "scheduler_config.json"
-    if not (unet.is_file() and json.loads(unet.read_text()).get("use_linear_projection")):
+    if not UNet2DConditionModel.load_config(source, subfolder="unet").get("use_linear_projection"):
         return "v1"
-    v_prediction = scheduler.is_file() and json.loads(scheduler.read_text()).get("prediction_type") == "v_prediction"
+    v_prediction = DDPMScheduler.load_config(source, subfolder="scheduler").get("prediction_type") == "v_prediction"
     return "v2-v" if v_prediction else "v2"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,22 +190,19 @@ def _is_hub_id(base: str) -> bool:
 
 
 def _is_sdxl(base: str, lora: Path) -> bool:
-    """SDXL or SD 1.x/2.x, to name the right pipeline class: a local base says it in model_index.json, an SDXL
-    name says "xl", and an SDXL LoRA that trained the text encoders has text_encoder_2 keys."""
-    index = Path(base).expanduser() / "model_index.json"
-    if not _is_tiny(base) and index.is_file():
-        return "XL" in json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    if "xl" in base.lower():
-        return True
-    return any(key.startswith(("text_encoder_2.", "unet.add_embedding.")) for key in _safetensors_keys(lora))
+    """SDXL or SD 1.x/2.x, to name the right pipeline class: the base's own model_index.json (tiny, local, or a
+    Hub base in the HF cache), else the LoRA's keys (text_encoder_2 / add_embedding), else an "xl" in the name."""
+    from safetensors import safe_open
 
+    from archdiff.model.base import resolve_base
 
-def _safetensors_keys(path: Path) -> list[str]:
-    """Tensor names from a .safetensors header (8-byte length, then JSON), without loading any tensor."""
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return [key for key in header if key != "__metadata__"]
+    try:
+        return resolve_base(base).family == "sdxl"
+    except UserError:
+        pass
+    with safe_open(str(lora), framework="np") as weights:
+        keys = list(weights.keys())
+    return any(key.startswith(("text_encoder_2.", "unet.add_embedding.")) for key in keys) or "xl" in base.lower()
 
 
 def _png_prompt(path: Path) -> str | None:
