@@ -103,7 +103,10 @@ def _upload(files: list[tuple[str, Path]], repo: str, private: bool, token: str,
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(token=token)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in files]
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=shareable_recipe(path) if name == RECIPE_FILE else path)
+        for name, path in files
+    ]
     try:
         url = api.create_repo(repo, private=private, exist_ok=True)
         api.create_commit(repo, operations, commit_message="Upload LoRA, model card and samples with archdiff")
@@ -285,11 +288,26 @@ def _recipe_section(recipe: dict[str, Any], base: str) -> str:
     return f"## Training recipe\n\n| | |\n|---|---|\n{table}\n\nThe full resolved recipe is in [`{RECIPE_FILE}`]({RECIPE_FILE})."
 
 
+def shareable_recipe(path: Path) -> bytes:
+    """The run's recipe as uploaded: local folders (output, data, base) by their last part only, so no home or
+    client-project paths go public; bundled sets, manifests and Hub ids stay as they are."""
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    recipe["output"] = f"runs/{recipe.get('name', 'run')}"
+    recipe["base"] = _base_name(str(recipe.get("base", "")))
+    for source in (recipe.get("data") or {}).get("sources") or []:
+        if _is_local_path(str(source.get("path", ""))):
+            source["path"] = Path(source["path"]).name
+    return yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).encode()
+
+
+def _is_local_path(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).expanduser().exists()
+
+
 def _source_label(source: dict[str, Any]) -> str:
     """A bundled set or Hub dataset by name; a local folder by its last part only (no home paths in public)."""
     path = str(source.get("path", "?"))
-    local = path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).expanduser().exists()
-    name = f"local folder `{Path(path).name}`" if local else f"`{path}`"
+    name = f"local folder `{Path(path).name}`" if _is_local_path(path) else f"`{path}`"
     return f"{name} x{source.get('repeats', 1)}" if source.get("repeats", 1) != 1 else name
 
 

@@ -138,6 +138,9 @@ def test_push_uploads_exactly_the_allowlist_in_one_commit(run: Path, hub: FakeHu
     files = hub.committed_files()
     assert set(files) == allowlist(run)
     assert files[LORA_WEIGHTS] == (run / LORA_WEIGHTS).read_bytes()
+    shared, local = yaml.safe_load(files["recipe.yaml"]), yaml.safe_load((run / "recipe.yaml").read_text())
+    assert shared["output"] == "runs/demo-tiny" and str(tmp_path) not in files["recipe.yaml"].decode(), "no local paths"
+    assert {k: v for k, v in shared.items() if k != "output"} == {k: v for k, v in local.items() if k != "output"}
     assert files["README.md"] == (run / "README.md").read_bytes(), "the run keeps the card it pushed"
 
     card = ModelCard(files["README.md"].decode())
@@ -272,3 +275,21 @@ def test_card_names_the_trigger_words(run: Path) -> None:
     assert card.data.instance_prompt == "a photo of sks house"
     assert "dreambooth" in card.data.tags
     assert "`a photo of sks house`" in card.text
+
+
+def test_shared_recipe_names_local_folders_by_their_last_part(tmp_path: Path) -> None:
+    from archdiff.push import shareable_recipe
+
+    photos, base = tmp_path / "clients" / "villa-x" / "photos", tmp_path / "models" / "my-sd15"
+    photos.mkdir(parents=True)
+    base.mkdir(parents=True)
+    recipe = {
+        "name": "villa",
+        "base": str(base),
+        "output": str(tmp_path / "runs" / "villa"),
+        "data": {"sources": [{"path": str(photos)}, {"path": "facades"}, {"path": "user/hub-set"}]},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    shared = yaml.safe_load(shareable_recipe(tmp_path / "recipe.yaml"))
+    assert shared["output"] == "runs/villa" and shared["base"] == "my-sd15"
+    assert [source["path"] for source in shared["data"]["sources"]] == ["photos", "facades", "user/hub-set"]
