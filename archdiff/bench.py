@@ -212,19 +212,16 @@ def bench_row(
     )
 
 
-def check_steps(steps: int) -> None:
-    if steps < 3 * WINDOW:
-        raise UserError(f"--steps must be at least {3 * WINDOW}: one warm-up window, one timed, and the final one")
-
-
 def run_bench(recipe: Recipe, configs: list[dict[str, str]], steps: int, progress=print) -> tuple[list[Row], str]:
     """Every configuration in turn; returns the rows and the device they ran on."""
     import torch
 
-    check_steps(steps)
+    if steps < 3 * WINDOW:
+        raise UserError(f"--steps must be at least {3 * WINDOW}: one warm-up window, one timed, and the final one")
     cuda = torch.cuda.is_available()
     device, peak = device_peak_flops()
     flops = model_flops_per_step(recipe)
+    progress(HEADER)
     rows = []
     with tempfile.TemporaryDirectory(prefix="archdiff-bench-") as work:
         for index, config in enumerate(configs):

@@ -22,7 +22,6 @@ COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # kohya's module-name prefixes; SD 1.x/2.x name their one text encoder `lora_te_`, SDXL `lora_te1_`/`lora_te2_`.
 KOHYA_PREFIXES = {"sd15": {"unet": "lora_unet", "text_encoder": "lora_te"}}
 KOHYA_PREFIXES["sdxl"] = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 @dataclass
@@ -171,7 +170,9 @@ def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float
     output = output or default_output(run_dir, fmt, str(lora.recipe.get("name", run_dir.name)))
     if output.exists() and not overwrite:
         raise UserError(f"'{output}' already exists; choose another --output, or pass --overwrite")
-    base = resolve_base(str(lora.recipe.get("base") or _missing_base(run_dir)))
+    if not lora.recipe.get("base"):
+        raise UserError(f"{run_dir / 'recipe.yaml'} names no base model")
+    base = resolve_base(str(lora.recipe["base"]))
     if fmt == "kohya":
         _write_kohya(lora, base.family, base_version(base.source, base.family), output)
     elif fmt == "diffusers":
@@ -181,10 +182,6 @@ def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float
     else:
         _replace_folder(output, lambda staging: fuse_into_pipeline(base.source, base.family, run_dir, scale, staging))
     return output
-
-
-def _missing_base(run_dir: Path) -> str:
-    raise UserError(f"{run_dir / 'recipe.yaml'} names no base model")
 
 
 def _write_kohya(lora: RunLora, family: str, version: str, output: Path) -> None:
@@ -197,18 +194,29 @@ def _write_kohya(lora: RunLora, family: str, version: str, output: Path) -> None
 
 
 def _write_peft(lora: RunLora, base_name: str, folder: Path) -> None:
-    """One peft adapter folder per component (`unet/`, `text_encoder/`...): what `PeftModel.from_pretrained` reads."""
+    """One peft adapter folder per component (`unet/`, `text_encoder/`...): what `PeftModel.from_pretrained` reads.
+
+    The config is written by peft itself, from the adapter config diffusers stored with the weights.
+    """
+    from dataclasses import fields
+
+    from peft import LoraConfig
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
     from safetensors.torch import save_file
 
+    known = {field.name for field in fields(LoraConfig)}
     for component in COMPONENTS:
         tensors = lora.component(component)
         if not tensors:
             continue
         target = folder / component
-        target.mkdir()
-        config = {**lora.configs[component], "base_model_name_or_path": base_name, "inference_mode": True}
-        (target / PEFT_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-        save_file({f"base_model.model.{key}": value.contiguous() for key, value in tensors.items()}, str(target / PEFT_FILES[1]))
+        stored = {key: value for key, value in lora.configs[component].items() if key in known}
+        config = LoraConfig(**{**stored, "base_model_name_or_path": base_name, "inference_mode": True})
+        config.save_pretrained(str(target))
+        save_file(
+            {f"base_model.model.{key}": value.contiguous() for key, value in tensors.items()},
+            str(target / SAFETENSORS_WEIGHTS_NAME),
+        )
 
 
 def fuse_into_pipeline(source: str, family: str, run_dir: Path, scale: float, folder: Path) -> None:
