@@ -159,13 +159,14 @@ def init_image_for(path: Path, width: int | None, height: int | None, resolution
     Any image mode (1-bit sketches, palette, CMYK, EXIF-rotated photos) reads upright as RGB; the
     line-keeping drawing filter shrinks it, so thin pencil lines survive.
     """
+    from archdiff.config.schema import DataConfig
     from archdiff.data.buckets import assign_bucket, cover_size, make_buckets
     from archdiff.data.images import UnreadableImage, open_image, resize
 
     if not path.is_file():
         raise UserError(f"--init-image '{path}' is not a file")
     try:
-        image = open_image(path, max_pixels=150_000_000)
+        image = open_image(path, max_pixels=DataConfig.model_fields["max_pixels"].default)
     except UnreadableImage as error:
         raise UserError(f"--init-image '{path}': {error}") from None
     if width and height:

@@ -147,20 +147,16 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def encode_images(vae, pixel_values: torch.Tensor, sample: bool = True) -> torch.Tensor:
-    dist = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist
-    latents = dist.sample() if sample else dist.mode()
-    return latents * vae.config.scaling_factor
-
-
 def batch_latents(batch: dict, components: Components, device, sample: bool = True) -> torch.Tensor:
     """Latents from the cache's stored distribution when the batch has them; from the VAE otherwise
     (the only place a training step touches the VAE, so a cached run never loads it)."""
-    if "latent_params" not in batch:
-        return encode_images(components.vae, batch["pixel_values"], sample)
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    if "latent_params" in batch:
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-    dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, non_blocking=True))
+        dist = DiagonalGaussianDistribution(batch["latent_params"].to(device, non_blocking=True))
+    else:
+        vae = components.vae
+        dist = vae.encode(batch["pixel_values"].to(vae.device, vae.dtype)).latent_dist
     return (dist.sample() if sample else dist.mode()) * components.scaling_factor
 
 
