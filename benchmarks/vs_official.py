@@ -10,6 +10,11 @@ constant (the official defaults), with latents and captions cached. Each run is 
 `archdiff train` process under GNU time, so wall time and peak RSS cover the whole process; the first
 run also fills the cache, the second reuses it. Prints steady-state steps/s (median of 10-step windows
 after warm-up), wall, peak RSS and held-out loss.
+
+It also prints the floor: the same UNet with the same LoRA, forward + backward + clipping + fused AdamW on
+random latents in a bare loop, with no data, VAE, text encoder or logging. No trainer's step can beat it on
+this machine, so with `--official-steps-per-s` it prints the largest speed-up over the official script that
+any amount of caching could give.
 The official script is not part of this repository; run it on the same pipeline folder to compare.
 """
 
@@ -26,6 +31,8 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the official script's
 
 
 def build_pipeline(folder: Path) -> int:
@@ -81,7 +88,7 @@ def train(base: Path, output: Path, steps: int, cache: Path) -> dict:
         "train.trackers": [],
         "lora.rank": 4,
         "lora.alpha": 4,
-        "lora.target_modules": ["to_q", "to_k", "to_v", "to_out.0"],
+        "lora.target_modules": LORA_TARGETS,
         "validation.prompts": [],
     }
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "archdiff", "train", "--recipe", "demo-tiny", "--overwrite"]
@@ -105,9 +112,42 @@ def train(base: Path, output: Path, steps: int, cache: Path) -> dict:
     }
 
 
+def step_floor(base: Path, steps: int) -> float:
+    """Steady steps/s of the bare UNet + LoRA step at the benchmark's shapes (batch 2, 32x32 latents)."""
+    import statistics
+    import time
+    from itertools import pairwise
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet").requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    latents = torch.randn(2, 4, 32, 32)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim)
+    window_times = []
+    for step in range(steps):
+        if step % 10 == 0:
+            window_times.append(time.perf_counter())
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, 1000, (2,))
+        loss = torch.nn.functional.mse_loss(unet(latents + noise, timesteps, text).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    warm = max(1, len(window_times) // 5)  # the same warm-up share as the runs' windows
+    return statistics.median(10 / (b - a) for a, b in pairwise(window_times[warm:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--official-steps-per-s", type=float, help="the official script's steady rate on the same pipeline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="archdiff-vs-official-") as work:
         root = Path(work)
@@ -120,6 +160,10 @@ def main() -> None:
                 f"(start-up {result['startup_s']:.1f} s), peak RSS {result['peak_rss_mb']:.0f} MB, held-out loss "
                 f"{result['val_loss_before']:.4f} -> {result['val_loss_after']:.4f}"
             )
+        floor = step_floor(root / "base", args.steps)
+        print(f"floor (bare UNet + LoRA step, nothing else): {floor:.1f} steps/s")
+        if args.official_steps_per_s:
+            print(f"the most any trainer can gain over the official script here: {floor / args.official_steps_per_s:.2f}x")
 
 
 if __name__ == "__main__":

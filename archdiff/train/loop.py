@@ -242,8 +242,11 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
 
 
 @torch.no_grad()
-def evaluate(unet, eval_set: EvalSet, text_encoders: list | None = None, batch_size: int = 16) -> float:
-    """Mean denoising loss on the held-out set; pass the text encoders when they train, so their change counts."""
+def evaluate(unet, eval_set: EvalSet, text_encoders: list | None = None, *, batch_size: int) -> float:
+    """Mean denoising loss on the held-out set; pass the text encoders when they train, so their change counts.
+
+    Batches are no larger than training's, so evaluating never needs more memory than the step itself.
+    """
     was_training = unet.training
     unet.eval()
     total, count = 0.0, 0
@@ -353,7 +356,7 @@ def train_lora(
         if not eval_set or not accelerator.is_main_process:
             return None
         encoders = [accelerator.unwrap_model(encoder) for encoder in text_encoders] if train_text else None
-        return evaluate(accelerator.unwrap_model(unet), eval_set, encoders)
+        return evaluate(accelerator.unwrap_model(unet), eval_set, encoders, batch_size=cfg.batch_size)
 
     step = batches = 0
     first_val_loss = None

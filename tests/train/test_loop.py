@@ -24,3 +24,40 @@ def test_nan_guard_skips_the_update_on_the_device_and_names_the_first_bad_step(t
         assert torch.equal(weight, before) == (step == 2), f"only the non-finite step {step} is skipped"
     with pytest.raises(UserError, match="at step 2; nothing from that step was applied"):
         guard.check()
+
+
+def test_evaluate_batches_no_larger_than_asked_and_weights_every_item_equally():
+    """Held-out eval must fit wherever a training step fits; a short last batch must not skew the mean."""
+    from types import SimpleNamespace
+
+    from archdiff.train.loop import EvalBatch, evaluate
+
+    class RecordingUNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.5))
+            self.batch_sizes = []
+
+        def forward(self, noisy, timesteps, embeddings, added_cond_kwargs=None):
+            self.batch_sizes.append(len(noisy))
+            return SimpleNamespace(sample=noisy * self.scale)
+
+    generator = torch.Generator().manual_seed(0)
+    groups = [
+        EvalBatch(
+            noisy=torch.randn(n, 4, 2, 2, generator=generator),
+            timesteps=torch.arange(n),
+            text_embeddings=torch.zeros(n, 3, 8),
+            target=torch.randn(n, 4, 2, 2, generator=generator),
+            token_ids={},
+        )
+        for n in (5, 3)
+    ]
+    per_item = torch.cat([((g.noisy * 0.5 - g.target) ** 2).mean(dim=(1, 2, 3)) for g in groups])
+    unet = RecordingUNet()
+    for batch_size in (1, 2, 16):
+        unet.batch_sizes.clear()
+        loss = evaluate(unet, groups, batch_size=batch_size)
+        assert max(unet.batch_sizes) <= batch_size and sum(unet.batch_sizes) == 8
+        assert loss == pytest.approx(per_item.mean().item(), rel=1e-6)
+    assert unet.training, "evaluate puts the UNet back in training mode"
