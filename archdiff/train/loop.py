@@ -461,7 +461,7 @@ def train_lora(
                 if last:
                     guard.check()
                     return LoopResult(first_val_loss, val_loss, step - start_step, startup)
-                if _stop_requested(stop, accelerator):
+                if _stop_requested(stop, accelerator, step, cfg.log_every):
                     raise Interrupted(step, checkpoint(), stop.signal_number, accelerator.is_main_process)
         except KeyboardInterrupt:  # a second Ctrl-C: stop without a new checkpoint
             raise Interrupted(step, None, signal.SIGINT, accelerator.is_main_process) from None
@@ -470,15 +470,15 @@ def train_lora(
     raise AssertionError("the bucket sampler never ends")
 
 
-def _everywhere(flag: torch.Tensor, accelerator) -> bool:
-    """True when a boolean holds on every process; one process skips the collective (and its overhead)."""
-    if accelerator.num_processes == 1:
-        return bool(flag)
-    return bool(accelerator.gather(flag.reshape(1)).all())
+def _stop_requested(stop: StopRequest, accelerator, step: int, every: int) -> bool:
+    """Every process stops at the same step when any of them was signalled.
 
-
-def _stop_requested(stop: StopRequest, accelerator) -> bool:
-    """Every process stops at the same step when any of them was signalled."""
+    Agreeing on that takes a collective and a host sync, so several processes only ask every `every` steps
+    (the logging interval, which syncs anyway); a signal then takes up to that many steps to stop the run.
+    """
     if accelerator.num_processes == 1:
         return stop.signal_number != 0
-    return not _everywhere(torch.tensor(stop.signal_number == 0, device=accelerator.device), accelerator)
+    if step % every:
+        return False
+    running = accelerator.gather(torch.tensor([stop.signal_number == 0], device=accelerator.device))
+    return not bool(running.all())

@@ -61,3 +61,25 @@ def test_evaluate_batches_no_larger_than_asked_and_weights_every_item_equally():
         assert max(unet.batch_sizes) <= batch_size and sum(unet.batch_sizes) == 8
         assert loss == pytest.approx(per_item.mean().item(), rel=1e-6)
     assert unet.training, "evaluate puts the UNet back in training mode"
+
+
+def test_several_processes_agree_on_a_stop_only_at_logging_steps():
+    """The collective that makes every rank stop at the same step is a host sync: not inside every step."""
+    from types import SimpleNamespace
+
+    from archdiff.train.loop import StopRequest, _stop_requested
+
+    gathered = []
+
+    def gather(flag):
+        gathered.append(flag.clone())
+        return torch.cat([flag, torch.tensor([False])])  # the other rank was signalled
+
+    two_processes = SimpleNamespace(num_processes=2, device="cpu", gather=gather)
+    stop = StopRequest()
+    assert [step for step in range(1, 31) if _stop_requested(stop, two_processes, step, every=10)] == [10, 20, 30]
+    assert len(gathered) == 3 and all(bool(flag.all()) for flag in gathered), "this rank reports it is still running"
+
+    one_process = SimpleNamespace(num_processes=1)
+    stop.signal_number = 15
+    assert _stop_requested(stop, one_process, 7, every=10), "one process stops at once, with no collective"
