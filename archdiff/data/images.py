@@ -27,6 +27,10 @@ class UnreadableImage(Exception):
     """An image file that cannot be trained on; str() is a short reason for the run's data report."""
 
 
+class TooManyPixels(UnreadableImage):
+    """Over data.max_pixels: refused from the header, so whether the file decodes is not known."""
+
+
 @contextmanager
 def _pil_pixel_guard_lifted() -> Iterator[None]:
     """PIL refuses (or warns about) big images by its own global limit; `open_image` enforces data.max_pixels instead."""
@@ -36,6 +40,12 @@ def _pil_pixel_guard_lifted() -> Iterator[None]:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    pixels = width * height
+    if pixels > max_pixels:
+        raise TooManyPixels(f"{width}x{height} = {pixels} pixels, over data.max_pixels ({max_pixels})")
 
 
 def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
@@ -53,9 +63,7 @@ def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
             raise UnreadableImage("not an image") from None
         except (OSError, SyntaxError, ValueError, EOFError) as error:
             raise UnreadableImage(f"truncated or corrupt image ({error})") from None
-        pixels = image.width * image.height
-        if pixels > max_pixels:
-            raise UnreadableImage(f"{image.width}x{image.height} = {pixels} pixels, over data.max_pixels ({max_pixels})")
+        check_pixels(image.width, image.height, max_pixels)
         try:
             image.load()
             image = ImageOps.exif_transpose(image)

@@ -85,3 +85,66 @@ def test_grouped_holdout_needs_the_column_and_two_groups():
         split_holdout(records([1, 2]), 0.5, "site", 0)
     with pytest.raises(UserError, match="all images share one 'building_id'"):
         split_holdout(records([1, 1, 1]), 0.5, "building_id", 0)
+
+
+def test_a_second_scan_decodes_and_reads_nothing_it_has_seen(nasty_folder, tmp_path, monkeypatch):
+    """Scanning decodes every image; the next run on unchanged files must only stat them, with the same outcome."""
+    import archdiff.data.catalog as catalog_module
+    import archdiff.data.images as images
+
+    folder, _ = nasty_folder
+    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(sources=[{"path": str(folder)}])
+    first = build_catalog(cfg)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an unchanged image was read or decoded again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(images, "open_image", forbidden)
+        patched.setattr(catalog_module, "read_image_value", forbidden)
+        second = build_catalog(cfg)
+    assert [(r.name, r.width, r.height, r.kind, r.content_hash) for r in second.records] == [
+        (r.name, r.width, r.height, r.kind, r.content_hash) for r in first.records
+    ]
+    assert second.skipped == first.skipped, "broken files are still reported, with the same reasons"
+
+
+def test_a_changed_image_is_decoded_again_and_the_pixel_limit_applies_to_cached_sizes(tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image
+
+    import archdiff.data.images as images
+
+    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, size in (("a.png", (40, 20)), ("b.png", (30, 30))):
+        Image.new("RGB", size, "white").save(data / name)
+        (data / name).with_suffix(".txt").write_text("a facade")
+    cfg = DataConfig(sources=[{"path": str(data)}])
+    build_catalog(cfg)
+
+    decoded = []
+    real_open = images.open_image
+    monkeypatch.setattr(images, "open_image", lambda source, max_pixels: decoded.append(1) or real_open(source, max_pixels))
+    Image.new("RGB", (20, 50), "black").save(data / "a.png")
+    os.utime(data / "a.png", ns=(1, 1))  # a new modification time even on a coarse-grained file system
+    catalog = build_catalog(cfg)
+    assert len(decoded) == 1, "only the changed image is decoded"
+    assert {r.name: (r.width, r.height) for r in catalog.records} == {"a.png": (20, 50), "b.png": (30, 30)}
+
+    small = build_catalog(DataConfig(sources=[{"path": str(data)}], max_pixels=950))
+    assert len(decoded) == 1, "the limit is checked against cached sizes"
+    assert [(s.name, s.reason) for s in small.skipped] == [("a.png", "20x50 = 1000 pixels, over data.max_pixels (950)")]
+
+
+def test_a_damaged_scan_cache_is_ignored(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
+    cfg = DataConfig(sources=[{"path": "facades"}])
+    first = build_catalog(cfg)
+    (cache_file,) = (tmp_path / "cache" / "scan").iterdir()
+    cache_file.write_text('{"results": [')
+    assert [r.content_hash for r in build_catalog(cfg).records] == [r.content_hash for r in first.records]
+    assert cache_file.read_text().startswith('{"results": {'), "rewritten whole"
