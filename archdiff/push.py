@@ -7,6 +7,7 @@ here; huggingface_hub is imported inside the functions that use it, so `archdiff
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from huggingface_hub import ModelCard
 
 CARD_FILE = "README.md"
+_CARD_MARK = "\n<!-- archdiff card {digest}: if you edit this file, archdiff push keeps your version -->\n"
+_CARD_MARK_PATTERN = re.compile(r"\n<!-- archdiff card ([0-9a-f]{16}): .* -->\n\Z")
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")  # the same rule as the recipe's hub.repo
 _GRID = re.compile(rf"{SAMPLES_DIR}/step-\d+\.png")  # samples/step-000300.png
 _PROMPT_IMAGE = re.compile(rf"{SAMPLES_DIR}/prompt\d+/\d+-seed-?\d+\.png")  # samples/prompt00/00-seed0.png
@@ -41,6 +44,7 @@ _TINY_LICENSE = "apache-2.0"  # archdiff's own random test models, under archdif
 class Pushed:
     files: list[tuple[str, Path]]  # (path in repo, local file), as uploaded or, for a dry run, as it would be
     url: str | None  # the repo's URL; None for a dry run
+    card_kept: bool = False  # RUN/README.md was written or edited by hand, and went up as it is
 
 
 def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
@@ -64,9 +68,12 @@ def retry_command(run_dir: Path, repo: str, private: bool) -> str:
     return f"archdiff push {run_dir} --repo {repo}" + (" --private" if private else "")
 
 
-def push_run(run_dir: Path, repo: str, private: bool = False, dry_run: bool = False, token: str | None = None) -> Pushed:
-    """What `archdiff push` does: check, write the card into the run folder, then (unless a dry run) create the
-    repo and upload the allowlist in one commit, so the repo never shows half an upload."""
+def push_run(
+    run_dir: Path, repo: str, private: bool = False, dry_run: bool = False, token: str | None = None, new_card: bool = False
+) -> Pushed:
+    """What `archdiff push` does: check, write the card into the run folder (keeping one edited by hand unless
+    `new_card`), then (unless a dry run) create the repo and upload the allowlist in one commit, so the repo
+    never shows half an upload."""
     if not run_dir.is_dir():
         raise UserError(f"run folder '{run_dir}' does not exist")
     if not REPO_ID.fullmatch(repo):
@@ -79,11 +86,32 @@ def push_run(run_dir: Path, repo: str, private: bool = False, dry_run: bool = Fa
     retry = retry_command(run_dir, repo, private)
     if not dry_run:
         token = token or hub_token(f"then retry: {retry}")
-    write_text_atomic(run_dir / CARD_FILE, str(model_card(run_dir, repo)))
+    kept = not write_card(run_dir, repo, replace=new_card)
     files = upload_plan(run_dir)
     if dry_run:
-        return Pushed(files, None)
-    return Pushed(files, _upload(files, repo, private, token, retry))
+        return Pushed(files, None, kept)
+    return Pushed(files, _upload(files, repo, private, token, retry), kept)
+
+
+def write_card(run_dir: Path, repo: str, replace: bool = False) -> bool:
+    """Write the model card to RUN/README.md, unless the file there was written or edited by hand: that one is
+    kept (and pushed) as it is, unless `replace`. Returns whether archdiff wrote the card.
+
+    A generated card ends with a marker holding its own hash, so an unedited one is told from an edited one
+    and is regenerated when the run has changed (more steps, new samples)."""
+    path = run_dir / CARD_FILE
+    if not replace and path.is_file() and not path.is_symlink():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        mark = _CARD_MARK_PATTERN.search(text)
+        if not mark or mark.group(1) != _card_digest(text[: mark.start()]):
+            return False
+    card = str(model_card(run_dir, repo))
+    write_text_atomic(path, card + _CARD_MARK.format(digest=_card_digest(card)))
+    return True
+
+
+def _card_digest(card: str) -> str:
+    return hashlib.sha256(card.encode()).hexdigest()[:16]
 
 
 def hub_token(hint: str) -> str:

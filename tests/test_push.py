@@ -260,6 +260,39 @@ def test_card_names_the_base_its_licence_and_pipeline(
         assert "check it before you use or share" in card.text
 
 
+def test_a_card_edited_by_hand_is_pushed_as_it_is(run: Path, hub: FakeHub, tmp_path: Path) -> None:
+    """dry run, edit the card, push: the edits go up and stay; --new-card is the only way to replace them."""
+    assert archdiff("push", str(run), "--repo", REPO, "--dry-run", cwd=tmp_path).returncode == 0
+    card = run / "README.md"
+    edited = card.read_text().replace("# facade-lora", "# facade-lora\n\nShot on the client's site in March.")
+    assert edited != card.read_text()
+    card.write_text(edited)
+
+    result = archdiff("push", str(run), "--repo", REPO, cwd=tmp_path, hub=hub)
+    assert result.returncode == 0, result.stderr
+    assert f"model card: your edited {card}, kept as it is" in result.stdout
+    assert hub.committed_files()["README.md"] == edited.encode() and card.read_text() == edited
+
+    result = archdiff("push", str(run), "--repo", REPO, "--dry-run", "--new-card", cwd=tmp_path)
+    assert result.returncode == 0 and "model card written to" in result.stdout, result.stdout + result.stderr
+    assert "Shot on the client's site" not in card.read_text()
+
+
+def test_archdiffs_own_card_follows_the_run_and_a_readme_of_yours_is_never_replaced(run: Path) -> None:
+    from archdiff.push import push_run
+
+    assert not push_run(run, REPO, dry_run=True).card_kept
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["caption"]["trigger"] = "arcdf style"
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert not push_run(run, REPO, dry_run=True).card_kept, "an unedited card is archdiff's: rewritten"
+    assert "arcdf style" in (run / "README.md").read_text()
+
+    (run / "README.md").write_text("# My notes on this run\n")
+    assert push_run(run, REPO, dry_run=True).card_kept
+    assert (run / "README.md").read_text() == "# My notes on this run\n"
+
+
 def test_card_names_the_trigger_words(run: Path) -> None:
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     recipe["data"]["caption"]["trigger"] = "arcdf style"

@@ -98,4 +98,5 @@ def _push(run_dir: Path, repo: str, private: bool) -> None:
         pushed = push_run(run_dir, repo, private=private)
     except UserError as error:
         raise UserError(f"the run is kept in {run_dir}, but {error}") from None
-    typer.echo(f"pushed:  {pushed.url}")
+    kept = " (with the RUN/README.md you edited as its model card)" if pushed.card_kept else ""
+    typer.echo(f"pushed:  {pushed.url}{kept}")
