@@ -94,7 +94,7 @@ class ScanCache:
 
         return cls(cache_dir() / "scan" / f"v{SCAN_CACHE_VERSION}-pillow-{pillow}.json")
 
-    def inspect(self, value: dict[str, Any], max_pixels: int) -> tuple[str, int, int]:
+    def scan(self, value: dict[str, Any], max_pixels: int) -> tuple[str, int, int]:
         """(content hash, width, height) of an image value; raises what `open_image` raises for a bad one."""
         from archdiff.data.images import TooManyPixels, UnreadableImage, check_pixels, content_hash, open_image
 
@@ -158,7 +158,7 @@ def scan_source(
             skipped.append(Skipped(name, f"no caption ({missing.args[0]} is empty)"))
             continue
         try:
-            digest, width, height = scans.inspect(row["image"] or {}, max_pixels)
+            digest, width, height = scans.scan(row["image"] or {}, max_pixels)
         except (UnreadableImage, OSError) as error:
             skipped.append(Skipped(name, str(error)))
             continue
