@@ -218,6 +218,7 @@ def run_bench(recipe: Recipe, configs: list[dict[str, str]], steps: int, progres
 
     if steps < 3 * WINDOW:
         raise UserError(f"--steps must be at least {3 * WINDOW}: one warm-up window, one timed, and the final one")
+    progress(f"archdiff bench: {recipe.name} on {recipe.base}, {len(configs)} configurations x {steps} steps")
     cuda = torch.cuda.is_available()
     device, peak = device_peak_flops()
     flops = model_flops_per_step(recipe)

@@ -35,7 +35,6 @@ def bench(
     from archdiff.bench import default_matrix, parse_matrix, run_bench, write_json
 
     configs = parse_matrix(matrix) if matrix else default_matrix(resolved)
-    typer.echo(f"archdiff bench: {resolved.name} on {resolved.base}, {len(configs)} configurations x {steps} steps")
     rows, device = run_bench(resolved, configs, steps, progress=typer.echo)
     typer.echo(f"device: {device}; steps/s and img/s: median over timed windows after warm-up")
     if json_path:

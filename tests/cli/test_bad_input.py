@@ -270,6 +270,8 @@ def test_export_and_sample_inputs(archdiff, tmp_path: Path, args: list[str], exp
     run.mkdir()
     (run / "pytorch_lora_weights.safetensors").write_bytes(b"")
     (run / "recipe.yaml").write_text("base: tiny-sd15\nname: run\n")
-    message = user_error(archdiff(*args))
+    result = archdiff(*args)
+    message = user_error(result)
     for text in expected:
         assert text in message
+    assert "archdiff bench:" not in result.stdout, "a refused benchmark announces nothing"
