@@ -17,6 +17,6 @@ def tiny_model(
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
-    from archdiff.model.tiny import build_tiny_pipeline
+    from archdiff.model.tiny import build_random_pipeline
 
-    typer.echo(f"tiny {family} pipeline: {build_tiny_pipeline(folder, family)}")
+    typer.echo(f"tiny {family} pipeline: {build_random_pipeline(folder, family)}")

@@ -18,6 +18,8 @@ from archdiff.errors import UserError
 from archdiff.paths import cache_dir
 
 TINY_PREFIX = "tiny-"
+RANDOM_PREFIX = "random-"  # the real models' size with random weights, for measuring speed and memory offline
+_BUILT_SIZES = {TINY_PREFIX: "tiny", RANDOM_PREFIX: "full"}
 _PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 _OFFLINE_HINT = "for an offline try, use --base tiny-sd15"
 
@@ -34,16 +36,19 @@ class BaseModel:
     family: str
 
 
-def _tiny_base(name: str) -> BaseModel:
-    from archdiff.model.tiny import FAMILIES, build_tiny_pipeline
+def _built_base(name: str, prefix: str) -> BaseModel:
+    """tiny-* and random-* bases: built offline once into the cache, then loaded like any local folder."""
+    from archdiff.model.tiny import FAMILIES, build_random_pipeline
 
-    family = name.removeprefix(TINY_PREFIX)
+    family, size = name.removeprefix(prefix), _BUILT_SIZES[prefix]
     if family not in FAMILIES:
-        known = ", ".join(TINY_PREFIX + f for f in FAMILIES)
-        raise UserError(f"unknown tiny base '{name}'; choose one of: {known}")
-    folder = cache_dir() / "tiny" / family
+        known = ", ".join(prefix + f for f in FAMILIES)
+        raise UserError(f"unknown {prefix.rstrip('-')} base '{name}'; choose one of: {known}")
+    folder = cache_dir() / size / family
     if not (folder / "model_index.json").is_file():
-        build_tiny_pipeline(folder, family, overwrite=True)
+        if size == "full":
+            print(f"building {name} (the real {family} layout, random weights) into {folder}: several GB, once")
+        build_random_pipeline(folder, family, size, overwrite=True)
     return BaseModel(name, str(folder), _family(json.loads((folder / "model_index.json").read_text()), name))
 
 
@@ -90,8 +95,9 @@ def _hub_model_index(repo_id: str) -> dict[str, Any]:
 
 
 def resolve_base(name: str) -> BaseModel:
-    if name.startswith(TINY_PREFIX) and not Path(name).exists():
-        return _tiny_base(name)
+    for prefix in _BUILT_SIZES:
+        if name.startswith(prefix) and not Path(name).exists():
+            return _built_base(name, prefix)
     path = Path(name).expanduser()
     if path.is_dir():
         index = path / "model_index.json"

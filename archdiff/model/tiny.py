@@ -1,8 +1,10 @@
-"""Tiny, randomly initialised diffusers pipelines built offline.
+"""Randomly initialised diffusers pipelines built offline: tiny ones, and real-size ones.
 
-They have the real architecture's shape (UNet with cross-attention, factor-8 VAE, CLIP text encoder,
-CLIP BPE tokenizer, SD noise schedule) at a few MB, so every code path that loads a Hub model is
-exercised without a download. Written as a normal diffusers folder and loaded with `from_pretrained`.
+Tiny pipelines have the real architecture's shape (UNet with cross-attention, factor-8 VAE, CLIP text
+encoder, CLIP BPE tokenizer, SD noise schedule) at a few MB, so every code path that loads a Hub model is
+exercised without a download. Real-size ones have exactly the published models' layers and parameter
+counts (SD 1.5, SD 2.1-v, SDXL 1.0) with random weights, so speed and memory can be measured on a GPU
+without downloading gigabytes. Both are written as normal diffusers folders and loaded with `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,60 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from archdiff.errors import UserError
 from archdiff.run_files import staging_dir
 
 FAMILIES = ("sd15", "sd2v", "sdxl")  # SD 1.x (epsilon), SD 2.x-v (v-prediction), SDXL (two text encoders)
+SIZES = ("tiny", "full")
+
+_CROSS_DOWN, _CROSS_UP = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
+_REAL_VOCAB = 49408  # CLIP's; the embedding rows count towards the real text encoders' size
+# The published models' layouts (their configs on the Hub), checked by parameter count in the tests.
+_REAL_TEXT = {
+    "clip-l": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "projection_dim": 768, "hidden_act": "quick_gelu"},
+    "openclip-h": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+                   "projection_dim": 512, "hidden_act": "gelu"},
+    "openclip-bigg": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+                      "projection_dim": 1280, "hidden_act": "gelu"},
+}  # fmt: skip
+_SD15_UNET = {
+    "sample_size": 64,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "down_block_types": (_CROSS_DOWN, _CROSS_DOWN, _CROSS_DOWN, "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", _CROSS_UP, _CROSS_UP, _CROSS_UP),
+    "attention_head_dim": 8,
+}
+_REAL_UNET = {
+    "sd15": _SD15_UNET,
+    "sd2v": {**_SD15_UNET, "sample_size": 96, "attention_head_dim": (5, 10, 20, 20)},
+    "sdxl": {
+        "sample_size": 128,
+        "block_out_channels": (320, 640, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", _CROSS_DOWN, _CROSS_DOWN),
+        "up_block_types": (_CROSS_UP, _CROSS_UP, "UpBlock2D"),
+        "transformer_layers_per_block": (1, 2, 10),
+        "attention_head_dim": (5, 10, 20),
+        "addition_time_embed_dim": 256,
+    },
+}
+_REAL_VAE = {
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2,
+    "latent_channels": 4,
+}
+_REAL_VAE_SIZE = {
+    "sd15": {"sample_size": 512},
+    "sd2v": {"sample_size": 768},
+    "sdxl": {"sample_size": 1024, "scaling_factor": 0.13025},
+}
 
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -53,22 +102,37 @@ _SD_SCHEDULE = {
 }
 
 
-def _text_config(tokenizer, hidden_size: int):
-    """A 2-layer CLIP text encoder config over the tiny tokenizer's vocabulary."""
+def _text_config(tokenizer, hidden_size: int, real: str | None = None):
+    """A 2-layer CLIP text encoder config over the tiny tokenizer's vocabulary, or a real encoder's layout."""
     from transformers import CLIPTextConfig
 
+    if real:
+        layout, vocab_size = _REAL_TEXT[real], _REAL_VOCAB
+    else:
+        layout = {"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size, "num_hidden_layers": 2,
+                  "num_attention_heads": 4, "projection_dim": 32}  # fmt: skip
+        vocab_size = len(tokenizer)
     return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        vocab_size=vocab_size,
         max_position_embeddings=77,
-        projection_dim=32,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **layout,
     )
+
+
+def _vae(family: str, full: bool):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**_REAL_VAE, **_REAL_VAE_SIZE[family]) if full else _tiny_vae()
+
+
+def _unet(family: str, full: bool, **layout):
+    """The family's UNet: real-size, or tiny; `layout` holds what the text encoders decide (cross-attention width ...)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**_REAL_UNET[family], **layout) if full else _tiny_unet(**layout)
 
 
 def _tiny_vae():
@@ -106,20 +170,22 @@ def _tiny_unet(**layout):
     )
 
 
-def _build_sd(folder: Path, prediction_type: str, linear_projection: bool) -> None:
+def _sd_pipeline(folder: Path, family: str, full: bool):
     """SD 1.x's layout (epsilon, conv projections) or SD 2.x-v's (velocity target, linear projections)."""
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    sd2 = family == "sd2v"
+    prediction_type = "v_prediction" if sd2 else "epsilon"
     torch.manual_seed(0)
     write_tokenizer_files(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
-    text_encoder = CLIPTextModel(_text_config(tokenizer, hidden_size=32))
-    unet = _tiny_unet(cross_attention_dim=32, use_linear_projection=linear_projection)
-    vae = _tiny_vae()
+    text_encoder = CLIPTextModel(_text_config(tokenizer, 32, real=("openclip-h" if sd2 else "clip-l") if full else None))
+    unet = _unet(family, full, cross_attention_dim=text_encoder.config.hidden_size, use_linear_projection=sd2)
+    vae = _vae(family, full)
     scheduler = DDPMScheduler(**_SD_SCHEDULE, prediction_type=prediction_type, clip_sample=False)
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -130,10 +196,9 @@ def _build_sd(folder: Path, prediction_type: str, linear_projection: bool) -> No
         image_encoder=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(folder)
 
 
-def _build_sdxl(folder: Path) -> None:
+def _sdxl_pipeline(folder: Path, family: str, full: bool):
     """SDXL's layout: two text encoders (their penultimate states concatenated), pooled text + size/crop ids added."""
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
@@ -144,19 +209,22 @@ def _build_sdxl(folder: Path) -> None:
     for name in ("tokenizer", "tokenizer_2"):
         write_tokenizer_files(folder / name)
         tokenizers.append(CLIPTokenizer.from_pretrained(folder / name, model_max_length=77))
-    text_encoder = CLIPTextModel(_text_config(tokenizers[0], hidden_size=32))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizers[1], hidden_size=48))
-    time_embed_dim = 8
-    unet = _tiny_unet(
+    text_encoder = CLIPTextModel(_text_config(tokenizers[0], 32, real="clip-l" if full else None))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizers[1], 48, real="openclip-bigg" if full else None))
+    time_embed_dim = _REAL_UNET["sdxl"]["addition_time_embed_dim"] if full else 8
+    layout = {"addition_time_embed_dim": time_embed_dim} if not full else {}
+    unet = _unet(
+        family,
+        full,
         cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
         use_linear_projection=True,
         addition_embed_type="text_time",
-        addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=6 * time_embed_dim + text_encoder_2.config.projection_dim,
+        **layout,
     )
-    vae = _tiny_vae()
+    vae = _vae(family, full)
     scheduler = EulerDiscreteScheduler(**_SD_SCHEDULE, prediction_type="epsilon", timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(
+    return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
@@ -167,14 +235,19 @@ def _build_sdxl(folder: Path) -> None:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    pipe.save_pretrained(folder)
 
 
-_BUILDERS = {
-    "sd15": lambda folder: _build_sd(folder, "epsilon", linear_projection=False),
-    "sd2v": lambda folder: _build_sd(folder, "v_prediction", linear_projection=True),
-    "sdxl": _build_sdxl,
-}
+_PIPELINES = {"sd15": _sd_pipeline, "sd2v": _sd_pipeline, "sdxl": _sdxl_pipeline}
+
+
+def random_pipeline(folder: Path, family: str, size: str):
+    """The pipeline, in memory (its tokenizer files are written into `folder`); under accelerate's
+    `init_empty_weights()` no weights are allocated, which is how the tests check the real-size layouts."""
+    if family not in _PIPELINES:
+        raise UserError(f"unknown model family '{family}'; choose one of: {', '.join(FAMILIES)}")
+    if size not in SIZES:
+        raise UserError(f"unknown model size '{size}'; choose one of: {', '.join(SIZES)}")
+    return _PIPELINES[family](folder, family, size == "full")
 
 
 @contextmanager
@@ -189,16 +262,23 @@ def _quiet_progress_bars():
         transformers_logging.enable_progress_bar()
 
 
-def build_tiny_pipeline(folder: Path, family: str = "sd15", overwrite: bool = False) -> Path:
-    """Write a tiny diffusers pipeline folder atomically (a crash never leaves half a model)."""
-    if family not in _BUILDERS:
-        raise UserError(f"unknown model family '{family}'; choose one of: {', '.join(FAMILIES)}")
+def build_random_pipeline(folder: Path, family: str = "sd15", size: str = "tiny", overwrite: bool = False) -> Path:
+    """Write a random diffusers pipeline folder atomically (a crash never leaves half a model).
+
+    Real-size weights go to disk in fp16, half the gigabytes; a run casts them to its own dtype."""
+    import torch
+
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise UserError(f"{folder} already exists and is not empty; pick another folder")
     with staging_dir(folder.parent) as staging:
-        with _quiet_progress_bars():
-            _BUILDERS[family](staging)
+        pipe = random_pipeline(staging, family, size)
+        if size == "full":
+            for part in pipe.components.values():
+                if isinstance(part, torch.nn.Module):
+                    part.half()
+        with _quiet_progress_bars() if size == "tiny" else nullcontext():
+            pipe.save_pretrained(staging)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)

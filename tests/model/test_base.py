@@ -9,7 +9,7 @@ from transformers import CLIPTokenizer
 
 from archdiff.errors import UserError
 from archdiff.model.base import load_components, resolve_base
-from archdiff.model.tiny import build_tiny_pipeline
+from archdiff.model.tiny import build_random_pipeline
 
 
 def test_tiny_base_is_a_real_diffusers_folder(tiny_base):
@@ -74,12 +74,12 @@ def test_local_folder_base_is_loaded_as_is(tiny_base):
 
 
 def test_build_is_deterministic(tmp_path):
-    first = build_tiny_pipeline(tmp_path / "a")
-    second = build_tiny_pipeline(tmp_path / "b")
+    first = build_random_pipeline(tmp_path / "a")
+    second = build_random_pipeline(tmp_path / "b")
     weights = "unet/diffusion_pytorch_model.safetensors"
     assert (first / weights).read_bytes() == (second / weights).read_bytes()
     with pytest.raises(UserError, match="not empty"):
-        build_tiny_pipeline(first)
+        build_random_pipeline(first)
 
 
 @pytest.mark.parametrize("name", ["./missing/folder", "/no/such/dir", "a/b/c"])
@@ -111,3 +111,47 @@ def test_tiny_v_prediction_base():
     assert base.family == "sd15", "the same StableDiffusionPipeline; only the scheduler's target differs"
     assert DDPMScheduler.from_pretrained(base.source, subfolder="scheduler").config.prediction_type == "v_prediction"
     assert UNet2DConditionModel.load_config(base.source, subfolder="unet")["use_linear_projection"] is True
+
+
+# The published models' parameter counts (unet, vae, text encoder(s)): SD 1.5, SD 2.1-v, SDXL 1.0.
+PUBLISHED = {
+    "sd15": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
+    "sd2v": {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840},
+    "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
+}
+
+
+@pytest.mark.parametrize("family", sorted(PUBLISHED))
+def test_random_bases_have_the_real_models_layout_and_size(family, tmp_path):
+    """random-* bases stand in for the real ones when measuring speed and memory, so they must be the same size."""
+    from accelerate import init_empty_weights
+
+    from archdiff.model.tiny import random_pipeline
+
+    with init_empty_weights():  # parameters on the meta device: the real sizes would take GBs
+        pipe = random_pipeline(tmp_path, family, "full")
+    counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in PUBLISHED[family]}
+    assert counts == PUBLISHED[family]
+    assert pipe.unet.config.cross_attention_dim == (2048 if family == "sdxl" else 1024 if family == "sd2v" else 768)
+    assert pipe.scheduler.config.prediction_type == ("v_prediction" if family == "sd2v" else "epsilon")
+    if family == "sdxl":
+        assert pipe.vae.config.scaling_factor == 0.13025 and pipe.unet.config.projection_class_embeddings_input_dim == 2816
+
+
+def test_random_base_names_resolve_and_unknown_ones_are_refused(tmp_path, monkeypatch):
+    """A random-* base is built once into the cache like a tiny one; the build itself is faked here (GBs)."""
+    import archdiff.model.tiny as tiny
+
+    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path))
+    built, real_builder = [], tiny.random_pipeline
+
+    def small_stand_in(folder, family, size):
+        built.append((family, size))
+        return real_builder(folder, family, "tiny")
+
+    monkeypatch.setattr(tiny, "random_pipeline", small_stand_in)
+    base = resolve_base("random-sdxl")
+    assert (base.family, Path(base.source)) == ("sdxl", tmp_path / "full" / "sdxl") and built == [("sdxl", "full")]
+    assert resolve_base("random-sdxl").source == base.source and len(built) == 1, "built once"
+    with pytest.raises(UserError, match="unknown random base 'random-sd3'; choose one of: random-sd15, random-sd2v, random-sdxl"):
+        resolve_base("random-sd3")
