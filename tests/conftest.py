@@ -10,7 +10,9 @@ from pathlib import Path
 # are only bit-identical at a fixed thread count.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("ARCHDIFF_CACHE", tempfile.mkdtemp(prefix="archdiff-test-cache-"))
+if "ARCHDIFF_CACHE" not in os.environ:  # a private cache, removed when the session's interpreter exits
+    _SESSION_CACHE = tempfile.TemporaryDirectory(prefix="archdiff-test-cache-")
+    os.environ["ARCHDIFF_CACHE"] = _SESSION_CACHE.name
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
 import pytest  # noqa: E402
