@@ -51,9 +51,9 @@ _REAL_UNET = {
         "up_block_types": (_CROSS_UP, _CROSS_UP, "UpBlock2D"),
         "transformer_layers_per_block": (1, 2, 10),
         "attention_head_dim": (5, 10, 20),
-        "addition_time_embed_dim": 256,
     },
 }
+_SDXL_TIME_EMBED_DIM = {"tiny": 8, "full": 256}  # each of the 6 size/crop ids is embedded this wide, then joined to pooled text
 _REAL_VAE = {
     "block_out_channels": (128, 256, 512, 512),
     "down_block_types": ("DownEncoderBlock2D",) * 4,
@@ -211,16 +211,15 @@ def _sdxl_pipeline(folder: Path, family: str, full: bool):
         tokenizers.append(CLIPTokenizer.from_pretrained(folder / name, model_max_length=77))
     text_encoder = CLIPTextModel(_text_config(tokenizers[0], 32, real="clip-l" if full else None))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizers[1], 48, real="openclip-bigg" if full else None))
-    time_embed_dim = _REAL_UNET["sdxl"]["addition_time_embed_dim"] if full else 8
-    layout = {"addition_time_embed_dim": time_embed_dim} if not full else {}
+    time_embed_dim = _SDXL_TIME_EMBED_DIM["full" if full else "tiny"]
     unet = _unet(
         family,
         full,
         cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
         use_linear_projection=True,
         addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=6 * time_embed_dim + text_encoder_2.config.projection_dim,
-        **layout,
     )
     vae = _vae(family, full)
     scheduler = EulerDiscreteScheduler(**_SD_SCHEDULE, prediction_type="epsilon", timestep_spacing="leading")
