@@ -1,6 +1,7 @@
 """Turn a recipe name or path (+ --set overrides) into a validated `Recipe`.
 
-Recipes are YAML; a recipe may `extends:` another by name or path (deep merge, child wins).
+Recipes are YAML; a recipe may `extends:` another by name or path (deep merge, child wins). A memory
+section that names a preset replaces the one it is written over, rather than merging into it.
 Every failure becomes a `UserError` with one line that names the offending key.
 """
 
@@ -61,11 +62,17 @@ def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not _names_preset(key, value):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def _names_preset(key: str, value: dict[str, Any]) -> bool:
+    """`memory: {preset: low, ...}` asks for the preset: the knobs a parent recipe spells out must not outvote it
+    (keys written beside the preset still do)."""
+    return key == "memory" and "preset" in value
 
 
 def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -89,6 +96,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key.strip():
             raise UserError(f"--set expects dotted.key=value, got '{item}'")
         *parents, leaf = key.strip().split(".")
+        if parents == ["memory"] and leaf == "preset":
+            result["memory"] = {}  # the preset replaces the memory settings it is set over (see _names_preset)
         node = result
         for i, part in enumerate(parents):
             node = node.setdefault(part, {})

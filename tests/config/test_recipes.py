@@ -142,6 +142,22 @@ def test_memory_presets_set_their_knobs_under_what_the_recipe_says(tmp_path, ove
     assert load_recipe("facade-lora", [override]).data.cache.latents is False, "a recipe's own cache setting wins"
 
 
+def test_a_preset_replaces_the_memory_knobs_a_parent_recipe_spells_out(tmp_path):
+    """facade-lora writes every memory key; a preset set over it (by --set or in a child recipe) must still apply."""
+    low = {"gradient_checkpointing": True, "mixed_precision": "bf16", "optimizer": "adamw8bit"}
+    for overrides in (["memory.preset=low"], ["memory.preset=low", "memory.attention=xformers"]):
+        recipe = load_recipe("facade-lora", overrides)
+        assert {key: getattr(recipe.memory, key) for key in low} == low
+    assert recipe.memory.attention == "xformers", "a key set after the preset still wins"
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: facade-lora\nmemory: {preset: low, mixed_precision: 'no'}\n")
+    recipe = load_recipe(str(child))
+    assert (recipe.memory.preset, recipe.memory.optimizer, recipe.memory.mixed_precision) == ("low", "adamw8bit", "no")
+    child.write_text("extends: facade-lora\nmemory: {gradient_checkpointing: true}\n")
+    merged = load_recipe(str(child)).memory
+    assert (merged.gradient_checkpointing, merged.mixed_precision) == (True, "fp16"), "without a preset, sections merge"
+
+
 def test_unknown_memory_preset_names_the_choices():
     with pytest.raises(UserError, match="memory.preset.*'low', 'balanced' or 'fast'"):
         load_recipe("facade-lora", ["memory=turbo"])
