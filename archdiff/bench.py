@@ -18,6 +18,7 @@ from pathlib import Path
 
 from archdiff.config import Recipe, apply_overrides, dump_recipe
 from archdiff.config.load import validate_recipe
+from archdiff.config.schema import MEMORY_PRESETS
 from archdiff.errors import UserError
 
 WINDOW = 10  # steps per timed window
@@ -31,6 +32,7 @@ KNOBS: dict[str, tuple[str, dict[str, object]]] = {
     "channels_last": ("memory.channels_last", {"off": False, "on": True}),
     "compile": ("memory.compile", {"off": False, "on": True}),
 }
+PRESET = "preset"  # a whole `memory:` preset as one configuration (`--matrix preset=low`); not in the default matrix
 CUDA_ONLY = {("precision", "fp16"), ("attention", "xformers"), ("compile", "on")}
 # dense bf16 tensor-core peak, FLOP/s, by device name: MFU = model FLOPs per step x steps/s / peak
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "4090": 165e12}
@@ -48,6 +50,10 @@ class Row:
     note: str = ""
 
 
+def _choices(name: str):
+    return MEMORY_PRESETS if name == PRESET else KNOBS[name][1]
+
+
 def parse_matrix(entries: list[str]) -> list[dict[str, str]]:
     """`--matrix cache=on,checkpointing=on` -> one configuration per entry; a clear error naming a bad knob or value."""
     configs = []
@@ -55,10 +61,10 @@ def parse_matrix(entries: list[str]) -> list[dict[str, str]]:
         config = {}
         for pair in filter(None, (part.strip() for part in entry.split(","))):
             name, sep, value = pair.partition("=")
-            if not sep or name not in KNOBS:
-                raise UserError(f"--matrix '{pair}': write knob=value with a knob among {', '.join(KNOBS)}")
-            if value not in KNOBS[name][1]:
-                raise UserError(f"--matrix '{pair}': {name} takes {', '.join(KNOBS[name][1])}")
+            if not sep or (name not in KNOBS and name != PRESET):
+                raise UserError(f"--matrix '{pair}': write knob=value with a knob among {', '.join([*KNOBS, PRESET])}")
+            if value not in _choices(name):
+                raise UserError(f"--matrix '{pair}': {name} takes {', '.join(_choices(name))}")
             config[name] = value
         configs.append(config)
     return configs
@@ -81,9 +87,13 @@ def _lookup(tree: dict, dotted: str):
 
 
 def configured(recipe: Recipe, config: dict[str, str], output: Path, steps: int) -> Recipe:
-    """The recipe with this configuration's knobs, trimmed to timing: no sample images, trackers or checkpoints."""
-    overrides = {KNOBS[name][0]: KNOBS[name][1][word] for name, word in config.items()}
-    if overrides.get("data.cache.latents") and _text_cache_allowed(recipe):
+    """The recipe with this configuration's knobs, trimmed to timing: no sample images, trackers or checkpoints.
+
+    `cache=on` also caches captions where the recipe allows it; a preset sets what it sets in a run, latents cached."""
+    overrides: dict[str, object] = {}
+    for name, word in sorted(config.items(), key=lambda item: item[0] != PRESET):  # knobs beside a preset win over it
+        overrides |= _knob_overrides(name, word)
+    if config.get("cache") == "on" and _text_cache_allowed(recipe):
         overrides["data.cache.text"] = True
     overrides |= {
         "output": str(output),
@@ -97,6 +107,13 @@ def configured(recipe: Recipe, config: dict[str, str], output: Path, steps: int)
     }
     settings = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
     return validate_recipe(apply_overrides(recipe.model_dump(mode="json"), settings), f"bench configuration {config}")
+
+
+def _knob_overrides(name: str, word: str) -> dict[str, object]:
+    if name == PRESET:  # replaces the recipe's memory settings, as in a run; with the latent cache every preset turns on
+        return {"memory.preset": word, "data.cache.latents": True}
+    key, values = KNOBS[name]
+    return {key: values[word]}
 
 
 def _text_cache_allowed(recipe: Recipe) -> bool:

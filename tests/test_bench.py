@@ -73,3 +73,19 @@ def test_cache_rows_also_cache_captions_where_the_recipe_allows_it(tmp_path):
     assert sd15.train.max_steps == 30 and sd15.validation.prompts == [] and sd15.train.checkpoint_every is None
     sdxl = configured(load_recipe("demo-tiny", ["base=tiny-sdxl"]), {"cache": "on"}, tmp_path / "b", steps=30)
     assert sdxl.data.cache.latents and not sdxl.data.cache.text, "SDXL refuses the text cache"
+
+
+def test_a_preset_row_is_the_preset_as_a_run_would_apply_it(tmp_path):
+    """`--matrix preset=low` measures what `memory: low` does in a real run: its knobs and the latent cache."""
+    from archdiff.bench import configured
+    from archdiff.config.schema import MEMORY_PRESETS
+
+    assert parse_matrix(["preset=balanced"]) == [{"preset": "balanced"}]
+    with pytest.raises(UserError, match="preset takes low, balanced, fast"):
+        parse_matrix(["preset=turbo"])
+    for preset in MEMORY_PRESETS:
+        row = configured(load_recipe("demo-tiny"), {"preset": preset}, tmp_path / preset, steps=30)
+        assert row.memory == load_recipe("demo-tiny", [f"memory.preset={preset}"]).memory and row.memory.preset == preset
+        assert row.data.cache.latents and not row.data.cache.text, "the preset's latent cache, and no more"
+    beside = configured(load_recipe("demo-tiny"), {"precision": "no", "preset": "low"}, tmp_path / "x", steps=30)
+    assert (beside.memory.mixed_precision, beside.memory.optimizer) == ("no", "adamw8bit"), "a knob beside a preset wins"

@@ -18,7 +18,8 @@ def bench(
         [],
         "--matrix",
         help="One configuration as knob=value,... (repeatable). Knobs: cache, checkpointing, precision, attention, "
-        "optimizer, channels_last, compile. Default: the recipe, then each knob's other values one at a time.",
+        "optimizer, channels_last, compile, and preset (low, balanced, fast: a whole memory preset). "
+        "Default: the recipe, then each knob's other values one at a time.",
     ),
     set_: list[str] = options.SET,
     json_path: Path = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
