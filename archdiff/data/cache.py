@@ -2,7 +2,7 @@
 
 An entry's key hashes everything that shapes it: the image's content, its kind (which picks the resize
 filter), bucket, tile and augmentation (each flip/rotation is cached as its own entry); the folder name
-hashes the encoder's weights. So a changed image, resolution or model misses exactly the entries it
+hashes the encoder's files and dtype. So a changed image, resolution or model misses exactly the entries it
 affects, and nothing stale is ever read. Entries live in safetensors shards written whole, then renamed.
 """
 
@@ -142,8 +142,10 @@ def fill_latents(cache: TensorCache, sets: list[SampleSet], components, caches: 
 
 
 @torch.no_grad()
-def fill_texts(cache: TensorCache, sets: list[SampleSet], tokenizer, text_encoder, caches: Caches) -> None:
-    """Encode every caption the sets can produce (their fixed caption, and the empty one under dropout)."""
+def fill_texts(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
+    """Encode every caption the sets can produce (their fixed caption, and the empty one under dropout).
+
+    The text encoder is loaded only when some caption is missing."""
     captions: set[str] = set()
     for sample_set in sets:
         for sample in sample_set.samples:
@@ -155,8 +157,8 @@ def fill_texts(cache: TensorCache, sets: list[SampleSet], tokenizer, text_encode
     pending: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(missing), ENCODE_BATCH), desc="cache captions", unit="batch", disable=not missing):
         batch = missing[start : start + ENCODE_BATCH]
-        ids = tokenize(tokenizer, batch).to(text_encoder.device)
-        embeddings = text_encoder(ids, return_dict=False)[0].float().cpu()
+        ids = tokenize(components.tokenizer, batch).to(components.text_encoder.device)
+        embeddings = components.text_encoder(ids, return_dict=False)[0].float().cpu()
         pending.update({Caches.text_key(c): embeddings[i] for i, c in enumerate(batch)})
         _store(cache, pending)
     _store(cache, pending, final=True)
@@ -165,15 +167,16 @@ def fill_texts(cache: TensorCache, sets: list[SampleSet], tokenizer, text_encode
 def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, components) -> Caches:
     """Open (and fill what is missing in) the caches a recipe asks for; attach them to the sets.
 
-    The VAE is loaded only when some latent is missing: its cache folder is keyed by its files.
+    The VAE and the text encoder are loaded only when some entry is missing: each cache folder is keyed
+    by its encoder's files, not its weights in memory.
     """
-    latents = TensorCache(cache_dir() / "latents" / components.vae_fingerprint()) if want_latents else None
-    texts = TensorCache(cache_dir() / "text" / module_fingerprint(components.text_encoder)) if want_texts else None
+    latents = TensorCache(cache_dir() / "latents" / components.fingerprint("vae")) if want_latents else None
+    texts = TensorCache(cache_dir() / "text" / components.fingerprint("text_encoder")) if want_texts else None
     caches = Caches(latents, texts)
     if latents is not None:
         fill_latents(latents, sets, components, caches)
     if texts is not None:
-        fill_texts(texts, sets, components.tokenizer, components.text_encoder, caches)
+        fill_texts(texts, sets, components, caches)
     for sample_set in sets:
         sample_set.caches = caches
     return caches

@@ -113,11 +113,11 @@ def resolve_base(name: str) -> BaseModel:
 class Components:
     """The parts of a Stable Diffusion pipeline that training touches.
 
-    The VAE loads on first use: a run whose latents are all cached never loads it for training.
+    The VAE and the (first) text encoder load on first use: a run whose latents and captions are all
+    cached loads neither for training, only to draw sample images.
     """
 
     tokenizer: Any
-    text_encoder: Any
     unet: Any
     noise_scheduler: Any
     source: str  # what from_pretrained loads the parts from (a local folder or a Hub id)
@@ -127,6 +127,7 @@ class Components:
     device: Any = "cpu"
     dtype: Any = None  # of the frozen weights, once placed
     _vae: Any = field(default=None, repr=False)
+    _text_encoder: Any = field(default=None, repr=False)
 
     @property
     def sdxl(self) -> bool:
@@ -145,26 +146,39 @@ class Components:
         return self._vae is not None
 
     @property
+    def text_encoder_loaded(self) -> bool:
+        return self._text_encoder is not None
+
+    @property
     def vae(self):
         if self._vae is None:
             from diffusers import AutoencoderKL
 
-            vae = AutoencoderKL.from_pretrained(self.source, subfolder="vae").requires_grad_(False)
-            self._vae = vae.to(self.device, dtype=self.dtype)
+            self._vae = self._frozen(AutoencoderKL.from_pretrained(self.source, subfolder="vae"))
         return self._vae
 
-    def place(self, device, dtype) -> None:
-        """Frozen weights to the training device and dtype (the VAE goes there when it loads)."""
-        self.device, self.dtype = device, dtype
-        for frozen in (self._vae, self.unet, *self.text_encoders):
-            if frozen is not None:
-                frozen.requires_grad_(False)
-                frozen.to(device, dtype=dtype)
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            from transformers import CLIPTextModel
 
-    def vae_fingerprint(self) -> str:
-        """The VAE's identity without loading it: its files' bytes and the dtype it encodes in (keys the latent cache)."""
+            self._text_encoder = self._frozen(CLIPTextModel.from_pretrained(self.source, subfolder="text_encoder"))
+        return self._text_encoder
+
+    def _frozen(self, module):
+        return module.requires_grad_(False).to(self.device, dtype=self.dtype)
+
+    def place(self, device, dtype) -> None:
+        """Frozen weights to the training device and dtype (the VAE and text encoder go there when they load)."""
+        self.device, self.dtype = device, dtype
+        for frozen in (self._vae, self.unet, self._text_encoder, self.text_encoder_2):
+            if frozen is not None:
+                self._frozen(frozen)
+
+    def fingerprint(self, subfolder: str) -> str:
+        """A part's identity without loading it: its files' bytes and the dtype it runs in (keys the caches)."""
         digest = hashlib.sha256(str(self.dtype).encode())
-        folder = component_folder(self.source, "vae")
+        folder = component_folder(self.source, subfolder)
         for path in sorted(p for p in folder.iterdir() if p.is_file()):
             digest.update(path.name.encode())
             with path.open("rb") as handle:
@@ -185,7 +199,7 @@ def component_folder(source: str, subfolder: str) -> Path:
 
 def load_components(base: BaseModel) -> Components:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     second = {}
     if base.family == "sdxl":
@@ -195,7 +209,6 @@ def load_components(base: BaseModel) -> Components:
         }
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(base.source, subfolder="text_encoder"),
         unet=UNet2DConditionModel.from_pretrained(base.source, subfolder="unet"),
         noise_scheduler=DDPMScheduler.from_pretrained(base.source, subfolder="scheduler"),
         source=base.source,

@@ -209,6 +209,11 @@ def batch_conditioning(batch: dict, text_encoders: list, device):
     return embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(device, embeddings.dtype)}
 
 
+def step_text_encoders(recipe: Recipe, components: Components) -> list:
+    """The text encoders the step runs: none when every caption's embedding is cached, so they are never loaded."""
+    return [] if recipe.data.cache.text else list(components.text_encoders)
+
+
 def prediction_type(recipe: Recipe, noise_scheduler) -> str:
     return recipe.train.prediction_type or noise_scheduler.config.prediction_type
 
@@ -228,7 +233,7 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
     for bucket in sorted(by_bucket):
         examples = collate([holdout[i] for i in by_bucket[bucket]])
         latents = batch_latents(examples, components, device, sample=False).float()
-        embeddings, added = batch_conditioning(examples, components.text_encoders, device)
+        embeddings, added = batch_conditioning(examples, step_text_encoders(recipe, components), device)
         latents = latents.repeat_interleave(k, dim=0)
         timesteps = stratified_timesteps(k, len(alphas)).repeat(len(by_bucket[bucket])).to(device)
         noise = sample_noise(latents.cpu(), generator=generator).to(device)
@@ -306,7 +311,7 @@ def train_lora(
     from diffusers.optimization import get_scheduler
 
     cfg = recipe.train
-    unet, text_encoders = components.unet, list(components.text_encoders)
+    unet, text_encoders = components.unet, step_text_encoders(recipe, components)
     device = accelerator.device
     alphas = components.noise_scheduler.alphas_cumprod.to(device)
     target_type = prediction_type(recipe, components.noise_scheduler)

@@ -136,6 +136,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # 4. train
     eval_set = build_eval_set(holdout_set, recipe, components, accelerator.device) if main else []
     draw = (lambda step: _sample_grid(recipe, base.source, components, accelerator, run_dir, step)) if main else None
+    trained_text = components.text_encoders if recipe.lora.text_encoder else ()  # frozen encoders may never load
     started = time.perf_counter()
     try:
         class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
@@ -144,15 +145,15 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         )
     except Interrupted:
         if main:
-            save_lora(components.unet, recipe.lora, run_dir, components.text_encoders, sdxl=components.sdxl)
+            save_lora(components.unet, recipe.lora, run_dir, trained_text, sdxl=components.sdxl)
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
-    ranks_agree = _ranks_agree(accelerator, [components.unet, *components.text_encoders])
+    ranks_agree = _ranks_agree(accelerator, [components.unet, *trained_text])
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
-    lora_file = save_lora(unet, recipe.lora, run_dir, components.text_encoders, sdxl=components.sdxl) if main else None
+    lora_file = save_lora(unet, recipe.lora, run_dir, trained_text, sdxl=components.sdxl) if main else None
     samples = _validation_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
     accelerator.end_training()
     return RunResult(

@@ -96,19 +96,19 @@ def test_other_vae_weights_use_another_cache_folder(tmp_path, fresh_cache, compo
     tensors["encoder.conv_in.bias"] += 1.0
     save_file(tensors, weights)
     other = load_components(resolve_base(str(other_base)))
-    assert other.vae_fingerprint() != components.vae_fingerprint()
+    assert other.fingerprint("vae") != components.fingerprint("vae")
     assert fill(folder, other).encoded["latents"] == 2
     assert len(list((cache_dir() / "latents").iterdir())) == 2
 
 
-def test_a_complete_cache_never_loads_the_vae(tmp_path, fresh_cache, tiny_base):
+def test_a_complete_cache_loads_neither_encoder(tmp_path, fresh_cache, tiny_base):
     from archdiff.model.base import load_components, resolve_base
 
     folder = make_folder(tmp_path / "d", count=2)
     fill(folder, load_components(resolve_base(tiny_base)))
     fresh = load_components(resolve_base(tiny_base))
-    assert fill(folder, fresh).reused["latents"] == 4
-    assert not fresh.vae_loaded
+    assert fill(folder, fresh).reused == {"latents": 4, "texts": 2}
+    assert not fresh.vae_loaded and not fresh.text_encoder_loaded
 
 
 def test_tensor_cache_reads_across_shards_and_reopens_in_workers(tmp_path):

@@ -35,9 +35,10 @@ def test_cli_trains_on_a_hostile_folder_and_names_what_it_skipped(tmp_path, nast
     assert shapes == expected, "every valid image lands in a bucket of its own shape"
 
 
-def test_training_from_the_caches_never_loads_the_vae(tmp_path, tiny_base, monkeypatch, capsys):
-    """Cached latents: the VAE's weights are not even loaded for training, only to draw the final images."""
+def test_training_from_the_caches_never_loads_the_vae_or_the_text_encoder(tmp_path, tiny_base, monkeypatch, capsys):
+    """Cached latents and captions: neither encoder's weights are even loaded for training, only to draw the final images."""
     from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
 
     from archdiff.run_files import MetricsLog
 
@@ -47,25 +48,30 @@ def test_training_from_the_caches_never_loads_the_vae(tmp_path, tiny_base, monke
     # 29 training photos, each unflipped and flipped, and 3 held-out ones; 32 captions
     assert "cache: latents 61 encoded, 0 reused; texts 32 encoded, 0 reused" in capsys.readouterr().out
 
-    real_from_pretrained = AutoencoderKL.from_pretrained.__func__
     loaded_after_step = []
 
-    def watched_from_pretrained(cls, *args, **kwargs):
-        if not sampling:
-            raise AssertionError("the VAE was loaded although every latent was cached")
-        loaded_after_step.append(MetricsLog.read(tmp_path / "third" / "metrics.jsonl")[-1]["step"])
-        return real_from_pretrained(cls, *args, **kwargs)
+    def watch(model_class):
+        real_from_pretrained = model_class.from_pretrained.__func__
 
-    monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(watched_from_pretrained))
+        def watched_from_pretrained(cls, *args, **kwargs):
+            if not sampling:
+                raise AssertionError(f"{cls.__name__} was loaded although everything it encodes was cached")
+            loaded_after_step.append((cls.__name__, MetricsLog.read(tmp_path / "third" / "metrics.jsonl")[-1]["step"]))
+            return real_from_pretrained(cls, *args, **kwargs)
+
+        monkeypatch.setattr(model_class, "from_pretrained", classmethod(watched_from_pretrained))
+
+    watch(AutoencoderKL)
+    watch(CLIPTextModel)
     sampling = False
     second = run(load_recipe("demo-tiny", [f"output={tmp_path / 'second'}", *overrides]))
     assert "latents 0 encoded, 61 reused" in capsys.readouterr().out
     assert second.first_val_loss == pytest.approx(first.first_val_loss)
     assert second.final_val_loss == pytest.approx(first.final_val_loss)
-    sampling = True  # validation prompts need the decoder: it loads after the last step, for the final images
+    sampling = True  # validation prompts need both: they load after the last step, for the final images
     with_samples = [*overrides[:1], "validation.every=null", *overrides[2:]]
     run(load_recipe("demo-tiny", [f"output={tmp_path / 'third'}", *with_samples]))
-    assert loaded_after_step == [4]
+    assert sorted(loaded_after_step) == [("AutoencoderKL", 4), ("CLIPTextModel", 4)]
 
 
 def test_several_sources_mix_with_their_repeats(tmp_path, tiny_base):
