@@ -90,20 +90,21 @@ def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `dotted.key=value` strings; values are parsed as YAML, types are checked by the schema."""
-    result = _deep_merge({}, raw)
+    result = raw
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set expects dotted.key=value, got '{item}'")
-        *parents, leaf = key.strip().split(".")
-        if parents == ["memory"] and leaf == "preset":
-            result["memory"] = {}  # the preset replaces the memory settings it is set over (see _names_preset)
+        parts = key.strip().split(".")
         node = result
-        for i, part in enumerate(parents):
-            node = node.setdefault(part, {})
+        for i, part in enumerate(parts[:-1]):
+            node = node.get(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"--set {key}: '{'.'.join(parents[: i + 1])}' is a value, not a section")
-        node[leaf] = yaml.safe_load(text) if text.strip() else None
+                raise UserError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        patch = yaml.safe_load(text) if text.strip() else None
+        for part in reversed(parts):
+            patch = {part: patch}
+        result = _deep_merge(result, patch)  # the same rules as `extends:` (a named preset replaces its section)
     return result
 
 
