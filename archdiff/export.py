@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 from archdiff.run_files import LORA_WEIGHTS, read_run_recipe, staging_dir
 
 FORMATS = ("kohya", "diffusers", "peft", "fused")
@@ -50,7 +50,7 @@ def read_run_lora(run_dir: Path) -> RunLora:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
             flat = json.loads((handle.metadata() or {}).get("lora_adapter_metadata", "{}"))
     except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{weights} is not a readable safetensors file ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{weights} is not a readable safetensors file ({first_line(error)})") from None
     configs: dict[str, dict] = {}
     for key, value in flat.items():
         component, _, field = key.partition(".")

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 from archdiff.run_files import LORA_WEIGHTS, read_run_recipe
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -76,7 +76,7 @@ def fetch_hub_lora(repo_id: str) -> tuple[str, str]:
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=["*.safetensors"]))
     except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one line each
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(f"--lora '{repo_id}' is no local path and could not be fetched from the Hub ({reason})") from None
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
     if LORA_WEIGHTS in files or len(files) == 1:
@@ -115,7 +115,7 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", devi
         try:
             pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=name)
         except Exception as exc:  # noqa: BLE001 - a wrong file, a LoRA for another base, an unreachable Hub: one line each
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(f"--lora '{lora.path}' could not be loaded onto this base: {reason}") from None
         names.append(name)
     if names:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from archdiff.config.schema import CaptionConfig, SourceConfig
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 from archdiff.paths import bundled_datasets_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -212,6 +212,6 @@ def _load_hub(source: str, split: str, label: str) -> Any:
     try:
         return load_dataset(source, split=split)
     except Exception as exc:  # noqa: BLE001 - offline, missing, private or no such split: the same fix for the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         where = "could not be read" if local else "could not be loaded from the Hub"
         raise UserError(f"data '{label}' (split '{split}') {where}: {reason}") from None

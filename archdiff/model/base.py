@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 from archdiff.paths import cache_dir
 
 TINY_PREFIX = "tiny-"
@@ -90,7 +90,7 @@ def _hub_model_index(repo_id: str) -> dict[str, Any]:
     try:
         return json.loads(Path(hf_hub_download(repo_id, "model_index.json")).read_text())
     except Exception as exc:  # noqa: BLE001 - any Hub failure means the same thing to the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(f"base '{repo_id}' could not be found on the Hugging Face Hub ({reason}); {_OFFLINE_HINT}") from None
 
 

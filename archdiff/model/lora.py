@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from archdiff.config.schema import LoraConfig, TextEncoderLoraConfig
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 from archdiff.run_files import LORA_WEIGHTS, staging_dir
 
 
@@ -31,7 +31,7 @@ def attach_lora(unet, cfg: LoraConfig) -> None:
         unet.add_adapter(peft_config(cfg))
     except ValueError as exc:
         names = ", ".join(cfg.target_modules)
-        raise UserError(f"lora.target_modules [{names}] matched nothing in the UNet ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"lora.target_modules [{names}] matched nothing in the UNet ({first_line(exc)})") from None
 
 
 def attach_text_encoder_lora(text_encoder, cfg: TextEncoderLoraConfig) -> None:
@@ -44,7 +44,7 @@ def attach_text_encoder_lora(text_encoder, cfg: TextEncoderLoraConfig) -> None:
     except ValueError as exc:
         names = ", ".join(cfg.target_modules)
         raise UserError(
-            f"lora.text_encoder.target_modules [{names}] matched nothing in the text encoder ({str(exc).splitlines()[0]})"
+            f"lora.text_encoder.target_modules [{names}] matched nothing in the text encoder ({first_line(exc)})"
         ) from None
 
 
