@@ -8,14 +8,13 @@ adapter configs diffusers stores in its header, so alpha travels with the weight
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from archdiff.errors import UserError, first_line
-from archdiff.run_files import LORA_WEIGHTS, read_run_recipe, staging_dir
+from archdiff.run_files import LORA_WEIGHTS, kohya_run_file, move_into_place, read_run_recipe, staging_dir
 
 FORMATS = ("kohya", "diffusers", "peft", "fused")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -133,9 +132,15 @@ def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
         "modelspec.implementation": "diffusers",
         "modelspec.title": name,
         "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        "modelspec.date": _trained_at(lora.run_dir),
     }
     return {key: value for key, value in metadata.items() if value != ""}
+
+
+def _trained_at(run_dir: Path) -> str:
+    """When the run's LoRA was written (not when it is exported), so every export of a run has the same bytes."""
+    written = (run_dir / LORA_WEIGHTS).stat().st_mtime
+    return datetime.fromtimestamp(written, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def base_version(source: str, family: str) -> str:
@@ -152,6 +157,14 @@ def base_version(source: str, family: str) -> str:
 
 def default_output(run_dir: Path, fmt: str, name: str) -> Path:
     return run_dir / "export" / (f"{name}-kohya.safetensors" if fmt == "kohya" else fmt)
+
+
+def write_run_kohya(run_dir: Path, base) -> Path:
+    """The run folder's own kohya file, written with the diffusers one: what users copy into ComfyUI or A1111."""
+    lora = read_run_lora(run_dir)
+    output = kohya_run_file(run_dir, str(lora.recipe.get("name", run_dir.name)))
+    _write_kohya(lora, base.family, base_version(base.source, base.family), output)
+    return output
 
 
 def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float = 1.0, overwrite: bool = False) -> Path:
@@ -185,12 +198,22 @@ def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float
 
 
 def _write_kohya(lora: RunLora, family: str, version: str, output: Path) -> None:
-    from safetensors.torch import save_file
-
     tensors = {key: value.contiguous() for key, value in kohya_state_dict(lora, family).items()}
     with staging_dir(output.parent) as staging:
-        save_file(tensors, str(staging / output.name), metadata=kohya_metadata(lora, version))
-        os.replace(staging / output.name, output)
+        (staging / output.name).write_bytes(reproducible_safetensors(tensors, kohya_metadata(lora, version)))
+        move_into_place(staging / output.name, output)
+
+
+def reproducible_safetensors(tensors: dict, metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the header's keys sorted: the library writes its metadata in hash order, which
+    changes from one write to the next, so the same LoRA would get a new file hash (A1111's, the Hub's) each time."""
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    length = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data that follows starts 8-byte aligned, as safetensors pads it
+    return len(header).to_bytes(8, "little") + header + raw[8 + length :]
 
 
 def _write_peft(lora: RunLora, base_name: str, folder: Path) -> None:
@@ -221,11 +244,13 @@ def _write_peft(lora: RunLora, base_name: str, folder: Path) -> None:
 
 def fuse_into_pipeline(source: str, family: str, run_dir: Path, scale: float, folder: Path) -> None:
     """The base pipeline with the LoRA merged into its weights at `scale`: loads anywhere, no adapter code needed."""
+    from archdiff.model.base import stored_dtype
     from archdiff.sample import LoraSpec, load_pipeline
 
-    pipe = load_pipeline(source, [LoraSpec(run_dir, scale)], family, device="cpu")
+    pipe = load_pipeline(source, [LoraSpec(run_dir, scale)], family, device="cpu")  # fused in fp32, then stored as the base is
     pipe.fuse_lora(lora_scale=1.0)  # the adapter weight set above is already `scale`
     pipe.unload_lora_weights()
+    pipe.to(dtype=stored_dtype(source))
     pipe.save_pretrained(folder)
 
 
@@ -239,4 +264,4 @@ def _replace_folder(output: Path, write) -> None:
             shutil.rmtree(output)
         elif output.exists():
             output.unlink()
-        os.replace(built, output)
+        move_into_place(built, output)

@@ -69,10 +69,28 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(staging, path)
+        move_into_place(Path(staging), path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+def kohya_run_file(run_dir: Path, name: str) -> Path:
+    """The run's LoRA in kohya's format, named after the run: the file ComfyUI and A1111 list."""
+    return run_dir / f"{name}.safetensors"
+
+
+def move_into_place(built: Path, final: Path) -> None:
+    """Rename a finished file or folder to its real name, readable by other users as the umask allows.
+
+    Temporary files (mkstemp, mkdtemp, safetensors' save_file) are created 0600/0700, which a WebUI
+    running as another user (a Docker container) cannot read.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [built, *(built.rglob("*") if built.is_dir() else ())]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    os.replace(built, final)
 
 
 @contextmanager

@@ -145,3 +145,50 @@ def test_kohya_alpha_follows_alpha_patterns_and_refuses_rslora():
     assert kohya_alpha(config, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k") == 8.0
     with pytest.raises(UserError, match="no kohya equivalent"):
         kohya_alpha({"lora_alpha": 8, "use_rslora": True}, "x")
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_the_run_folder_holds_the_kohya_file_that_export_writes(small_lora_runs, base, tmp_path):
+    """What users copy into ComfyUI straight from the run folder loads there completely: the kohya export itself."""
+    from archdiff.run_files import kohya_run_file, read_run_recipe
+
+    run_dir = small_lora_runs[base]
+    in_run = kohya_run_file(run_dir, read_run_recipe(run_dir)["name"])
+    assert in_run.name == "demo-tiny.safetensors"
+    assert in_run.read_bytes() == export_run(run_dir, "kohya", tmp_path / "exported.safetensors").read_bytes()
+
+
+def test_files_for_other_programs_are_readable_by_other_users(small_lora_runs, tmp_path):
+    """safetensors and mkstemp create 0600 files, which a WebUI running as another user cannot read."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    run_dir = small_lora_runs["tiny-sd15"]
+    exports = [export_run(run_dir, fmt, tmp_path / name) for fmt, name in [("kohya", "k.safetensors"), ("peft", "peft")]]
+    written = [p for p in run_dir.rglob("*") if p.is_file() and not {"checkpoints", "logs"} & set(p.parts)]
+    written += [p for export in exports for p in ([export] if export.is_file() else export.rglob("*")) if p.is_file()]
+    assert {p.name for p in written} >= {LORA_WEIGHTS, "demo-tiny.safetensors", "recipe.yaml", "k.safetensors"}
+    modes = {p.relative_to(p.parents[1]).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+    assert set(modes.values()) == {oct(expected)}, modes
+
+
+def test_a_fused_export_keeps_the_base_dtype(small_lora_runs, tmp_path):
+    """An fp16 base fuses into an fp16 pipeline (not a twice-as-large fp32 one)."""
+    import shutil
+
+    import yaml
+    from diffusers import DiffusionPipeline
+
+    from archdiff.model.base import stored_dtype
+
+    base16 = tmp_path / "base16"
+    DiffusionPipeline.from_pretrained(resolve_base("tiny-sd15").source).to(dtype=torch.float16).save_pretrained(base16)
+    run_dir = shutil.copytree(small_lora_runs["tiny-sd15"], tmp_path / "run")
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "base": str(base16)}))
+    folder = export_run(run_dir, "fused", tmp_path / "fused")
+    assert [stored_dtype(str(folder), part) for part in ("unet", "vae", "text_encoder")] == [torch.float16] * 3
+    assert stored_dtype(resolve_base("tiny-sd15").source) == torch.float32, "the fp32 base fuses as fp32"

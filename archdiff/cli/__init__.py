@@ -47,4 +47,4 @@ def main() -> None:
         app()
     except UserError as error:
         typer.echo(f"archdiff: error: {error}", err=True)
-        sys.exit(2)
+        sys.exit(error.exit_code)

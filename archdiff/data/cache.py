@@ -27,15 +27,6 @@ SHARD_ENTRIES = 256
 ENCODE_BATCH = 8
 
 
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """A hash of the weights (names, dtypes, shapes, values): two models share cache entries only if identical."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:20]
-
-
 def _key(*parts) -> str:
     return hashlib.sha256("|".join(str(p) for p in (FORMAT_VERSION, *parts)).encode()).hexdigest()[:40]
 

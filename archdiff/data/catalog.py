@@ -16,6 +16,7 @@ from typing import Any
 from archdiff.config.schema import DataConfig
 from archdiff.data.sources import LoadedSource, Skipped, load_source
 from archdiff.errors import UserError
+from archdiff.file_digests import file_stamp
 from archdiff.paths import cache_dir
 from archdiff.run_files import write_text_atomic
 
@@ -136,9 +137,7 @@ def _file_stamp(value: dict[str, Any]) -> str | None:
     """Path, size and modification time of an image stored as a file; None for embedded bytes."""
     if value.get("bytes") is not None or not value.get("path"):
         return None
-    path = Path(value["path"]).resolve()
-    stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    return file_stamp(Path(value["path"]))
 
 
 def scan_source(

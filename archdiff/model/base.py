@@ -176,14 +176,17 @@ class Components:
                 self._frozen(frozen)
 
     def fingerprint(self, subfolder: str) -> str:
-        """A part's identity without loading it: its files' bytes and the dtype it runs in (keys the caches)."""
+        """A part's identity without loading it: its files' contents and the dtype it runs in (keys the caches).
+
+        Each file's digest is remembered by path, size and mtime, so only a changed file is read again.
+        """
+        from archdiff.file_digests import FileDigests
+
+        digests = FileDigests.default()
         digest = hashlib.sha256(str(self.dtype).encode())
-        folder = component_folder(self.source, subfolder)
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            digest.update(path.name.encode())
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 24):
-                    digest.update(chunk)
+        for path in sorted(p for p in component_folder(self.source, subfolder).iterdir() if p.is_file()):
+            digest.update(f"{path.name}|{digests.of(path)}".encode())
+        digests.save()
         return digest.hexdigest()[:20]
 
 
@@ -215,3 +218,16 @@ def load_components(base: BaseModel) -> Components:
         vae_config=dict(AutoencoderKL.load_config(base.source, subfolder="vae")),
         **second,
     )
+
+
+def stored_dtype(source: str, subfolder: str = "unet"):
+    """The dtype a base's weights are stored in (fp16 for most published bases), from its safetensors file."""
+    import torch
+    from safetensors import safe_open
+
+    files = sorted(component_folder(source, subfolder).glob("*.safetensors"))
+    plain = [path for path in files if "." not in path.stem] or files  # not a `.fp16` variant beside the default
+    if not plain:
+        return torch.float32
+    with safe_open(str(plain[0]), "pt") as handle:
+        return handle.get_tensor(next(iter(handle.keys()))).dtype

@@ -4,12 +4,11 @@ right scale."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from archdiff.config.schema import LoraConfig, TextEncoderLoraConfig
 from archdiff.errors import UserError, first_line
-from archdiff.run_files import LORA_WEIGHTS, staging_dir
+from archdiff.run_files import LORA_WEIGHTS, move_into_place, staging_dir
 
 
 def peft_config(cfg: LoraConfig | TextEncoderLoraConfig):
@@ -82,5 +81,5 @@ def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), sdxl: bool 
             unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
             **text_encoder_parts,
         )
-        os.replace(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
+        move_into_place(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
     return folder / LORA_WEIGHTS

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 from archdiff.run_files import CHECKPOINT_PREFIX, CHECKPOINT_STATE, CHECKPOINTS_DIR, complete_checkpoints
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -55,6 +55,22 @@ def checkpoint_name(step: int) -> str:
 def read_state(checkpoint: Path) -> TrainerState:
     data = json.loads((checkpoint / CHECKPOINT_STATE).read_text(encoding="utf-8"))
     return TrainerState(data["step"], data["batches"], data["recipe"])
+
+
+def check_safe_to_load(checkpoint: Path) -> None:
+    """Open every pickle accelerate will read (optimizer, LR schedule, scaler, RNG states) as tensors and plain
+    data only (`weights_only=True`), before accelerate does: a crafted file runs no code, and a damaged or
+    missing one is named instead of being skipped silently (accelerate ignores an unreadable RNG state)."""
+    from accelerate.utils import RNG_STATE_NAME, load
+
+    random_states = sorted(checkpoint.glob(f"{RNG_STATE_NAME}_*.pkl"))
+    if not random_states:
+        raise UserError(f"{checkpoint} has no {RNG_STATE_NAME}_0.pkl: without its random state the run cannot continue exactly")
+    for path in [*sorted(checkpoint.glob("*.bin")), *random_states]:
+        try:
+            load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike: one line naming the file
+            raise UserError(f"{path} is damaged or holds more than tensors and plain data ({first_line(error)})") from None
 
 
 def find_checkpoint(spec: str, run_dir: Path) -> Path:

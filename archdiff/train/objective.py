@@ -1,6 +1,8 @@
 """The denoising objective as small pure functions: noise, timesteps, targets, SNR weights, loss.
 
 Each takes tensors (and a generator where it draws) and returns tensors, so each is tested alone.
+Forward noising, the velocity and the SNR are the scheduler's own (`add_noise`, `get_velocity`,
+diffusers' `compute_snr`); the tests check them against the formulas.
 """
 
 from __future__ import annotations
@@ -29,28 +31,15 @@ def stratified_timesteps(count: int, num_train_timesteps: int) -> torch.Tensor:
     return centres.long().clamp_(0, num_train_timesteps - 1)
 
 
-def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Forward diffusion q(x_t | x_0) = sqrt(a_t) x_0 + sqrt(1 - a_t) eps."""
-    alpha = _per_sample(alphas_cumprod, timesteps, latents)
-    return alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
-
-
 def training_target(
-    latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str
+    scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
-    """What the UNet should output: the noise (epsilon) or the velocity v = sqrt(a) eps - sqrt(1 - a) x_0."""
+    """What the UNet should output: the noise (epsilon) or the scheduler's velocity v = sqrt(a) eps - sqrt(1 - a) x_0."""
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "v_prediction":
-        alpha = _per_sample(alphas_cumprod, timesteps, latents)
-        return alpha.sqrt() * noise - (1 - alpha).sqrt() * latents
+        return scheduler.get_velocity(latents, noise, timesteps)
     raise ValueError(f"unknown prediction type {prediction_type!r}")
-
-
-def snr(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio a_t / (1 - a_t) of each timestep."""
-    alpha = alphas_cumprod.to(timesteps.device)[timesteps].float()
-    return alpha / (1 - alpha)
 
 
 def min_snr_weights(snr_values: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -81,8 +70,3 @@ def prior_preservation_loss(
         return diffusion_loss(prediction[part], target[part], None if weights is None else weights[part])
 
     return loss(slice(0, instances)) + prior_weight * loss(slice(instances, None))
-
-
-def _per_sample(values: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    picked = values.to(device=like.device, dtype=torch.float32)[timesteps]
-    return picked.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)

@@ -23,7 +23,14 @@ from archdiff.run_files import (
     refuse_earlier_run,
     write_text_atomic,
 )
-from archdiff.train.checkpoints import AlreadyFinished, check_resumable, checkpoint_name, find_checkpoint, read_state
+from archdiff.train.checkpoints import (
+    AlreadyFinished,
+    check_resumable,
+    check_safe_to_load,
+    checkpoint_name,
+    find_checkpoint,
+    read_state,
+)
 from archdiff.train.dreambooth import ClassBatches, class_data, class_targets, ensure_class_images, instance_data
 
 
@@ -51,9 +58,12 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     from archdiff.data.catalog import build_catalog, split_holdout
     from archdiff.data.samples import SampleSet, data_summary, expand_samples
     from archdiff.model.base import load_components, resolve_base
-    from archdiff.model.lora import attach_lora, attach_text_encoder_lora, save_lora
+    from archdiff.model.lora import attach_lora, attach_text_encoder_lora
     from archdiff.model.memory import apply_memory_options, check_memory_options, weight_dtype
-    from archdiff.train.loop import Interrupted, build_eval_set, prediction_type, train_lora
+    from archdiff.train.evaluation import build_eval_set
+    from archdiff.train.guards import Interrupted
+    from archdiff.train.loop import TrainContext, train_lora
+    from archdiff.train.step import prediction_type
 
     # 1. inputs: every check that can fail on user input, before anything is written
     cuda = torch.cuda.is_available()
@@ -73,6 +83,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         checkpoint = find_checkpoint(resume, run_dir)
         state = read_state(checkpoint)
         check_resumable(state, recipe.model_dump(mode="json"), checkpoint)
+        check_safe_to_load(checkpoint)
         if state.step >= recipe.train.max_steps:
             raise AlreadyFinished(
                 f"{run_dir} already finished at step {state.step} of {recipe.train.max_steps}: nothing to train"
@@ -135,17 +146,18 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
     # 4. train
     eval_set = build_eval_set(holdout_set, recipe, components, accelerator.device) if main else []
-    draw = (lambda step: _sample_grid(recipe, base.source, components, accelerator, run_dir, step)) if main else None
+    draw = (lambda step: _progress_grid(recipe, base.source, components, accelerator, run_dir, step)) if main else None
     trained_text = components.text_encoders if recipe.lora.text_encoder else ()  # frozen encoders may never load
+    class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
+    context = TrainContext(
+        recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches
+    )
     started = time.perf_counter()
     try:
-        class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
-        result = train_lora(
-            recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches
-        )
+        result = train_lora(context)
     except Interrupted:
         if main:
-            save_lora(components.unet, recipe.lora, run_dir, trained_text, sdxl=components.sdxl)
+            save_run_lora(components.unet, recipe, base, run_dir, trained_text, components.sdxl)
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
@@ -153,8 +165,8 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
-    lora_file = save_lora(unet, recipe.lora, run_dir, trained_text, sdxl=components.sdxl) if main else None
-    samples = _validation_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
+    lora_file = save_run_lora(unet, recipe, base, run_dir, trained_text, components.sdxl) if main else None
+    samples = _final_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
     accelerator.end_training()
     return RunResult(
         run_dir,
@@ -170,6 +182,17 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     )
 
 
+def save_run_lora(unet, recipe: Recipe, base, run_dir: Path, text_encoders, sdxl: bool) -> Path:
+    """The diffusers LoRA, then the kohya file beside it that ComfyUI and A1111 load completely (the same
+    bytes `archdiff export --format kohya` writes)."""
+    from archdiff.export import write_run_kohya
+    from archdiff.model.lora import save_lora
+
+    lora_file = save_lora(unet, recipe.lora, run_dir, text_encoders, sdxl=sdxl)
+    write_run_kohya(run_dir, base)
+    return lora_file
+
+
 def _ranks_agree(accelerator, models) -> bool:
     """DDP keeps replicas in lockstep; compare every trainable value across processes to prove it."""
     import torch
@@ -181,14 +204,18 @@ def _ranks_agree(accelerator, models) -> bool:
 
 def _class_set(recipe: Recipe, data, train_samples, source: str, components, accelerator, run_dir: Path):
     """DreamBooth's class images, drawn by the untouched base (main process first, the others reuse them)."""
-    from archdiff.data.cache import module_fingerprint
+    from diffusers.training_utils import free_memory
+
     from archdiff.data.catalog import build_catalog
     from archdiff.data.samples import SampleSet, expand_samples
+    from archdiff.sample import training_pipeline
 
     targets = class_targets([s.bucket for s in train_samples], recipe.dreambooth.class_images, recipe.train.batch_size)
     with accelerator.main_process_first(), accelerator.autocast():
-        pipe = _validation_pipeline(source, components, components.unet)
-        drawn = ensure_class_images(recipe.dreambooth, targets, pipe, module_fingerprint(components.unet))
+        pipe = training_pipeline(source, components, components.unet)
+        drawn = ensure_class_images(recipe.dreambooth, targets, pipe, components.fingerprint("unet"))
+    del pipe
+    free_memory()  # the class images are on disk: the pipeline's activations would only crowd training
     class_cfg = class_data(data, drawn.folder)
     class_catalog = build_catalog(class_cfg)
     if accelerator.is_main_process:
@@ -237,35 +264,7 @@ def check_family_options(recipe: Recipe, family: str) -> None:
         raise UserError("memory.mixed_precision=fp16 on SDXL: its VAE overflows to NaN in fp16; use bf16 (or no)")
 
 
-def _validation_pipeline(source: str, components, unet):
-    """The base pipeline around the in-memory (possibly training) UNet and the loaded encoders."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    parts = {"unet": unet, "vae": components.vae, "text_encoder": components.text_encoder, "tokenizer": components.tokenizer}
-    if components.sdxl:
-        parts |= {"text_encoder_2": components.text_encoder_2, "tokenizer_2": components.tokenizer_2, "add_watermarker": False}
-        pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=unet.dtype, **parts)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, safety_checker=None, requires_safety_checker=False, dtype=unet.dtype, **parts
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _draw_prompts(recipe: Recipe, pipe, accelerator) -> list[list]:
-    """One row of images (one per validation seed) for each validation prompt.
-
-    Under autocast, as training runs: with bf16/fp16 the frozen weights are half precision, the LoRA fp32.
-    """
-    from archdiff.sample import generate
-
-    cfg, size = recipe.validation, recipe.data.resolution
-    with accelerator.autocast():
-        return [generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size) for prompt in cfg.prompts]
-
-
-def _save_grid(rows: list[list], accelerator, run_dir: Path, step: int) -> Path:
+def _log_grid(rows: list[list], accelerator, run_dir: Path, step: int) -> Path:
     """samples/step-NNNNNN.png, prompts down and seeds across, also sent to the trackers."""
     import numpy as np
 
@@ -283,30 +282,20 @@ def _save_grid(rows: list[list], accelerator, run_dir: Path, step: int) -> Path:
     return path
 
 
-def _sample_grid(recipe: Recipe, source: str, components, accelerator, run_dir: Path, step: int) -> None:
-    """A progress grid during training; the UNet goes back to training mode untouched."""
-    if not recipe.validation.prompts:
-        return
-    unet = accelerator.unwrap_model(components.unet)
-    unet.eval()
-    try:
-        rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet), accelerator)
-    finally:
-        unet.train()
-    _save_grid(rows, accelerator, run_dir, step)
+def _progress_grid(recipe: Recipe, source: str, components, accelerator, run_dir: Path, step: int) -> None:
+    """A grid of the validation prompts during training; the UNet goes back to training untouched."""
+    from archdiff.sample import validation_rows
+
+    if recipe.validation.prompts:
+        rows = validation_rows(recipe, source, components, accelerator.unwrap_model(components.unet), accelerator.autocast)
+        _log_grid(rows, accelerator, run_dir, step)
 
 
-def _validation_samples(recipe: Recipe, source: str, components, unet, run_dir: Path, accelerator) -> list[Path]:
-    """The recipe's validation prompts drawn with the trained adapter: one folder per prompt and the final grid."""
+def _final_samples(recipe: Recipe, source: str, components, unet, run_dir: Path, accelerator) -> list[Path]:
+    """The validation prompts drawn with the trained adapter: one folder per prompt and the final grid."""
+    from archdiff.sample import save_validation_images, validation_rows
+
     if not recipe.validation.prompts:
         return []
-    from archdiff.sample import save_images
-
-    cfg = recipe.validation
-    rows = _draw_prompts(recipe, _validation_pipeline(source, components, unet), accelerator)
-    paths = []
-    for index, (prompt, images) in enumerate(zip(cfg.prompts, rows, strict=True)):
-        lora = [f"{run_dir.name}:1"]  # the folder's name only: these images get shared, home paths should not
-        settings = {"prompt": prompt, "base": recipe.base, "lora": lora, "steps": cfg.steps, "guidance": cfg.guidance}
-        paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}")
-    return [*paths, _save_grid(rows, accelerator, run_dir, recipe.train.max_steps)]
+    rows = validation_rows(recipe, source, components, unet, accelerator.autocast)
+    return [*save_validation_images(recipe, rows, run_dir), _log_grid(rows, accelerator, run_dir, recipe.train.max_steps)]

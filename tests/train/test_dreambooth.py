@@ -20,17 +20,17 @@ def test_class_targets_follow_the_subject_buckets():
 
 
 def test_dreambooth_draws_class_images_once_and_trains_on_both(tmp_path, tiny_base, monkeypatch):
-    import archdiff.train.loop as loop
+    import archdiff.train.step as step
 
     monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
     calls = []
-    real_loss = loop.prior_preservation_loss
+    real_loss = step.prior_preservation_loss
 
     def recording_loss(prediction, target, weights, instances, prior_weight):
         calls.append((len(prediction), instances, prior_weight))
         return real_loss(prediction, target, weights, instances, prior_weight)
 
-    monkeypatch.setattr(loop, "prior_preservation_loss", recording_loss)
+    monkeypatch.setattr(step, "prior_preservation_loss", recording_loss)
     overrides = ["train.max_steps=4", "validation.prompts=[]", "data.holdout=0", DREAMBOOTH, "dreambooth.prior_loss_weight=0.5"]
     first = run(load_recipe("demo-tiny", [f"output={tmp_path / 'first'}", *overrides]))
     report = (first.run_dir / "data.txt").read_text()

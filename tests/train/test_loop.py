@@ -1,4 +1,4 @@
-"""The training loop's guards, tested on their own."""
+"""The training loop's parts, tested on their own: the guards and held-out evaluation."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ def test_nan_guard_skips_the_update_on_the_device_and_names_the_first_bad_step(t
     from types import SimpleNamespace
 
     from archdiff.errors import UserError
-    from archdiff.train.loop import NanGuard
+    from archdiff.train.guards import NanGuard
 
     weight = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
@@ -30,7 +30,10 @@ def test_evaluate_batches_no_larger_than_asked_and_weights_every_item_equally():
     """Held-out eval must fit wherever a training step fits; a short last batch must not skew the mean."""
     from types import SimpleNamespace
 
-    from archdiff.train.loop import EvalBatch, evaluate
+    from diffusers import DDPMScheduler
+
+    from archdiff.train.evaluation import EvalBatch, evaluate
+    from archdiff.train.step import Denoiser
 
     class RecordingUNet(torch.nn.Module):
         def __init__(self):
@@ -42,24 +45,33 @@ def test_evaluate_batches_no_larger_than_asked_and_weights_every_item_equally():
             self.batch_sizes.append(len(noisy))
             return SimpleNamespace(sample=noisy * self.scale)
 
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
     generator = torch.Generator().manual_seed(0)
     groups = [
         EvalBatch(
-            noisy=torch.randn(n, 4, 2, 2, generator=generator),
-            timesteps=torch.arange(n),
-            text_embeddings=torch.zeros(n, 3, 8),
-            target=torch.randn(n, 4, 2, 2, generator=generator),
-            token_ids={},
+            batch={"text_embeddings": torch.zeros(n, 3, 8)},
+            bucket=(16, 16),
+            latents=torch.randn(n, 4, 2, 2, generator=generator),
+            noise=torch.randn(n, 4, 2, 2, generator=generator),
+            timesteps=torch.arange(n) * 100,
         )
         for n in (5, 3)
     ]
-    per_item = torch.cat([((g.noisy * 0.5 - g.target) ** 2).mean(dim=(1, 2, 3)) for g in groups])
+    alphas = torch.cumprod(1 - scheduler.betas.double(), dim=0).float()
+
+    def item_losses(group):
+        a = alphas[group.timesteps].reshape(-1, 1, 1, 1)
+        noisy = a.sqrt() * group.latents + (1 - a).sqrt() * group.noise
+        return ((noisy * 0.5 - group.noise) ** 2).mean(dim=(1, 2, 3))  # epsilon target: the noise
+
+    expected = torch.cat([item_losses(g) for g in groups]).mean().item()
     unet = RecordingUNet()
+    denoiser = Denoiser(unet, [], scheduler, "epsilon", "cpu")
     for batch_size in (1, 2, 16):
         unet.batch_sizes.clear()
-        loss = evaluate(unet, groups, batch_size=batch_size)
+        loss = evaluate(denoiser, groups, batch_size=batch_size)
         assert max(unet.batch_sizes) <= batch_size and sum(unet.batch_sizes) == 8
-        assert loss == pytest.approx(per_item.mean().item(), rel=1e-6)
+        assert loss == pytest.approx(expected, rel=1e-5)
     assert unet.training, "evaluate puts the UNet back in training mode"
 
 
@@ -67,7 +79,7 @@ def test_several_processes_agree_on_a_stop_only_at_logging_steps():
     """The collective that makes every rank stop at the same step is a host sync: not inside every step."""
     from types import SimpleNamespace
 
-    from archdiff.train.loop import StopRequest, _stop_requested
+    from archdiff.train.guards import StopRequest, stop_requested
 
     gathered = []
 
@@ -77,9 +89,9 @@ def test_several_processes_agree_on_a_stop_only_at_logging_steps():
 
     two_processes = SimpleNamespace(num_processes=2, device="cpu", gather=gather)
     stop = StopRequest()
-    assert [step for step in range(1, 31) if _stop_requested(stop, two_processes, step, every=10)] == [10, 20, 30]
+    assert [step for step in range(1, 31) if stop_requested(stop, two_processes, step, every=10)] == [10, 20, 30]
     assert len(gathered) == 3 and all(bool(flag.all()) for flag in gathered), "this rank reports it is still running"
 
     one_process = SimpleNamespace(num_processes=1)
     stop.signal_number = 15
-    assert _stop_requested(stop, one_process, 7, every=10), "one process stops at once, with no collective"
+    assert stop_requested(stop, one_process, 7, every=10), "one process stops at once, with no collective"

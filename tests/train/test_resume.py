@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from archdiff.config import load_recipe
-from archdiff.errors import UserError
+from archdiff.errors import Diverged, UserError
 from archdiff.run_files import MetricsLog, complete_checkpoints
 from archdiff.train.checkpoints import read_state
 from archdiff.train.run import run
@@ -45,12 +45,21 @@ def start_and_signal(run_dir, cwd, at_step, signal_number):
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if metrics.is_file() and MetricsLog.read(metrics)[-1]["step"] >= at_step:
+        if _logged_steps(metrics) >= at_step:
             break
         time.sleep(0.05)
     process.send_signal(signal_number)
     stdout, stderr = process.communicate(timeout=120)
     return process.returncode, stdout, stderr
+
+
+def _logged_steps(metrics) -> int:
+    """The last step in metrics.jsonl, read while the run appends to it (the file can be empty or mid-line)."""
+    try:
+        rows = MetricsLog.read(metrics)
+    except (OSError, ValueError):
+        return -1
+    return rows[-1]["step"] if rows else -1
 
 
 def lora(run_dir):
@@ -119,9 +128,9 @@ def quick_recipe(run_dir, **train):
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step(tmp_path, tiny_base, monkeypatch):
-    import archdiff.train.loop as loop
+    import archdiff.train.step as step
 
-    real_loss, calls = loop.diffusion_loss, []
+    real_loss, calls = step.diffusion_loss, []
 
     def loss_that_explodes(*args, **kwargs):
         value = real_loss(*args, **kwargs)
@@ -130,8 +139,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step(tmp_path, tiny_base, monkeypat
         calls.append(1)
         return value * float("nan") if len(calls) == 5 else value
 
-    monkeypatch.setattr(loop, "diffusion_loss", loss_that_explodes)
-    with pytest.raises(UserError, match=r"the loss became nan or inf at step 5; nothing from that step was applied"):
+    monkeypatch.setattr(step, "diffusion_loss", loss_that_explodes)
+    with pytest.raises(Diverged, match=r"the loss became nan or inf at step 5; nothing from that step was applied"):
         run(quick_recipe(tmp_path / "nan"))
     kept = complete_checkpoints(tmp_path / "nan")
     assert [read_state(c).step for c in kept] == [2, 4], "the last good checkpoints stay"

@@ -24,6 +24,7 @@ def test_run_folder_holds_exactly_the_promised_files(demo_run):
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "checkpoints",
         "data.txt",
+        "demo-tiny.safetensors",
         "logs",
         "metrics.jsonl",
         "pytorch_lora_weights.safetensors",

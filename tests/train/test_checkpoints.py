@@ -1,0 +1,50 @@
+"""Checkpoints load as tensors and plain data only: a planted pickle runs no code, a damaged one is named."""
+
+import pickle
+
+import pytest
+import torch
+
+from archdiff.config import load_recipe
+from archdiff.errors import UserError
+from archdiff.run_files import complete_checkpoints
+from archdiff.train.checkpoints import check_safe_to_load
+from archdiff.train.run import run
+
+
+class Planted:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_plain_states_pass_and_code_or_damage_is_refused(tmp_path):
+    checkpoint = tmp_path / "step-000002"
+    checkpoint.mkdir()
+    with pytest.raises(UserError, match="has no random_states_0.pkl"):
+        check_safe_to_load(checkpoint)
+    torch.save({"step": 2, "torch_manual_seed": torch.get_rng_state()}, checkpoint / "random_states_0.pkl")
+    torch.save({"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]}, checkpoint / "optimizer.bin")
+    check_safe_to_load(checkpoint)
+
+    (checkpoint / "scheduler.bin").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UserError, match=r"scheduler.bin is damaged or holds more than tensors"):
+        check_safe_to_load(checkpoint)
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_with_planted_code_refuses_before_running_it(tmp_path, tiny_base):
+    overrides = [f"output={tmp_path / 'run'}", "train.max_steps=2", "train.checkpoint_every=1", "validation.prompts=[]"]
+    run(load_recipe("demo-tiny", overrides))
+    checkpoint = complete_checkpoints(tmp_path / "run")[-1]
+    marker = tmp_path / "code-ran"
+    with (checkpoint / "random_states_0.pkl").open("wb") as handle:
+        pickle.dump({"step": 2, "payload": Planted(marker)}, handle)
+    more = load_recipe("demo-tiny", [*overrides[:1], "train.max_steps=4", *overrides[2:]])
+    with pytest.raises(UserError, match=r"random_states_0.pkl is damaged or holds more than tensors and plain data"):
+        run(more, resume="latest")
+    assert not marker.exists(), "nothing in the checkpoint was executed"
