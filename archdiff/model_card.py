@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from archdiff.errors import UserError
+from archdiff.hub_ids import is_hub_id
 from archdiff.model.base import TINY_PREFIX
 from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE, SAMPLES_DIR, write_text_atomic
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 CARD_FILE = "README.md"
 _CARD_MARK = "\n<!-- archdiff card {digest}: if you edit this file, archdiff push keeps your version -->\n"
 _CARD_MARK_PATTERN = re.compile(r"\n<!-- archdiff card ([0-9a-f]{16}): .* -->\n\Z")
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")  # the same rule as the recipe's hub.repo
 _GRID = re.compile(rf"{SAMPLES_DIR}/step-\d+\.png")  # samples/step-000300.png
 _PROMPT_IMAGE = re.compile(rf"{SAMPLES_DIR}/prompt\d+/\d+-seed-?\d+\.png")  # samples/prompt00/00-seed0.png
 _LICENSES = {  # when the base's own card cannot be read (offline, gated)
@@ -93,7 +93,7 @@ def model_card(run_dir: Path, repo: str) -> ModelCard:
     widget = [{"text": prompt, "output": {"url": name}} for name in samples if (prompt := _png_prompt(run_dir / name))]
     tags = ["lora", "diffusers", "text-to-image", "architecture", "stable-diffusion-xl" if sdxl else "stable-diffusion"]
     data = ModelCardData(
-        base_model=base if _is_hub_id(base) else None,
+        base_model=base if is_hub_id(base) else None,
         license=license_,
         library_name="diffusers",
         pipeline_tag="text-to-image",
@@ -123,7 +123,7 @@ def base_license(base: str) -> str:
         return _TINY_LICENSE
     from huggingface_hub import ModelCard
 
-    source = base if _is_hub_id(base) else Path(base).expanduser() / CARD_FILE
+    source = base if is_hub_id(base) else Path(base).expanduser() / CARD_FILE
     try:
         license_ = ModelCard.load(source).data.license
     except Exception:  # noqa: BLE001 - offline, missing, gated or malformed card: fall back to the table
@@ -133,10 +133,6 @@ def base_license(base: str) -> str:
 
 def _is_tiny(base: str) -> bool:
     return base.startswith(TINY_PREFIX) and not Path(base).exists()
-
-
-def _is_hub_id(base: str) -> bool:
-    return bool(REPO_ID.fullmatch(base)) and not base.startswith(".") and not Path(base).expanduser().exists()
 
 
 def _is_sdxl(base: str, lora: Path) -> bool:
@@ -169,17 +165,18 @@ def _triggers(recipe: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(caption["trigger"] for caption in captions if caption.get("trigger")))
 
 
-def base_name(base: str) -> str:
-    """The base as the card names it: a local folder by its last part only (no home paths in public)."""
-    return base if _is_hub_id(base) or _is_tiny(base) else Path(base).name
+def public_name(name: str) -> str:
+    """A base or data source as the card and the uploaded recipe name it: a Hub id in full, anything else by its
+    last part only, so no home or client-project paths go public (a tiny base or a bundled set is its own last part)."""
+    return name if is_hub_id(name) else Path(name).name
 
 
 def _base_label(base: str) -> str:
-    if _is_hub_id(base):
+    if is_hub_id(base):
         return f"[{base}](https://huggingface.co/{base})"
     if _is_tiny(base):
         return f"`{base}` (archdiff's tiny random test model: the adapter shows the pipeline works, not a style)"
-    return f"a local base model (`{base_name(base)}`)"
+    return f"a local base model (`{public_name(base)}`)"
 
 
 def _what_it_is(recipe: dict[str, Any], base: str, sdxl: bool) -> str:
@@ -215,7 +212,7 @@ def _samples_section(recipe: dict[str, Any], grid: str) -> str:
 def _recipe_section(recipe: dict[str, Any], base: str) -> str:
     lora, train, data = recipe.get("lora") or {}, recipe.get("train") or {}, recipe.get("data") or {}
     rows = [
-        ("Base", f"`{base_name(base)}`"),
+        ("Base", f"`{public_name(base)}`"),
         ("LoRA", f"rank {lora.get('rank')}, alpha {lora.get('alpha')}"),
         ("UNet targets", ", ".join(f"`{m}`" for m in lora.get("target_modules") or [])),
     ]
@@ -235,14 +232,10 @@ def _recipe_section(recipe: dict[str, Any], base: str) -> str:
     return f"## Training recipe\n\n| | |\n|---|---|\n{table}\n\nThe full resolved recipe is in [`{RECIPE_FILE}`]({RECIPE_FILE})."
 
 
-def is_local_path(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).expanduser().exists()
-
-
 def _source_label(source: dict[str, Any]) -> str:
-    """A bundled set or Hub dataset by name; a local folder by its last part only (no home paths in public)."""
+    """A Hub dataset, bundled set or manifest by its name; a local folder by its last part only."""
     path = str(source.get("path", "?"))
-    name = f"local folder `{Path(path).name}`" if is_local_path(path) else f"`{path}`"
+    name = f"`{path}`" if is_hub_id(path) or "/" not in path else f"local folder `{public_name(path)}`"
     return f"{name} x{source.get('repeats', 1)}" if source.get("repeats", 1) != 1 else name
 
 
@@ -253,13 +246,13 @@ def _usage_section(recipe: dict[str, Any], base: str, repo: str, sdxl: bool, tri
     prompt = next(iter(validation.get("prompts") or []), None) or dreambooth.get("instance_prompt") or "a brick facade"
     if triggers and not prompt.startswith(triggers[0]):
         prompt = f"{triggers[0]}, {prompt}"
-    if _is_hub_id(base):
+    if is_hub_id(base):
         source, note = base, ""
     elif _is_tiny(base):
         family = base.removeprefix(TINY_PREFIX)
         source, note = base, f"# the tiny base is built locally: archdiff tiny-model {base} --family {family}\n"
     else:
-        source, note = f"path/to/{base_name(base)}", "# the local base this adapter was trained on\n"
+        source, note = f"path/to/{public_name(base)}", "# the local base this adapter was trained on\n"
     code = (
         "import torch\n"
         f"from diffusers import {pipeline}\n\n"
@@ -274,7 +267,7 @@ def _usage_section(recipe: dict[str, Any], base: str, repo: str, sdxl: bool, tri
 
 
 def _license_section(base: str, license_: str) -> str:
-    name = base_name(base)
+    name = public_name(base)
     if license_ == "other":
         return (
             f"## Licence\n\nThe licence of the base model `{name}` could not be read here. "

@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 
 from archdiff.errors import UserError
-from archdiff.model_card import CARD_FILE, REPO_ID, base_name, final_samples, inside_run, is_local_path, write_card
+from archdiff.hub_ids import is_repo_id
+from archdiff.model_card import CARD_FILE, final_samples, inside_run, public_name, write_card
 from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE
 
 
@@ -45,7 +46,7 @@ def push_run(
     never shows half an upload."""
     if not run_dir.is_dir():
         raise UserError(f"run folder '{run_dir}' does not exist")
-    if not REPO_ID.fullmatch(repo):
+    if not is_repo_id(repo):
         raise UserError(f"--repo '{repo}' is not a Hub repo id; write it as USER/NAME (e.g. jane/facade-lora)")
     if not inside_run(run_dir, LORA_WEIGHTS):
         raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing); push the folder of a finished run")
@@ -111,8 +112,7 @@ def shareable_recipe(path: Path) -> bytes:
     client-project paths go public; bundled sets, manifests and Hub ids stay as they are."""
     recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     recipe["output"] = f"runs/{recipe.get('name', 'run')}"
-    recipe["base"] = base_name(str(recipe.get("base", "")))
+    recipe["base"] = public_name(str(recipe.get("base", "")))
     for source in (recipe.get("data") or {}).get("sources") or []:
-        if is_local_path(str(source.get("path", ""))):
-            source["path"] = Path(source["path"]).name
+        source["path"] = public_name(str(source.get("path", "")))
     return yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).encode()
