@@ -1,11 +1,14 @@
-"""What the two generators share: box and colour types, a half-open fill, plurals and the writer.
+"""What the two generators share: box and colour types, a half-open fill, plurals, and the seeded writer.
 
-The writer is where determinism is kept: file-name order, ASCII JSON, and PNGs without a timestamp.
+The writer is where determinism is kept: one generator per set, file-name order, ASCII JSON, and PNGs
+without a timestamp.
 """
 
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -14,7 +17,23 @@ RGB = tuple[int, int, int]
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 with x1, y1 exclusive
 
 
-def write_dataset(out_dir: Path, prefix: str, items: list[tuple[dict, Image.Image]]) -> None:
+def generate(
+    out_dir: Path, prefix: str, kind: str, count: int, seed: int, draw: Callable[[random.Random], tuple[str, dict, Image.Image]]
+) -> None:
+    """Draw ``count`` items from one generator seeded with ``seed`` and write them as ``<prefix>_NNN.png``.
+
+    ``draw`` returns (caption, the set's own metadata columns, image); every row starts with the
+    imagefolder's ``file_name`` and ``text``, then ``kind``.
+    """
+    rng = random.Random(seed)
+    items = []
+    for index in range(count):
+        caption, columns, image = draw(rng)
+        items.append(({"file_name": f"{prefix}_{index:03d}.png", "text": caption, "kind": kind, **columns}, image))
+    _write_dataset(Path(out_dir), prefix, items)
+
+
+def _write_dataset(out_dir: Path, prefix: str, items: list[tuple[dict, Image.Image]]) -> None:
     """Write images and an HF imagefolder ``metadata.jsonl`` in file-name order.
 
     Earlier ``<prefix>_*.png`` files are removed first so a smaller ``count``

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from archdiff.data.synth.common import RGB, Box, fill, plural, write_dataset
+from archdiff.data.synth.common import RGB, Box, fill, generate, plural
 
 FACADE_SHAPES = {"wide": (384, 256), "square": (256, 256), "tall": (256, 384)}
 FACADE_SHAPE_WEIGHTS = {"wide": 5, "square": 2, "tall": 1}
@@ -264,11 +264,8 @@ def _facade_caption(f: Facade, rng: random.Random) -> str:
     return rng.choice(templates)
 
 
-def _facade_record(index: int, f: Facade, caption: str) -> dict:
+def _facade_columns(f: Facade) -> dict:
     return {
-        "file_name": f"facade_{index:03d}.png",
-        "text": caption,
-        "kind": "photo",
         "storeys": f.storeys,
         "windows_per_storey": f.windows_per_storey,
         "material": f.material,
@@ -281,12 +278,13 @@ def _facade_record(index: int, f: Facade, caption: str) -> dict:
     }
 
 
+def _draw_facade(rng: random.Random) -> tuple[str, dict, Image.Image]:
+    """One facade, taking from the seed in a fixed order: its parameters, its pixels, then its caption."""
+    facade = _sample_facade(rng)
+    image = _render_facade(facade, rng)
+    return _facade_caption(facade, rng), _facade_columns(facade), image
+
+
 def generate_facades(out_dir: Path, count: int = 32, seed: int = 0) -> None:
     """Write ``count`` building-elevation images and their ``metadata.jsonl``."""
-    rng = random.Random(seed)
-    items = []
-    for index in range(count):
-        facade = _sample_facade(rng)
-        image = _render_facade(facade, rng)
-        items.append((_facade_record(index, facade, _facade_caption(facade, rng)), image))
-    write_dataset(Path(out_dir), "facade", items)
+    generate(out_dir, "facade", "photo", count, seed, _draw_facade)

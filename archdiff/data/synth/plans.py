@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from archdiff.data.synth.common import Box, plural, write_dataset
+from archdiff.data.synth.common import Box, generate, plural
 
 PLAN_SHAPES = ((256, 256), (256, 256), (256, 256), (384, 256))
 INK, PAPER = (0, 0, 0), (255, 255, 255)
@@ -253,11 +253,8 @@ def _plan_caption(plan: Plan, rng: random.Random) -> str:
     return rng.choice(templates)
 
 
-def _plan_record(index: int, plan: Plan, caption: str) -> dict:
+def _plan_columns(plan: Plan) -> dict:
     return {
-        "file_name": f"plan_{index:03d}.png",
-        "text": caption,
-        "kind": "drawing",
         "rooms": len(plan.rooms),
         "room_names": [name.lower() for name in plan.room_names],
         "doors": len(plan.doors),
@@ -269,11 +266,12 @@ def _plan_record(index: int, plan: Plan, caption: str) -> dict:
     }
 
 
+def _draw_plan(rng: random.Random) -> tuple[str, dict, Image.Image]:
+    """One plan: its parameters, then its caption; the drawing itself takes nothing from the seed."""
+    plan = _sample_plan(rng)
+    return _plan_caption(plan, rng), _plan_columns(plan), _render_plan(plan)
+
+
 def generate_plans(out_dir: Path, count: int = 32, seed: int = 0) -> None:
     """Write ``count`` floor-plan line drawings and their ``metadata.jsonl``."""
-    rng = random.Random(seed)
-    items = []
-    for index in range(count):
-        plan = _sample_plan(rng)
-        items.append((_plan_record(index, plan, _plan_caption(plan, rng)), _render_plan(plan)))
-    write_dataset(Path(out_dir), "plan", items)
+    generate(out_dir, "plan", "drawing", count, seed, _draw_plan)
