@@ -3,8 +3,8 @@
 `--base`, `--lora`, data sources and the model card all take either, and each used to decide in its own way.
 The rule: a name that exists on disk is a path (a folder called `jane/facades` in the working directory is
 that folder, not a repo); any other name is a Hub id only when it is `owner/name` as the Hub itself accepts
-it (huggingface_hub's own validator), so `./a/b`, `/a/b`, `~/a`, `a/b/`, `a/b/c`, `..` and `` are paths, even
-missing ones, and a bare `name` is left to the caller (a bundled set, a manifest, a tiny base).
+it (huggingface_hub's own validator). So `./a/b`, `/a/b`, `~/a`, `a/b/`, `a/b/c`, `..` and the empty name are
+paths, even missing ones, and a bare `name` is left to the caller (a bundled set, a manifest, a tiny base).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def is_repo_id(text: str) -> bool:
-    """`owner/name` as the Hub accepts it: letters, digits, `-`, `_`, `.`, no `--` or `..`, at most 96 characters."""
+    """`owner/name` as the Hub accepts it: letters, digits, `-`, `_` and `.`, no `--` or `..`, 96 characters a part."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
