@@ -17,9 +17,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from archdiff.errors import UserError, first_line
+from archdiff.hub_ids import is_hub_id
 from archdiff.run_files import LORA_WEIGHTS, SAMPLES_DIR, read_run_recipe
-
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,7 @@ class LoraSpec:
 
     path: Path
     scale: float = 1.0
+    hub_id: str | None = None  # `user/name` when the spec named no local path: the LoRA is fetched from the Hub
 
     @classmethod
     def parse(cls, text: str) -> LoraSpec:
@@ -38,13 +38,7 @@ class LoraSpec:
                 path, scale = head, float(tail)
             except ValueError:
                 pass
-        return cls(Path(path).expanduser(), scale)
-
-    @property
-    def hub_id(self) -> str | None:
-        """`user/name` when nothing local has that name: the LoRA is then fetched from the Hub."""
-        text = self.path.as_posix()
-        return text if not self.path.exists() and HUB_ID.match(text) else None
+        return cls(Path(path).expanduser(), scale, path if is_hub_id(path) else None)
 
     def location(self) -> tuple[str, str]:
         """(folder, file name) for `load_lora_weights`; a Hub LoRA is downloaded (or found in the HF cache) first."""

@@ -20,7 +20,7 @@ import yaml
 from hub_server import FakeHub
 from huggingface_hub import ModelCard
 
-from archdiff.push import model_card
+from archdiff.model_card import model_card
 from archdiff.run_files import LORA_WEIGHTS
 
 TOKEN = f"hf_{secrets.token_hex(17)}"  # random per session: finding it anywhere means it leaked

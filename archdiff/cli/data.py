@@ -75,7 +75,9 @@ def inspect_command(
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
-    from archdiff.data.inspect import contact_sheet, format_report, inspect_data, safe_name
+    from archdiff.data.inspect.picks import safe_name
+    from archdiff.data.inspect.sheet import contact_sheet
+    from archdiff.data.inspect.stats import format_report, inspect_data
 
     report = inspect_data(cfg)
     sheet = contact_sheet(report, output or Path("runs/inspect") / safe_name(data) / "contact-sheet.png", sheet_size)
@@ -96,7 +98,8 @@ def check_vae_command(
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
-    from archdiff.data.inspect import check_vae, format_vae_report, safe_name
+    from archdiff.data.inspect.picks import safe_name
+    from archdiff.data.inspect.vae_check import check_vae, format_vae_report
 
     report = check_vae(cfg, base, output or Path("runs/check-vae") / safe_name(data), limit)
     typer.echo(format_vae_report(report))

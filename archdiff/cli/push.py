@@ -20,7 +20,8 @@ def push(
 
     The token comes from HF_TOKEN or `hf auth login`.
     """
-    from archdiff.push import CARD_FILE, push_run
+    from archdiff.model_card import CARD_FILE
+    from archdiff.push import push_run
     from archdiff.units import human_size
 
     pushed = push_run(run, repo, private=private, dry_run=dry_run, new_card=new_card)

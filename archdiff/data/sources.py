@@ -15,6 +15,7 @@ from typing import Any
 
 from archdiff.config.schema import CaptionConfig, SourceConfig
 from archdiff.errors import UserError, first_line
+from archdiff.hub_ids import is_hub_id
 from archdiff.paths import bundled_datasets_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -203,7 +204,7 @@ def _load_hub(source: str, split: str, label: str) -> Any:
     from datasets import load_dataset
 
     local = Path(source).expanduser().is_dir()
-    if not local and (source.startswith((".", "/", "~")) or source.count("/") != 1):
+    if not local and not is_hub_id(source):
         known = ", ".join(bundled_names())
         raise UserError(
             f"data '{source}' is not a local folder, a bundled set ({known}) or a manifest (archdiff data list), "

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from archdiff.errors import UserError, first_line
+from archdiff.hub_ids import is_hub_id
 from archdiff.paths import cache_dir
 
 TINY_PREFIX = "tiny-"
@@ -75,12 +76,8 @@ def _hub_reachable() -> bool:
 def _hub_model_index(repo_id: str) -> dict[str, Any]:
     """Fetch (or read from the local HF cache) a Hub pipeline's model_index.json, failing fast offline."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
 
-    try:
-        cached = try_to_load_from_cache(repo_id, "model_index.json")
-    except HFValidationError:
-        raise UserError(f"base '{repo_id}' is neither a local folder nor a valid Hub model id; {_OFFLINE_HINT}") from None
+    cached = try_to_load_from_cache(repo_id, "model_index.json")
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text())
     if constants.HF_HUB_OFFLINE or not _hub_reachable():
@@ -104,8 +101,9 @@ def resolve_base(name: str) -> BaseModel:
         if not index.is_file():
             raise UserError(f"base folder '{name}' is not a diffusers pipeline (no model_index.json); {_OFFLINE_HINT}")
         return BaseModel(name, str(path), _family(json.loads(index.read_text()), name))
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UserError(f"base folder '{name}' does not exist; {_OFFLINE_HINT}")
+    if not is_hub_id(name):
+        found = "is not a folder" if path.exists() else "does not exist"
+        raise UserError(f"base '{name}' {found} and is no Hub model id (owner/name); {_OFFLINE_HINT}")
     return BaseModel(name, name, _family(_hub_model_index(name), name))
 
 

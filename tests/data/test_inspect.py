@@ -11,27 +11,20 @@ from typer.testing import CliRunner
 from archdiff.cli import app
 from archdiff.config.schema import DataConfig
 from archdiff.data.catalog import ImageRecord
-from archdiff.data.inspect import (
+from archdiff.data.inspect.labels import GAP
+from archdiff.data.inspect.picks import safe_name, spread
+from archdiff.data.inspect.sheet import CELL, COLUMNS, ROW_HEIGHT, TITLE_HEIGHT, contact_sheet
+from archdiff.data.inspect.stats import (
     ASPECT_LABELS,
-    CELL,
-    COLUMNS,
-    GAP,
-    MAX_PSNR,
-    ROW_HEIGHT,
-    TITLE_HEIGHT,
     aspect_bin,
     caption_stats,
-    contact_sheet,
     draw_histogram,
     find_duplicates,
     format_report,
     inspect_data,
-    line_score,
-    psnr,
-    safe_name,
     size_bin,
-    spread,
 )
+from archdiff.data.inspect.vae_check import MAX_PSNR, line_score, psnr
 from archdiff.errors import UserError
 
 

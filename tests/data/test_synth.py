@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from archdiff.data import synth
+from archdiff.data.synth import facades
 from archdiff.paths import bundled_datasets_dir
 
 SETS = ("facades", "plans")
@@ -104,7 +105,7 @@ def test_facade_captions_state_the_metadata() -> None:
     for record in _records(bundled_datasets_dir() / "facades"):
         text = record["text"]
         assert f"{record['windows_per_storey']} windows" in text
-        assert synth.MATERIAL_WORDS[record["material"]] in text
+        assert facades.MATERIAL_WORDS[record["material"]] in text
         assert f"{record['roof']} roof" in text
         assert ("balconies" in text) == record["balconies"]
 
@@ -146,7 +147,7 @@ def test_top_storey_shows_the_stated_window_count() -> None:
         storey_height = (y1 - y0) // record["storeys"]
         y = y0 + round(storey_height * 0.22) + 3
         with Image.open(folder / record["file_name"]) as image:
-            row = [image.getpixel((x, y)) == synth.PANE_LIGHT for x in range(x0, x1)]
+            row = [image.getpixel((x, y)) == facades.PANE_LIGHT for x in range(x0, x1)]
         runs = sum(1 for i, hit in enumerate(row) if hit and (i == 0 or not row[i - 1]))
         assert runs == 2 * record["windows_per_storey"], record["file_name"]
 
