@@ -193,8 +193,18 @@ class DreamBoothConfig(Section):
 class HubConfig(Section):
     """Where `archdiff train` pushes the adapter when it finishes (the same upload as `archdiff push`)."""
 
-    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="USER/NAME of a Hugging Face Hub model repo.")
+    repo: str = Field(description="USER/NAME of a Hugging Face Hub model repo.")
     private: bool = Field(False, description="Create the repo private (an existing repo keeps its visibility).")
+
+    @field_validator("repo")
+    @classmethod
+    def _hub_repo_id(cls, repo: str) -> str:
+        """The same rule `archdiff push --repo` applies, so a bad id fails before training, not after it."""
+        from archdiff.hub_ids import is_repo_id
+
+        if not is_repo_id(repo):
+            raise ValueError(f"'{repo}' is not a Hub repo id (owner/name: letters, digits, '-', '_', '.'; no '--' or '..')")
+        return repo
 
 
 class Recipe(Section):

@@ -168,3 +168,11 @@ def test_dumped_preset_recipe_reloads_to_the_same_recipe(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(dump_recipe(recipe))
     assert load_recipe(str(path)) == recipe
+
+
+@pytest.mark.parametrize("repo", ["jane--x/lora", "jane/lora..x", "jane", "a/b/c", "jane/lo ra"])
+def test_hub_repo_is_checked_by_the_rule_push_uses(repo):
+    """Refused when the recipe loads, not after hours of training when the push would fail."""
+    with pytest.raises(UserError, match="hub.repo"):
+        load_recipe("demo-tiny", [f"hub.repo={repo}"])
+    assert load_recipe("demo-tiny", ["hub.repo=jane/facade-lora.v2"]).hub.repo == "jane/facade-lora.v2"
