@@ -203,7 +203,7 @@ class HubConfig(Section):
         from archdiff.hub_ids import is_repo_id
 
         if not is_repo_id(repo):
-            raise ValueError(f"'{repo}' is not a Hub repo id (owner/name: letters, digits, '-', '_', '.'; no '--' or '..')")
+            raise ValueError("not a Hub repo id (owner/name: letters, digits, '-', '_', '.'; no '--' or '..')")
         return repo
 
 
