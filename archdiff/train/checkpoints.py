@@ -88,11 +88,12 @@ def find_checkpoint(spec: str, run_dir: Path) -> Path:
     return found[-1]
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested recipe fields as one level of dotted keys."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -100,7 +101,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def changes_that_break_resume(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted recipe keys that differ and that a bit-exact continuation cannot absorb."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
     return [key for key in differing if not key.startswith(CHANGEABLE_ON_RESUME)]
 
@@ -108,7 +109,7 @@ def changes_that_break_resume(saved: dict[str, Any], current: dict[str, Any]) ->
 def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Path) -> None:
     broken = changes_that_break_resume(state.recipe, current)
     if broken:
-        shown = ", ".join(f"{key} ({_flatten(state.recipe).get(key)!r} -> {_flatten(current).get(key)!r})" for key in broken)
+        shown = ", ".join(f"{key} ({flatten(state.recipe).get(key)!r} -> {flatten(current).get(key)!r})" for key in broken)
         raise UserError(f"cannot resume from {checkpoint}: the recipe changed in {shown}; start a new run instead")
 
 

@@ -152,6 +152,8 @@ def train_lora(ctx: TrainContext) -> LoopResult:
     startup = time.monotonic() - archdiff.STARTED
     if ctx.resume is None:
         metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=first_val_loss, elapsed=0.0, startup=startup)
+        if first_val_loss is not None:
+            accelerator.log({"val_loss": first_val_loss}, step=0)  # the trackers' curves start from the untrained model
     if step >= cfg.max_steps:
         return LoopResult(first_val_loss, None, 0, startup)
     if accelerator.is_main_process:

@@ -112,7 +112,10 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
             claim_run_dir(run_dir)
         write_text_atomic(run_dir / RECIPE_FILE, dump_recipe(recipe))
         write_text_atomic(run_dir / DATA_FILE, summary + "\n")
-    accelerator.init_trackers(recipe.name)
+    if main:
+        (run_dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    # The recipe as the run's hyperparameters; wandb writes into the run folder (by default it uses ./wandb).
+    accelerator.init_trackers(recipe.name, tracker_config(recipe), init_kwargs={"wandb": {"dir": str(run_dir / LOGS_DIR)}})
     set_seed(recipe.train.seed)
 
     # 2. model: frozen base in the training dtype, trainable LoRA in fp32
@@ -227,6 +230,19 @@ def _class_set(recipe: Recipe, data, train_samples, source: str, components, acc
             handle.write("\n".join(lines) + "\n")
     samples = expand_samples(class_catalog.records, class_cfg, train=True)
     return SampleSet(class_catalog, samples, class_cfg, components.tokenizer, recipe.train.seed, train=True)
+
+
+def tracker_config(recipe: Recipe) -> dict:
+    """The recipe flattened to dotted keys with scalar values, the form TensorBoard's hparams and wandb's config take."""
+    import json
+
+    from archdiff.train.checkpoints import flatten
+
+    scalar = (bool, int, float, str)
+    return {
+        key: value if isinstance(value, scalar) else json.dumps(value)
+        for key, value in flatten(recipe.model_dump(mode="json")).items()
+    }
 
 
 def check_trackers(recipe: Recipe) -> None:

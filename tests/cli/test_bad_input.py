@@ -19,9 +19,17 @@ TRAIN_DEMO = ["train", "--recipe", "demo-tiny"]
 HEAVY_MODULES = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets")
 
 
-def run_archdiff(cwd: Path, cache: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """The console entry point in a fresh interpreter, offline, with its own cache."""
+def run_archdiff(
+    cwd: Path, cache: Path, *args: str, timeout: float = 180, hidden: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """The console entry point in a fresh interpreter, offline, with its own cache; `hidden` packages look
+    uninstalled to it (a sitecustomize marks them missing in sys.modules), whatever this venv holds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ARCHDIFF_CACHE": str(cache)}
+    if hidden:
+        site = cwd / "hide-packages"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in hidden))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "archdiff", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -185,7 +193,7 @@ def test_existing_output_folder_is_untouched(archdiff, tmp_path: Path, extra: li
 )
 def test_memory_options_this_machine_cannot_honour(archdiff, setting: str, expected: list[str]) -> None:
     """CUDA-only knobs and missing optional packages are refused up front, saying what is missing."""
-    message = user_error(archdiff(*TRAIN_DEMO, "--set", setting))
+    message = user_error(archdiff(*TRAIN_DEMO, "--set", setting, hidden=("wandb", "xformers")))
     for text in expected:
         assert text in message
 

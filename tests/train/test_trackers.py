@@ -40,20 +40,22 @@ def wandb_records(path):
 
 def test_wandb_offline_writes_a_finished_run_with_the_logged_history(tmp_path, tiny_base, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_DIR", raising=False)  # wherever archdiff and wandb put it by default
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # archdiff puts it into the run folder, not ./wandb
     monkeypatch.chdir(tmp_path)
     overrides = [f"output={tmp_path / 'run'}", "train.trackers=[wandb]", "train.max_steps=6", "train.log_every=1"]
     overrides += ["train.val_every=3", "train.checkpoint_every=null", "validation.every=3", "validation.seeds=[0]"]
     overrides += ["validation.steps=2"]
     result = run(load_recipe("demo-tiny", overrides))
 
-    files = list(tmp_path.rglob("offline-run-*/run-*.wandb"))
+    files = list((result.run_dir / "logs").rglob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
     records = list(wandb_records(files[0]))
     kinds = [record.WhichOneof("record_type") for record in records]
     assert kinds[:1] == ["header"] and kinds[-1:] == ["exit"], f"finished and flushed, not abandoned: {kinds[-3:]}"
     assert records[-1].exit.exit_code == 0
     assert next(r.run for r in records if r.HasField("run")).project == "demo-tiny", "one wandb project per recipe"
+    config = {item.key: json.loads(item.value_json) for r in records if r.HasField("config") for item in r.config.update}
+    assert (config.get("train.max_steps"), config.get("base")) == (6, "tiny-sd15"), "the recipe as the run's hyperparameters"
     history = {}
     for record in records:
         if record.HasField("history"):
@@ -61,11 +63,12 @@ def test_wandb_offline_writes_a_finished_run_with_the_logged_history(tmp_path, t
             history[items["_step"]] = items
 
     rows = {row["step"]: row for row in MetricsLog.read(result.run_dir / "metrics.jsonl")}
-    assert sorted(history) == [1, 2, 3, 4, 5, 6], "every logged step"
+    assert sorted(history) == [0, 1, 2, 3, 4, 5, 6], "every logged step, and the untrained model's val_loss"
     for step, logged in history.items():
-        assert (logged["loss"], logged["lr"]) == (rows[step]["loss"], rows[step]["lr"]), f"step {step}"
+        if step:
+            assert (logged["loss"], logged["lr"]) == (rows[step]["loss"], rows[step]["lr"]), f"step {step}"
         assert logged.get("val_loss") == rows[step]["val_loss"], f"step {step}"
-    assert [step for step in history if "val_loss" in history[step]] == [3, 6]
+    assert [step for step in history if "val_loss" in history[step]] == [0, 3, 6]
     grids = {step: logged["samples/filenames"] for step, logged in history.items() if "samples/filenames" in logged}
     assert sorted(grids) == [3, 6], "a progress grid at each validation step"
     for names in grids.values():
