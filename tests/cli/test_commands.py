@@ -1,8 +1,12 @@
 """The CLI's happy paths, through typer's runner (in-process) where no model is trained."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from archdiff.cli import app
@@ -41,3 +45,51 @@ def test_tiny_model_command_writes_a_pipeline(tmp_path, family, pipeline):
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("archdiff ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "unwanted"),
+    [
+        pytest.param(["--help"], ("pydantic", "rich", "yaml", "torch", "diffusers", "archdiff.config"), id="root"),
+        # typer 0.29 itself imports pydantic to parse any subcommand's arguments: only archdiff's own heavy imports are checked
+        pytest.param(["train", "--help"], ("rich", "torch", "diffusers", "datasets", "archdiff.config"), id="train"),
+        pytest.param(["data", "list", "--help"], ("rich", "torch", "archdiff.config", "archdiff.data"), id="data-list"),
+    ],
+)
+def test_help_imports_nothing_heavy(tmp_path, argv, unwanted):
+    """A help screen must not pay for the recipe schema, torch or diffusers (timed by benchmarks/cli_startup.py)."""
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['archdiff', *{argv!r}]\n"
+        "from archdiff.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "finally:\n"
+        f"    print('IMPORTED', [m for m in {unwanted!r} if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "IMPORTED []"
+
+
+def _all_commands(group: TyperGroup, path: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        yield (*path, name), command
+        if isinstance(command, TyperGroup):
+            yield from _all_commands(command, (*path, name))
+
+
+def test_help_shows_every_command_and_option_in_full():
+    """Plain help (no rich) must still list everything, and a command's first sentence must fit unshortened."""
+    root = typer.main.get_command(app)
+    for path, command in [((), root), *_all_commands(root)]:
+        result = runner.invoke(app, [*path, "--help"], terminal_width=80)
+        assert result.exit_code == 0, result.output
+        for param in command.params:
+            assert all(opt in result.stdout for opt in param.opts if opt.startswith("-")), (path, param.opts)
+        if isinstance(command, TyperGroup):
+            listed = result.stdout.split("Commands:")[1].splitlines()[1:]
+            assert {line.split()[0] for line in listed} == set(command.commands), path
+            assert not [line for line in listed if line.endswith("...")], f"shortened command help under {path}"
+
