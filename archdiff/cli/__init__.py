@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
@@ -29,6 +30,8 @@ app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
 app.add_typer(runs.app, name="runs")
 
+_debug = False  # set by --debug / ARCHDIFF_DEBUG for main(), which sees the error after typer is done
+
 
 def _version(value: bool) -> None:
     if value:
@@ -39,14 +42,21 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="ARCHDIFF_DEBUG", help="On an error, print its traceback before the one-line message."
+    ),
 ) -> None:
     """archdiff: train, sample and share LoRAs of Stable Diffusion for architecture."""
+    global _debug
+    _debug = debug
 
 
 def main() -> None:
-    """Entry point: a `UserError` is one line on stderr and exit code 2, never a traceback."""
+    """Entry point: a `UserError` is one line on stderr (after its traceback with --debug) and its exit code."""
     try:
         app()
     except UserError as error:
+        if _debug:
+            traceback.print_exception(error)
         typer.echo(f"archdiff: error: {error}", err=True)
-        sys.exit(2)
+        sys.exit(error.exit_code)

@@ -9,7 +9,8 @@ import typer
 from typer.core import TyperGroup
 from typer.testing import CliRunner
 
-from archdiff.cli import app
+from archdiff.cli import app, main
+from archdiff.errors import Diverged, UserError
 
 runner = CliRunner()
 
@@ -93,3 +94,34 @@ def test_help_shows_every_command_and_option_in_full():
             assert {line.split()[0] for line in listed} == set(command.commands), path
             assert not [line for line in listed if line.endswith("...")], f"shortened command help under {path}"
 
+
+def _main_with_failing_command(monkeypatch, capsys, tmp_path, error: Exception, *root_options: str) -> tuple[int, str]:
+    """Run main() as the console script does, with `runs show` raising `error`; return the exit code and stderr."""
+
+    def summarize(run):
+        raise error
+
+    monkeypatch.setattr("archdiff.runs.summarize", summarize)
+    monkeypatch.setattr(sys, "argv", ["archdiff", *root_options, "runs", "show", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    return stop.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("error", "code"), [(UserError("no such folder"), 2), (Diverged("the loss became nan at step 7"), 3)])
+def test_an_error_is_one_line_and_its_own_exit_code(monkeypatch, capsys, tmp_path, error, code):
+    monkeypatch.delenv("ARCHDIFF_DEBUG", raising=False)
+    exit_code, stderr = _main_with_failing_command(monkeypatch, capsys, tmp_path, error)
+    assert exit_code == code
+    assert stderr.splitlines() == [f"archdiff: error: {error}"]
+
+
+@pytest.mark.parametrize(("options", "env"), [pytest.param(["--debug"], "", id="option"), pytest.param([], "1", id="env")])
+def test_debug_shows_the_traceback_before_the_one_line_error(monkeypatch, capsys, tmp_path, options, env):
+    monkeypatch.setenv("ARCHDIFF_DEBUG", env)
+    diverged = Diverged("the loss became nan at step 7")
+    exit_code, stderr = _main_with_failing_command(monkeypatch, capsys, tmp_path, diverged, *options)
+    assert exit_code == 3
+    assert stderr.startswith("Traceback (most recent call last):")
+    assert "in summarize" in stderr, "the traceback reaches the code that raised"
+    assert stderr.splitlines()[-1] == "archdiff: error: the loss became nan at step 7"
