@@ -20,10 +20,16 @@ RUN pip install --upgrade pip
 # torch from the default index (its CUDA build), in a layer of its own so code changes don't re-download it.
 RUN pip install torch
 
-# Editable install: archdiff finds recipes/ and datasets/ next to the package, in /app.
+# A regular (non-editable) install: the wheel carries the recipes and bundled datasets, so the source is deleted.
+# Only what the build reads is copied.
+COPY pyproject.toml setup.py README.md /tmp/archdiff-src/
+COPY archdiff /tmp/archdiff-src/archdiff
+COPY recipes /tmp/archdiff-src/recipes
+COPY datasets /tmp/archdiff-src/datasets
+RUN pip install '/tmp/archdiff-src[cuda]' && rm -rf /tmp/archdiff-src
+
+# The working folder: runs/ is written here, and recipes in /app/recipes are found by name.
 WORKDIR /app
-COPY . /app
-RUN pip install -e '.[cuda]'
 
 ENV OMP_NUM_THREADS=4 \
     HF_HOME=/cache/hf \

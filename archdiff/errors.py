@@ -1,10 +1,19 @@
-"""The one exception type for bad user input: the CLI prints it as one line and exits 2."""
+"""Errors the CLI prints as one line (no traceback unless --debug) and turns into an exit code."""
 
 
 class UserError(Exception):
     """Something the user can fix (a recipe key, a path, a base model); never a bug in archdiff."""
 
-    exit_code = 2
+    exit_code = 2  # `archdiff` exits with this; scripts tell bad input from other failures by it
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite and the run stopped (its earlier checkpoints are kept).
+
+    Its own exit code, 3, lets a sweep script tell a diverged run from bad input (2).
+    """
+
+    exit_code = 3
 
 
 def first_line(error: BaseException) -> str:
@@ -12,9 +21,3 @@ def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
-
-class Diverged(UserError):
-    """The loss became NaN or infinite: no update was made with it and the run stopped. Its own exit code,
-    so a script can tell a diverged run from a bad input."""
-
-    exit_code = 3

@@ -5,13 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _shipped(name: str) -> Path:
+    """The shipped `recipes` or `datasets` folder: the wheel's copy (archdiff/_bundled/NAME, see setup.py)
+    when installed, else the source tree's NAME/ (a checkout, an editable install).
+
+    The wheel's copy is looked for first: next to an installed package, site-packages/datasets is HF `datasets`.
+    """
+    packaged = PACKAGE_DIR / "_bundled" / name
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
 
 
 def recipe_dirs() -> list[Path]:
-    """Recipe search path: $ARCHDIFF_RECIPES, then ./recipes, then the checkout's recipes/."""
+    """Recipe search path: $ARCHDIFF_RECIPES, then ./recipes, then the shipped recipes."""
     dirs = [Path(p) for p in os.environ.get("ARCHDIFF_RECIPES", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "recipes", REPO_ROOT / "recipes"]
+    dirs += [Path.cwd() / "recipes", _shipped("recipes")]
     unique: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [u.resolve() for u in unique]:
@@ -20,7 +30,8 @@ def recipe_dirs() -> list[Path]:
 
 
 def bundled_datasets_dir() -> Path:
-    return REPO_ROOT / "datasets"
+    """The bundled image sets and datasets/manifests."""
+    return _shipped("datasets")
 
 
 def cache_dir() -> Path:

@@ -1,8 +1,9 @@
-"""The `archdiff` command. Imports only typer and config: every heavy import lives inside a command."""
+"""The `archdiff` command. Imports only typer and the command modules: every heavy import lives inside a command."""
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
@@ -10,12 +11,14 @@ from archdiff import __version__
 from archdiff.cli import bench, data, export, models, push, recipes, runs, sample, train
 from archdiff.errors import UserError
 
+# rich_markup_mode=None: plain help, because rendering it with rich costs ~0.2 s of imports on every `--help`.
 app = typer.Typer(
     name="archdiff",
     help="Fine-tune Stable Diffusion on architecture imagery with LoRA.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.command("train")(train.train)
 app.command("sample")(sample.sample)
@@ -27,6 +30,8 @@ app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
 app.add_typer(runs.app, name="runs")
 
+_debug = False  # set by --debug / ARCHDIFF_DEBUG for main(), which sees the error after typer is done
+
 
 def _version(value: bool) -> None:
     if value:
@@ -37,14 +42,21 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="ARCHDIFF_DEBUG", help="On an error, print its traceback before the one-line message."
+    ),
 ) -> None:
     """archdiff: train, sample and share LoRAs of Stable Diffusion for architecture."""
+    global _debug
+    _debug = debug
 
 
 def main() -> None:
-    """Entry point: a `UserError` is one line on stderr and exit code 2, never a traceback."""
+    """Entry point: a `UserError` is one line on stderr (after its traceback with --debug) and its exit code."""
     try:
         app()
     except UserError as error:
+        if _debug:
+            traceback.print_exception(error)
         typer.echo(f"archdiff: error: {error}", err=True)
         sys.exit(error.exit_code)

@@ -24,7 +24,10 @@ def bench(
     set_: list[str] = options.SET,
     json_path: Path = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
 ) -> None:
-    """Benchmark the training step of a recipe across memory/speed configurations."""
+    """Benchmark a recipe's training step across configurations.
+
+    One row per memory/speed configuration: steps/s, images/s, peak memory and MFU.
+    """
     from archdiff.config import load_recipe
 
     overrides = [*set_, *([f"base={json.dumps(base)}"] if base else [])]

@@ -7,11 +7,6 @@ from pathlib import Path
 
 import typer
 
-from archdiff.data.manifests import load_manifests
-from archdiff.data.sources import IMAGE_SUFFIXES, bundled_names
-from archdiff.paths import bundled_datasets_dir
-from archdiff.units import human_size
-
 app = typer.Typer(help="Inspect and list training data.", no_args_is_help=True)
 
 
@@ -23,6 +18,9 @@ def _columns(rows: list[tuple[str, ...]]) -> list[str]:
 
 def _bundled_row(folder: Path) -> tuple[str, ...]:
     """Name, image count, kinds (from metadata.jsonl; rows without one train as photo) and size on disk."""
+    from archdiff.data.sources import IMAGE_SUFFIXES
+    from archdiff.units import human_size
+
     files = [p for p in folder.rglob("*") if p.is_file()]
     images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
     lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
@@ -32,7 +30,11 @@ def _bundled_row(folder: Path) -> tuple[str, ...]:
 
 @app.command("list")
 def list_data() -> None:
-    """List the bundled image sets and the Hub datasets that have a manifest."""
+    """List bundled image sets and Hub datasets that have a manifest."""
+    from archdiff.data.manifests import load_manifests
+    from archdiff.data.sources import bundled_names
+    from archdiff.paths import bundled_datasets_dir
+
     root = bundled_datasets_dir()
     typer.echo("Bundled sets (offline):")
     for line in _columns([("NAME", "IMAGES", "KINDS", "SIZE"), *(_bundled_row(root / name) for name in bundled_names())]):
@@ -70,7 +72,10 @@ def inspect_command(
     ),
     sheet_size: int = typer.Option(24, "--sheet-size", min=1, help="Images on the contact sheet, spread evenly over the data."),
 ) -> None:
-    """Before a long run: skipped files, sizes, aspect ratios, buckets, captions, duplicates, and a contact sheet."""
+    """Report what a run would make of DATA, with a contact sheet.
+
+    Before a long run: skipped files, sizes, aspect ratios, buckets, captions and duplicates.
+    """
     cfg = _data_config(data, recipe)
     from archdiff.runtime import quiet_libraries
 
@@ -93,7 +98,10 @@ def check_vae_command(
     output: Path = typer.Option(None, "--output", "-o", help="Folder for before/after PNGs (default: runs/check-vae/<data>)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Check only N images, spread evenly over the data."),
 ) -> None:
-    """Round-trip the training crops through the base's VAE: detail it loses, a LoRA cannot learn."""
+    """Round-trip the training crops through the base's VAE.
+
+    Detail the VAE loses, a LoRA cannot learn.
+    """
     cfg = _data_config(data, recipe)
     from archdiff.runtime import quiet_libraries
 

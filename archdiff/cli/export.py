@@ -16,7 +16,10 @@ def export(
     scale: float = typer.Option(1.0, "--scale", help="With --format fused: the LoRA strength merged into the weights."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export at --output."),
 ) -> None:
-    """Export a run's LoRA for other tools, or fuse it into a standalone pipeline."""
+    """Export a run's LoRA for other tools, or fused into a pipeline.
+
+    kohya, diffusers and peft write the adapter; fused writes a standalone pipeline with the LoRA merged in.
+    """
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()

@@ -13,7 +13,10 @@ def tiny_model(
         "sd15", "--family", help="sd15 (SD 1.x, epsilon), sd2v (SD 2.x layout, v-prediction) or sdxl (two text encoders)."
     ),
 ) -> None:
-    """Build a tiny random diffusers pipeline offline (for tests, demos and debugging)."""
+    """Build a tiny random diffusers pipeline, offline.
+
+    For tests, demos and debugging: a few MB, loads with `--base FOLDER`.
+    """
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()

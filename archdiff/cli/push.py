@@ -16,8 +16,9 @@ def push(
         False, "--new-card", help="Write a fresh model card even over a RUN/README.md edited by hand (by default it is kept)."
     ),
 ) -> None:
-    """Push the adapter to the Hub: only the LoRA, README.md (the model card), recipe.yaml and the final samples.
+    """Upload a run's LoRA, model card and samples to the Hub.
 
+    Only the LoRA, README.md (the model card), recipe.yaml and the final samples are pushed.
     The token comes from HF_TOKEN or `hf auth login`.
     """
     from archdiff.model_card import CARD_FILE

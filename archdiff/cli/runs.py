@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from archdiff.runs import format_summary, plot_losses, read_metrics, summarize
-
 app = typer.Typer(help="Look at training runs.", no_args_is_help=True)
 
 
@@ -16,7 +14,12 @@ def show(
     run: Path = typer.Argument(..., help="Run folder (the recipe's output, e.g. runs/demo-tiny)."),
     plot: Path = typer.Option(None, "--plot", help="Also write a PNG chart of loss and val_loss by step to this path."),
 ) -> None:
-    """Summarize a finished, stopped or running run: steps, losses, time, checkpoints and files."""
+    """Summarize a run: steps, losses, time, checkpoints and files.
+
+    Works on finished, stopped and still-running runs.
+    """
+    from archdiff.runs import format_summary, plot_losses, read_metrics, summarize
+
     summary = summarize(run)
     chart = plot_losses(read_metrics(run), plot, f"{summary.name}: loss by step") if plot else None
     typer.echo(format_summary(summary))

@@ -30,7 +30,10 @@ def sample(
     height: int = typer.Option(None, "--height", min=8, help="Height in pixels (default: the run's resolution)."),
     output: Path = typer.Option(None, "--output", "-o", help="Folder for the images (default: samples/<time>-<prompt>)."),
 ) -> None:
-    """Generate images (or img2img from --init-image); if --base is omitted, a --lora run folder's recipe names the base."""
+    """Draw images with a base model and LoRAs (also img2img).
+
+    With --init-image, start from that image (img2img). Without --base, a --lora run folder's recipe names the base.
+    """
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()

@@ -1,0 +1,1 @@
+"""The training stage: objective, step, evaluation, guards, loop, checkpoints and the run that orders them."""
