@@ -112,8 +112,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
             claim_run_dir(run_dir)
         write_text_atomic(run_dir / RECIPE_FILE, dump_recipe(recipe))
         write_text_atomic(run_dir / DATA_FILE, summary + "\n")
-    if main:
-        (run_dir / LOGS_DIR).mkdir(parents=True, exist_ok=True)
+        (run_dir / LOGS_DIR).mkdir(exist_ok=True)
     # The recipe as the run's hyperparameters; wandb writes into the run folder (by default it uses ./wandb).
     accelerator.init_trackers(recipe.name, tracker_config(recipe), init_kwargs={"wandb": {"dir": str(run_dir / LOGS_DIR)}})
     set_seed(recipe.train.seed)
