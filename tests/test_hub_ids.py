@@ -60,15 +60,20 @@ def test_an_existing_path_wins_but_the_repo_id_syntax_does_not_look_at_the_disk(
 
 
 def _base_goes_to_the_hub(name: str) -> bool:
-    with pytest.raises(UserError) as error:  # offline in the tests: a Hub id stops at "not reachable"
+    try:
         resolve_base(name)
-    return "Hub is not reachable" in str(error.value)
+    except UserError as error:  # offline in the tests: a Hub id stops at "not reachable"
+        return "Hub is not reachable" in str(error)
+    return False
 
 
 def _source_goes_to_the_hub(name: str) -> bool:
-    with pytest.raises(UserError) as error:
+    """A local folder may even load (`..` can hold other tests' images); only a Hub id fails with the Hub's message."""
+    try:
         load_source(SourceConfig(path=name), CaptionConfig())
-    return "could not be loaded from the Hub" in str(error.value)
+    except UserError as error:
+        return "could not be loaded from the Hub" in str(error)
+    return False
 
 
 @pytest.mark.parametrize(("name", "hub"), [case for case in CASES if case.id != "with-a-scale"])
