@@ -108,6 +108,16 @@ class NanGuard:
             )
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: the main process stops after the step and then ends them.
+
+    `timeout`, `kill -- -PGID`, SLURM and systemd signal every process of a run; a worker killed by SIGTERM
+    made torch raise "DataLoader worker ... is killed by signal" in the middle of the stop's checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StopRequest:
     """SIGINT/SIGTERM handlers that ask the loop to stop after the current step instead of dying mid-step."""
 
@@ -335,6 +345,7 @@ def train_lora(
         num_workers=workers,
         generator=loader_generator,
         pin_memory=torch.device(device).type == "cuda",  # page-locked batches copy to the GPU asynchronously
+        worker_init_fn=leave_stop_signals_to_the_main_process if workers else None,
     )
     train_text = recipe.lora.text_encoder is not None
     params = [p for p in unet.parameters() if p.requires_grad]
