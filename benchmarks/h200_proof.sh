@@ -129,7 +129,7 @@ if want train; then
            --set train.checkpoint_every=10 --set train.log_every=10 --set train.learning_rate=1e-3
            --set train.warmup_steps=5 --set "train.trackers=[]" --set "validation.prompts=[]")
     rm -rf runs/h200-full runs/h200-killed
-    bounded 150 "$PY" -m archdiff train "${TRAIN[@]}" -o runs/h200-full 2>&1 | tr '\r' '\n' | grep -v '^train: '
+    bounded "${TRAIN_LIMIT:-150}" "$PY" -m archdiff train "${TRAIN[@]}" -o runs/h200-full 2>&1 | tr '\r' '\n' | grep -v '^train: '
     if (( $(left) > 60 )); then
         say "start the run to kill"
         "$PY" -m archdiff train "${TRAIN[@]}" -o runs/h200-killed > /tmp/killed.txt 2>&1 &
@@ -143,7 +143,7 @@ if want train; then
         wait "$VICTIM" 2> /dev/null
         tr '\r' '\n' < /tmp/killed.txt | grep -v '^train: ' | tail -5
         ls runs/h200-killed/checkpoints
-        bounded 120 "$PY" -m archdiff train --recipe runs/h200-killed/recipe.yaml --resume latest 2>&1 | tr '\r' '\n' | grep -v '^train: '
+        bounded "${TRAIN_LIMIT:-120}" "$PY" -m archdiff train --recipe runs/h200-killed/recipe.yaml --resume latest 2>&1 | tr '\r' '\n' | grep -v '^train: '
     fi
     cp runs/h200-full/metrics.jsonl "$OUT/train-full-metrics.jsonl" 2> /dev/null
     cp runs/h200-killed/metrics.jsonl "$OUT/train-resumed-metrics.jsonl" 2> /dev/null
