@@ -38,7 +38,14 @@ def apply_memory_options(unet, cfg: MemoryConfig) -> None:
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.compile:
-        unet.compile()  # in place: hooks, adapters and saving still see the same module
+        # Regional compilation: every repeated transformer block (diffusers' `_repeated_blocks`) is compiled in
+        # place and shares its compiled code with the blocks of the same width. Tracing the whole UNet instead
+        # took 2.6x as long on SD 1.5 (210 s against 81 s for dynamo + AOT on a 2-core CPU), before inductor,
+        # and SDXL has 70 blocks. Training, evaluation and sampling each add variants: allow more than 8.
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        unet.compile_repeated_blocks()  # hooks, adapters and saving still see the same modules
     if cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -99,8 +99,19 @@ def make_loader(ctx: TrainContext) -> tuple[torch.utils.data.DataLoader, BucketB
         num_workers=ctx.recipe.data.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
         pin_memory=torch.device(accelerator.device).type == "cuda",  # page-locked batches copy to the GPU asynchronously
+        worker_init_fn=leave_stop_signals_to_the_main_process if ctx.recipe.data.num_workers else None,
     )
     return loader, sampler
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: the main process stops after the step and then ends them.
+
+    `timeout`, `kill -- -PGID`, SLURM and systemd signal every process of a run; a worker killed by SIGTERM
+    made torch raise "DataLoader worker ... is killed by signal" in the middle of the stop's checkpoint.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train_lora(ctx: TrainContext) -> LoopResult:

@@ -166,3 +166,23 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_b
     folder = tmp_path / "full" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["step-000002"], "no half-written checkpoint is left"
     assert read_state(folder / "step-000002").step == 2 and load_file(folder / "step-000002" / "adapter.safetensors")
+
+
+def test_sigterm_to_the_whole_process_group_with_data_workers_still_checkpoints(tmp_path, tiny_base):
+    """`timeout`, `kill -- -PGID`, SLURM and systemd signal every process of the run, DataLoader workers too."""
+    import os
+
+    run_dir = tmp_path / "group"
+    command = train_command(run_dir, "--set", "data.num_workers=2")
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, **pipes)
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and MetricsLog.read(metrics)[-1]["step"] >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr and "resume with: archdiff train" in stderr
+    assert 3 <= read_state(complete_checkpoints(run_dir)[-1]).step < STEPS
