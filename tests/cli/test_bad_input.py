@@ -14,51 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile import TRAIN_DEMO, run_archdiff, user_error
 
-TRAIN_DEMO = ["train", "--recipe", "demo-tiny"]
 HEAVY_MODULES = ("torch", "diffusers", "transformers", "peft", "accelerate", "datasets")
-
-
-def run_archdiff(
-    cwd: Path, cache: Path, *args: str, timeout: float = 180, hidden: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    """The console entry point in a fresh interpreter, offline, with its own cache; `hidden` packages look
-    uninstalled to it (a sitecustomize marks them missing in sys.modules), whatever this venv holds."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ARCHDIFF_CACHE": str(cache)}
-    if hidden:
-        site = cwd / "hide-packages"
-        site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in hidden))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "archdiff", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def user_error(result: subprocess.CompletedProcess[str]) -> str:
-    """Assert the contract for bad input and return the one error line for case-specific checks."""
-    shown = f"rc={result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    assert "Traceback" not in result.stdout + result.stderr, shown
-    assert result.returncode == 2, shown
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, shown
-    assert lines[0].startswith("archdiff: error:"), shown
-    return lines[0]
-
-
-@pytest.fixture(scope="session")
-def archdiff_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session: tiny-sd15 is built (~5 s) once here, not inside whichever test runs first."""
-    cache = tmp_path_factory.mktemp("archdiff-cache")
-    work = tmp_path_factory.mktemp("warm-up")
-    (work / "empty").mkdir()
-    run_archdiff(work, cache, *TRAIN_DEMO, "--base", "tiny-sd15", "--data", "empty")
-    return cache
-
-
-@pytest.fixture
-def archdiff(tmp_path: Path, archdiff_cache: Path):
-    """`archdiff(*args)` runs the CLI in this test's tmp_path with the shared cache."""
-    return lambda *args, **kwargs: run_archdiff(tmp_path, archdiff_cache, *args, **kwargs)
 
 
 @pytest.mark.parametrize(
