@@ -9,7 +9,7 @@ import typer
 
 from archdiff import __version__
 from archdiff.cli import bench, data, export, models, push, recipes, runs, sample, train
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 
 # rich_markup_mode=None: plain help, because rendering it with rich costs ~0.2 s of imports on every `--help`.
 app = typer.Typer(
@@ -52,11 +52,23 @@ def _root(
 
 
 def main() -> None:
-    """Entry point: a `UserError` is one line on stderr (after its traceback with --debug) and its exit code."""
+    """Entry point: a `UserError` is one line on stderr (after its traceback with --debug) and its exit code.
+
+    Anything else is a failure archdiff did not foresee (a bug, or a library failing in a new way): still
+    one line, exit 1, naming what failed and how to see the traceback. (Typer turns a Ctrl-C outside training
+    into exit 130 without a traceback itself.)
+    """
     try:
         app()
     except UserError as error:
-        if _debug:
-            traceback.print_exception(error)
-        typer.echo(f"archdiff: error: {error}", err=True)
-        sys.exit(error.exit_code)
+        _fail(error, str(error), error.exit_code)
+    except Exception as error:  # noqa: BLE001 - the last line of defence against a traceback on a user's screen
+        said = f"{type(error).__name__}: {first_line(error)} (unexpected; `archdiff --debug ...` shows where it happened)"
+        _fail(error, said, 1)
+
+
+def _fail(error: BaseException, message: str, code: int) -> None:
+    if _debug:
+        traceback.print_exception(error)
+    typer.echo(f"archdiff: error: {message}", err=True)
+    sys.exit(code)

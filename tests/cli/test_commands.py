@@ -125,3 +125,20 @@ def test_debug_shows_the_traceback_before_the_one_line_error(monkeypatch, capsys
     assert stderr.startswith("Traceback (most recent call last):")
     assert "in summarize" in stderr, "the traceback reaches the code that raised"
     assert stderr.splitlines()[-1] == "archdiff: error: the loss became nan at step 7"
+
+
+def test_an_unforeseen_failure_is_still_one_line(monkeypatch, capsys, tmp_path):
+    """No traceback on a user's screen even for a failure archdiff did not foresee; --debug still shows it."""
+    monkeypatch.delenv("ARCHDIFF_DEBUG", raising=False)
+    error = RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA")
+    exit_code, stderr = _main_with_failing_command(monkeypatch, capsys, tmp_path, error)
+    assert exit_code == 1
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("archdiff: error: RuntimeError: CUDA error: device-side assert")
+    assert "--debug" in stderr
+    exit_code, stderr = _main_with_failing_command(monkeypatch, capsys, tmp_path, error, "--debug")
+    assert exit_code == 1 and stderr.startswith("Traceback (most recent call last):") and "in summarize" in stderr
+
+
+def test_ctrl_c_outside_training_exits_130_without_a_traceback(monkeypatch, capsys, tmp_path):
+    exit_code, stderr = _main_with_failing_command(monkeypatch, capsys, tmp_path, KeyboardInterrupt())
+    assert exit_code == 130 and "Traceback" not in stderr
