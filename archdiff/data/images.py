@@ -51,6 +51,10 @@ class UnreadableImage(Exception):
     """An image file that cannot be trained on; str() is a short reason for the run's data report."""
 
 
+class HeifUnsupported(UnreadableImage):
+    """A HEIC/HEIF file while pillow-heif is not installed: not cached, since installing it changes the answer."""
+
+
 class TooManyPixels(UnreadableImage):
     """Over data.max_pixels: refused from the header, so whether the file decodes is not known."""
 
@@ -81,7 +85,7 @@ def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise UnreadableImage("empty file")
     if _is_heif(data) and not heif_available():
-        raise UnreadableImage(HEIF_HINT)
+        raise HeifUnsupported(HEIF_HINT)
     with _pil_pixel_guard_lifted():
         try:
             image = Image.open(io.BytesIO(data))
