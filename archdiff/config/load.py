@@ -48,26 +48,31 @@ def find_recipe(name_or_path: str, relative_to: Path | None = None) -> Path:
     raise UserError(f"unknown recipe '{name_or_path}'.{suggestion} Known recipes: {', '.join(sorted(known)) or 'none'}")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping (PyYAML silently keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                if not isinstance(key, (list, dict)) and key in seen and key != "<<":
-                    raise _DuplicateKey(key, seen[key], line)
-                if not isinstance(key, (list, dict)):
-                    seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
 class _DuplicateKey(Exception):
-    def __init__(self, key: Any, first: int, again: int):
+    def __init__(self, key: str, first: int, again: int):
         super().__init__(key, first, again)
         self.key, self.first, self.again = key, first, again
+
+
+def _find_duplicate(node: yaml.Node, path: tuple[str, ...] = (), seen_nodes: set[int] | None = None) -> None:
+    """Raise `_DuplicateKey` (dotted key, first line, second line) for a key written twice in one mapping."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of an anchor already walked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key != "<<":
+                if key in lines:
+                    raise _DuplicateKey(".".join((*path, key)), lines[key], line)
+                lines[key] = line
+            _find_duplicate(value_node, (*path, key), seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _find_duplicate(item, (*path, str(index)), seen_nodes)
 
 
 def _decode(path: Path, what: str) -> str:
@@ -88,8 +93,12 @@ def _decode(path: Path, what: str) -> str:
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML as `yaml.safe_load` reads it, except that a key written twice in one mapping raises `_DuplicateKey`."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    """YAML as `yaml.safe_load` reads it, except that a key written twice in one mapping raises `_DuplicateKey`
+    (PyYAML keeps the last one silently)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None:
+        _find_duplicate(node)
+    return yaml.safe_load(text)
 
 
 def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:

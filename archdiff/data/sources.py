@@ -254,9 +254,22 @@ def _rows_dataset(metadata: Path, rows: list[tuple[int, dict[str, Any], Path]]) 
         table[column] = _uniform_column([row.get(column) for _, row, _ in rows])
     try:
         dataset = Dataset.from_dict(table)
-    except Exception as error:  # noqa: BLE001 - Arrow's type errors: say which file, not where in pyarrow
-        raise UserError(f"{metadata}: its columns cannot be read as a table: {first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - Arrow's type errors: say which file and column, not where in pyarrow
+        raise UserError(f"{metadata}: {_bad_column(table, rows)}cannot be read: {first_line(error)}") from None
     return dataset.cast_column("image", Image(decode=False))
+
+
+def _bad_column(table: dict[str, list[Any]], rows: list[tuple[int, dict[str, Any], Path]]) -> str:
+    """'line N, column 'x': ' for the first value Arrow refuses on its own, or '' when only the whole table fails."""
+    import pyarrow
+
+    for column, values in table.items():
+        for (number, _, _), value in zip(rows, values, strict=True):
+            try:
+                pyarrow.array([value])
+            except Exception:  # noqa: BLE001 - any Arrow refusal
+                return f"line {number}, column '{column}' ({value!r:.60}) "
+    return ""
 
 
 def _load_imagefolder(folder: Path, metadata: Path, images: list[Path], skipped: list[Skipped]) -> tuple[Any, list[Skipped]]:

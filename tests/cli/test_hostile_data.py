@@ -34,9 +34,9 @@ RECIPE_FILES = {
     ),
     "duplicate-nested-key": (
         b"extends: demo-tiny\ntrain:\n  max_steps: 5\n  learning_rate: 0.1\n  max_steps: 7\n",
-        ["mine.yaml", "line 5", "'max_steps' appears twice", "first on line 3"],
+        ["mine.yaml", "line 5", "'train.max_steps' appears twice", "first on line 3"],
     ),
-    "duplicate-flow-key": (b"extends: demo-tiny\nlora: {rank: 4, rank: 8}\n", ["mine.yaml", "line 2", "'rank' appears twice"]),
+    "duplicate-flow-key": (b"extends: demo-tiny\nlora: {rank: 4, rank: 8}\n", ["line 2", "'lora.rank' appears twice"]),
     "output-unknown-placeholder": (b"extends: demo-tiny\noutput: runs/{nope}\n", ["'output'", "{nope}", "{name}"]),
     "output-two-unknown": (b"extends: demo-tiny\noutput: runs/{date}/{name}-{seed}\n", ["{date}, {seed}", "{name}"]),
     "output-unbalanced": (b"extends: demo-tiny\noutput: runs/{name\n", ["'output'", "unbalanced braces", "{name}"]),
@@ -237,6 +237,11 @@ REFUSED = {
         "metadata.jsonl",
         b'{"file_name": "a.png"}\n{"file_name": "gone.png"}\n',
         ["metadata.jsonl", "line 2", "'gone.png' does not exist"],
+    ),
+    "jsonl-number-beyond-int64": (
+        "metadata.jsonl",
+        b'{"file_name": "a.png", "text": "x", "id": 123456789012345678901234567890}\n',
+        ["metadata.jsonl", "line 1", "column 'id'", "123456789012345678901234567890"],
     ),
     "csv-extra-field": (
         "metadata.csv",
