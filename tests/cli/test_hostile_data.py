@@ -116,7 +116,7 @@ def test_set_text_for_a_string_field_is_taken_as_written(archdiff, setting: str,
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        pytest.param("train.batch_size", ["dotted.key=value", "train.batch_size"], id="no-equals"),
+        pytest.param("lora.rank", ["dotted.key=value", "lora.rank"], id="no-equals"),
         pytest.param("=4", ["dotted.key=value", "'=4'"], id="no-key"),
         pytest.param("a..b=1", ["--set a..b", "between every pair of dots"], id="empty-key-part"),
         pytest.param(".train.max_steps=1", ["--set .train.max_steps", "between every pair of dots"], id="leading-dot"),
@@ -206,64 +206,35 @@ def test_metadata_people_actually_have_is_read(archdiff, tmp_path: Path, case: s
     assert tree_digest(folder) == before
 
 
-REFUSED = {
+REFUSED = {  # case (csv-... or jsonl-...): (metadata bytes, what the message says besides the file name)
     "jsonl-malformed-line": (
-        "metadata.jsonl",
         b'{"file_name": "a.png", "text": "x"}\n{"file_name": "b.png", "text": "y"}\n{"file_name": "c.png", text: "z"}\n',
-        ["metadata.jsonl", "line 3", "not valid JSON", "column"],
+        ["line 3", "not valid JSON", "column"],
     ),
-    "jsonl-trailing-comma": (
-        "metadata.jsonl",
-        b'{"file_name": "a.png", "text": "x",}\n',
-        ["metadata.jsonl", "line 1", "not valid JSON"],
-    ),
-    "jsonl-line-is-a-list": (
-        "metadata.jsonl",
-        b'{"file_name": "a.png"}\n["b.png", "y"]\n',
-        ["metadata.jsonl", "line 2", "file_name"],
-    ),
-    "jsonl-no-file-name": (
-        "metadata.jsonl",
-        b'{"file_name": "a.png"}\n{"name": "b.png"}\n',
-        ["metadata.jsonl", "line 2", "no file_name"],
-    ),
-    "jsonl-latin1": (
-        "metadata.jsonl",
-        b'{"file_name": "a.png"}\n{"file_name": "b.png", "text": "caf\xe9"}\n',
-        ["metadata.jsonl", "line 2", "not valid UTF-8"],
-    ),
-    "jsonl-image-column": ("metadata.jsonl", b'{"file_name": "a.png", "image": "x"}\n', ["metadata.jsonl", "line 1", "'image'"]),
-    "jsonl-missing-file": (
-        "metadata.jsonl",
-        b'{"file_name": "a.png"}\n{"file_name": "gone.png"}\n',
-        ["metadata.jsonl", "line 2", "'gone.png' does not exist"],
-    ),
+    "jsonl-trailing-comma": (b'{"file_name": "a.png", "text": "x",}\n', ["line 1", "not valid JSON"]),
+    "jsonl-line-is-a-list": (b'{"file_name": "a.png"}\n["b.png", "y"]\n', ["line 2", "no file_name"]),
+    "jsonl-no-file-name": (b'{"file_name": "a.png"}\n{"name": "b.png"}\n', ["line 2", "no file_name"]),
+    "jsonl-latin1": (b'{"file_name": "a.png"}\n{"file_name": "b.png", "text": "caf\xe9"}\n', ["line 2", "not valid UTF-8"]),
+    "jsonl-image-column": (b'{"file_name": "a.png", "image": "x"}\n', ["line 1", "'image'"]),
+    "jsonl-missing-file": (b'{"file_name": "a.png"}\n{"file_name": "gone.png"}\n', ["line 2", "'gone.png' does not exist"]),
     "jsonl-number-beyond-int64": (
-        "metadata.jsonl",
         b'{"file_name": "a.png", "text": "x", "id": 123456789012345678901234567890}\n',
-        ["metadata.jsonl", "line 1", "column 'id'", "123456789012345678901234567890"],
+        ["line 1", "column 'id'", "123456789012345678901234567890"],
     ),
-    "csv-extra-field": (
-        "metadata.csv",
-        b"file_name,text\na.png,brick\nb.png,brick, gable roof\n",
-        ["metadata.csv", "line 3", "3 fields", "header 2", "quote"],
-    ),
-    "csv-no-file-name-header": (
-        "metadata.csv",
-        b"image;caption\na.png;brick\n",
-        ["metadata.csv", "line 1", "no file_name column"],
-    ),
+    "csv-extra-field": (b"file_name,text\na.png,brick\nb.png,brick, gable roof\n", ["line 3", "3 fields", "header 2", "quote"]),
+    "csv-no-file-name-header": (b"image;caption\na.png;brick\n", ["line 1", "no file_name column"]),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSED), ids=list(REFUSED))
 def test_metadata_that_cannot_be_read_names_file_and_line(archdiff, tmp_path: Path, case: str) -> None:
-    name, data, expected = REFUSED[case]
+    data, expected = REFUSED[case]
+    name = "metadata.csv" if case.startswith("csv") else "metadata.jsonl"
     folder = _images(tmp_path / "photos", THREE)
     (folder / name).write_bytes(data)
     before = tree_digest(folder)
     message = user_error(archdiff("data", "inspect", "photos"))
-    for text in expected:
+    for text in [name, *expected]:
         assert text in message, message
     assert tree_digest(folder) == before
     assert not (tmp_path / "runs").exists()
