@@ -178,7 +178,10 @@ def _override_value(key: str, parts: list[str], text: str) -> Any:
         if takes_text:
             return text
         problem = getattr(error, "problem", None) or "a key written twice"
-        raise UserError(f"--set {key}: value {text!r} is not valid YAML ({problem}); quote it: --set '{key}=\"...\"'") from None
+        raise UserError(
+            f"--set {key}: value {text!r} is not valid YAML ({problem}); write a number, true/false, [a, b] or "
+            f"{{k: v}}, and put text in quotes inside the shell's: --set '{key}=\"...\"'"
+        ) from None
     if takes_text and value is not None and not isinstance(value, str):
         return text  # `template={material} facade` or `name=2024`: the field wants the words as written
     return value
