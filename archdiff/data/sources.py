@@ -113,6 +113,8 @@ def _load_local(folder: Path, split: str) -> tuple[Any, list[Skipped]]:
     metadata = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
     if not metadata and any((folder / split / name).is_file() for name in METADATA_FILES):
         dataset, inner = _load_local(folder / split, split)  # the HF layout: train/metadata.jsonl, test/metadata.jsonl
+        outside = [p.relative_to(folder).as_posix() for p in images if p.relative_to(folder).parts[0] != split]
+        skipped += [Skipped(name, f"outside the '{split}' folder, whose metadata file lists the images") for name in outside]
         return dataset, skipped + [Skipped(f"{split}/{item.name}", item.reason) for item in inner]
     if not images and not skipped:
         raise UserError(f"data folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -174,7 +176,7 @@ def _metadata_text(metadata: Path) -> str:
 
 def _csv_rows(metadata: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     """CSV rows by line number; the delimiter is the one (of , ; tab |) that makes `file_name` a header field."""
-    header = text.splitlines()[0] if text.strip() else ""
+    header = text.split("\n", 1)[0].rstrip("\r")
     delimiter = next((d for d in CSV_DELIMITERS if "file_name" in next(csv.reader([header], delimiter=d), [])), None)
     if delimiter is None:
         raise UserError(f"{metadata}: line 1 (the header) has no file_name column (it reads {header[:80]!r})")
@@ -196,7 +198,7 @@ def _metadata_rows(metadata: Path) -> list[tuple[int, dict[str, Any]]]:
     if metadata.suffix == ".csv":
         return _csv_rows(metadata, text)
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a caption
         if not line.strip():
             continue
         try:

@@ -156,6 +156,7 @@ def _jsonl(rows: list[object]) -> bytes:
 
 
 THREE = ["a.png", "b.png", "c.png"]
+UNICODE_BREAKS = "".join(f'{{"file_name": "{n}", "text": "brick\u2028house\x85{n}"}}\r\n' for n in THREE).encode()
 ACCEPTED = {
     "csv-semicolon": (b'file_name;text;storeys\na.png;brick house;3\nb.png;"timber; glass";2\nc.png;stone tower;9\n', 3),
     "csv-tab": (b"file_name\ttext\na.png\tbrick house\nb.png\ttimber house\nc.png\tstone tower\n", 3),
@@ -168,6 +169,7 @@ ACCEPTED = {
         ),
         3,
     ),
+    "jsonl-crlf-and-unicode-line-breaks-in-captions": (UNICODE_BREAKS, 3),
     "jsonl-text-all-numbers": (_jsonl([{"file_name": n, "text": i} for i, n in enumerate(THREE, 1)]), 3),
     "jsonl-text-list": (
         _jsonl(
@@ -259,13 +261,14 @@ def test_root_metadata_over_train_and_test_folders(archdiff, tmp_path: Path) -> 
 
 def test_metadata_inside_each_split_folder(archdiff, tmp_path: Path) -> None:
     """The HF layout (train/metadata.jsonl, test/metadata.jsonl) reads train/ with its captions."""
-    folder = _images(tmp_path / "photos", ["train/a.png", "train/b.png", "test/c.png"])
+    folder = _images(tmp_path / "photos", ["train/a.png", "train/b.png", "test/c.png", "stray.png"])
     (folder / "train" / "metadata.jsonl").write_bytes(_jsonl([{"file_name": n, "text": "house"} for n in ("a.png", "b.png")]))
     (folder / "test" / "metadata.jsonl").write_bytes(_jsonl([{"file_name": "c.png", "text": "house"}]))
     result = archdiff("data", "inspect", "photos")
     assert result.returncode == 0, result.stderr
-    assert "images: 3 found, 2 usable, 1 skipped" in result.stdout
+    assert "images: 4 found, 2 usable, 2 skipped" in result.stdout
     assert "skipped test/c.png: in the 'test' split folder" in result.stdout
+    assert "skipped stray.png: outside the 'train' folder" in result.stdout
 
 
 # -- nothing dropped silently -------------------------------------------------------------------
