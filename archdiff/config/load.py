@@ -8,6 +8,8 @@ Every failure becomes a `UserError` with one line that names the offending key.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +48,69 @@ def find_recipe(name_or_path: str, relative_to: Path | None = None) -> Path:
     raise UserError(f"unknown recipe '{name_or_path}'.{suggestion} Known recipes: {', '.join(sorted(known)) or 'none'}")
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, again: int):
+        super().__init__(key, first, again)
+        self.key, self.first, self.again = key, first, again
+
+
+def _find_duplicate(node: yaml.Node, path: tuple[str, ...] = (), seen_nodes: set[int] | None = None) -> None:
+    """Raise `_DuplicateKey` (dotted key, first line, second line) for a key written twice in one mapping."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of an anchor already walked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key != "<<":
+                if key in lines:
+                    raise _DuplicateKey(".".join((*path, key)), lines[key], line)
+                lines[key] = line
+            _find_duplicate(value_node, (*path, key), seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _find_duplicate(item, (*path, str(index)), seen_nodes)
+
+
+def _decode(path: Path, what: str) -> str:
+    """The file as text: UTF-8 (a leading BOM is allowed), else one line naming the first bad byte and its line."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        byte = data[error.start : error.start + 1].hex()
+        raise UserError(
+            f"{what} {path} is not UTF-8: byte 0x{byte} at offset {error.start} (line {line}); "
+            "save it as UTF-8 (editors that write Latin-1 or Windows-1252 can re-save it so)"
+        ) from None
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as `yaml.safe_load` reads it, except that a key written twice in one mapping raises `_DuplicateKey`
+    (PyYAML keeps the last one silently)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None:
+        _find_duplicate(node)
+    return yaml.safe_load(text)
+
+
 def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:
     """A YAML file that must hold a mapping (a recipe, a manifest); mistakes are one line naming the file."""
+    text = _decode(path, what)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = parse_yaml(text) or {}
+    except _DuplicateKey as twice:
+        raise UserError(
+            f"{what} {path} line {twice.again}: key '{twice.key}' appears twice in one section "
+            f"(first on line {twice.first}); keep one, since only the last would count"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -88,20 +149,62 @@ def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]
     return _deep_merge(parent_raw, raw)
 
 
+def _takes_text(parts: list[str]) -> bool:
+    """Whether the recipe field at this dotted path is a plain string (`str` or `str | None`)."""
+    model: Any = Recipe
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        choices = [a for a in typing.get_args(field.annotation) if a is not type(None)] if union else [field.annotation]
+        if i == len(parts) - 1:
+            return choices == [str]
+        sections = [a for a in choices if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(sections) != 1:
+            return False
+        model = sections[0]
+    return False
+
+
+def _override_value(key: str, parts: list[str], text: str) -> Any:
+    """The value of `--set key=text`: YAML, or the text itself for a string field when YAML reads it otherwise."""
+    if not text.strip():
+        return None
+    takes_text = _takes_text(parts)
+    try:
+        value = parse_yaml(text)
+    except (yaml.YAMLError, _DuplicateKey) as error:
+        if takes_text:
+            return text
+        problem = getattr(error, "problem", None) or "a key written twice"
+        raise UserError(
+            f"--set {key}: value {text!r} is not valid YAML ({problem}); write a number, true/false, [a, b] or "
+            f"{{k: v}}, and put text in quotes inside the shell's: --set '{key}=\"...\"'"
+        ) from None
+    if takes_text and value is not None and not isinstance(value, str):
+        return text  # `template={material} facade` or `name=2024`: the field wants the words as written
+    return value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` strings; values are parsed as YAML, types are checked by the schema."""
+    """Apply `dotted.key=value` strings; values are parsed as YAML (string fields take the text as written
+    when YAML reads something else), types are checked by the schema."""
     result = raw
     for item in overrides:
         key, sep, text = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise UserError(f"--set expects dotted.key=value, got '{item}'")
-        parts = key.strip().split(".")
+        parts = key.split(".")
+        if not all(part.strip() for part in parts) or any(part != part.strip() for part in parts):
+            raise UserError(f"--set {key}: a dotted key needs a name between every pair of dots, e.g. train.batch_size=2")
         node = result
         for i, part in enumerate(parts[:-1]):
             node = node.get(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
-        patch = yaml.safe_load(text) if text.strip() else None
+        patch = _override_value(key, parts, text)
         for part in reversed(parts):
             patch = {part: patch}
         result = _deep_merge(result, patch)  # the same rules as `extends:` (a named preset replaces its section)

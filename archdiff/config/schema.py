@@ -17,6 +17,12 @@ def _fits_vae(pixels: int) -> int:
     return pixels
 
 
+# Upper bounds checked before anything is allocated: SDXL trains at 1024 px, so 4096 px (16x its pixels, a
+# 512x512 latent whose self-attention alone needs terabytes) is already past any GPU; batches likewise.
+MAX_RESOLUTION = 4096
+MAX_BATCH_SIZE = 1024
+OUTPUT_PLACEHOLDERS = ("name",)
+
 VaePixels = Annotated[int, AfterValidator(_fits_vae)]  # a pixel size the VAE's factor-8 latents can represent
 
 
@@ -66,7 +72,9 @@ class CacheConfig(Section):
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(min_length=1, description="One or more image sources, mixed with per-source repeats.")
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
-    resolution: VaePixels = Field(512, ge=8, description="Training size: buckets hold about resolution squared pixels.")
+    resolution: VaePixels = Field(
+        512, ge=8, le=MAX_RESOLUTION, description="Training size: buckets hold about resolution squared pixels."
+    )
     buckets: BucketConfig = Field(default_factory=BucketConfig)
     center_crop: bool = True
     random_flip: bool = Field(False, description="Mirror photos at random; drawings are never mirrored.")
@@ -113,7 +121,7 @@ class LoraConfig(Section):
 
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps (after gradient accumulation).")
-    batch_size: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
     gradient_accumulation: int = Field(1, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"] = (
@@ -245,6 +253,28 @@ class Recipe(Section):
     @classmethod
     def _fill_output_name(cls, data):
         """Resolve `{name}` in `output` so the saved recipe says where the run really went."""
-        if isinstance(data, dict) and isinstance(data.get("output"), str) and "{name}" in data["output"]:
+        if isinstance(data, dict) and isinstance(data.get("output"), str) and not _output_placeholders(data["output"]):
             data = {**data, "output": data["output"].replace("{name}", str(data.get("name", "recipe")))}
         return data
+
+    @field_validator("output")
+    @classmethod
+    def _no_unknown_placeholders(cls, output: str) -> str:
+        """Whatever is left in braces after `{name}` is filled is a placeholder nothing fills."""
+        problem = _output_placeholders(output) or ("has a '{' or '}' left over" if "{" in output or "}" in output else None)
+        if problem:
+            known = ", ".join(f"{{{name}}}" for name in OUTPUT_PLACEHOLDERS)
+            raise ValueError(f"{problem}; the only placeholder is {known}")
+        return output
+
+
+def _output_placeholders(output: str) -> str | None:
+    """Why `output`'s placeholders cannot be filled (an unknown name, unbalanced braces), or None."""
+    import string
+
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(output) if name is not None]
+    except ValueError:
+        return "has unbalanced braces"
+    unknown = [name for name in names if name not in OUTPUT_PLACEHOLDERS]
+    return f"has unknown placeholder {', '.join(f'{{{name}}}' for name in unknown)}" if unknown else None

@@ -20,7 +20,7 @@ from archdiff.file_digests import file_stamp
 from archdiff.paths import cache_dir
 from archdiff.run_files import write_text_atomic
 
-SCAN_CACHE_VERSION = 1  # bump when what a scan learns about an image changes
+SCAN_CACHE_VERSION = 2  # bump when what a scan learns about an image changes
 
 KINDS = ("photo", "drawing")
 
@@ -97,7 +97,7 @@ class ScanCache:
 
     def scan(self, value: dict[str, Any], max_pixels: int) -> tuple[str, int, int]:
         """(content hash, width, height) of an image value; raises what `open_image` raises for a bad one."""
-        from archdiff.data.images import TooManyPixels, UnreadableImage, check_pixels, content_hash, open_image
+        from archdiff.data.images import HeifUnsupported, TooManyPixels, UnreadableImage, check_pixels, content_hash, open_image
 
         stamp = _file_stamp(value)
         digest = self.hashes.get(stamp) if stamp else None
@@ -112,7 +112,7 @@ class ScanCache:
         if known is None:
             try:
                 image = open_image(data if data is not None else read_image_value(value), max_pixels)
-            except TooManyPixels:
+            except (TooManyPixels, HeifUnsupported):
                 raise  # not decoded, so nothing is known yet
             except UnreadableImage as error:
                 self.results[digest] = {"error": str(error)}

@@ -7,6 +7,7 @@ arrows, so they are never mirrored and are resized with a filter that keeps 1-px
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import random
@@ -23,8 +24,35 @@ ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
 ROTATIONS = {"rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180, "rot270": Image.Transpose.ROTATE_270}
 
 
+HEIF_SUFFIXES = {".heic", ".heif"}
+HEIF_HINT = (
+    "HEIC/HEIF photo, which Pillow reads only with pillow-heif: pip install pillow-heif "
+    "(archdiff uses it once installed), or convert it to JPEG or PNG"
+)
+
+
+@functools.cache
+def heif_available() -> bool:
+    """Whether pillow-heif is installed; registers its HEIC/HEIF opener with Pillow when it is."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def _is_heif(data: bytes) -> bool:
+    """An ISO media file (HEIC/HEIF, also AVIF) by its `ftyp` box, whatever the file is called."""
+    return data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1")
+
+
 class UnreadableImage(Exception):
     """An image file that cannot be trained on; str() is a short reason for the run's data report."""
+
+
+class HeifUnsupported(UnreadableImage):
+    """A HEIC/HEIF file while pillow-heif is not installed: not cached, since installing it changes the answer."""
 
 
 class TooManyPixels(UnreadableImage):
@@ -56,6 +84,8 @@ def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not data:
         raise UnreadableImage("empty file")
+    if _is_heif(data) and not heif_available():
+        raise HeifUnsupported(HEIF_HINT)
     with _pil_pixel_guard_lifted():
         try:
             image = Image.open(io.BytesIO(data))

@@ -8,7 +8,9 @@ the whole load. Everything a folder holds that cannot become a training row is r
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,9 @@ def _check_caption_columns(label: str, columns: list[str], caption: CaptionConfi
 
 # -- local folders ------------------------------------------------------------------------------
 
+SPLIT_FOLDERS = ("train", "test", "validation", "valid", "val", "eval")  # HF imagefolder's split folder names
+CSV_DELIMITERS = ",;\t|"  # Excel writes ';' where the decimal mark is a comma
+
 
 def _load_local(folder: Path, split: str) -> tuple[Any, list[Skipped]]:
     """A `save_to_disk` folder, a Hub-style repo folder (parquet/arrow files), or an image folder."""
@@ -104,13 +109,47 @@ def _load_local(folder: Path, split: str) -> tuple[Any, list[Skipped]]:
         return _load_saved(folder, split), []
     if any(folder.glob("*.parquet")) or any(folder.glob("data/*.parquet")) or any(folder.glob("data/*.arrow")):
         return _load_hub(str(folder), split, str(folder)), []
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not images:
-        raise UserError(f"data folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    images, skipped = _image_files(folder, split)
     metadata = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
+    if not metadata and any((folder / split / name).is_file() for name in METADATA_FILES):
+        dataset, inner = _load_local(folder / split, split)  # the HF layout: train/metadata.jsonl, test/metadata.jsonl
+        outside = [p.relative_to(folder).as_posix() for p in images if p.relative_to(folder).parts[0] != split]
+        skipped += [Skipped(name, f"outside the '{split}' folder, whose metadata file lists the images") for name in outside]
+        return dataset, skipped + [Skipped(f"{split}/{item.name}", item.reason) for item in inner]
+    if not images and not skipped:
+        raise UserError(f"data folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not images:
+        reasons = "; ".join(f"{item.name}: {item.reason}" for item in skipped[:3])
+        raise UserError(f"data folder '{folder}' holds no usable images ({len(skipped)} skipped: {reasons})")
     if metadata:
-        return _load_imagefolder(folder, metadata[0], images)
-    return _load_sidecar(folder, images)
+        return _load_imagefolder(folder, metadata[0], images, skipped)
+    dataset, unreadable = _load_sidecar(folder, images)
+    return dataset, skipped + unreadable
+
+
+def _image_files(folder: Path, split: str) -> tuple[list[Path], list[Skipped]]:
+    """The image files to train on, and every image-named entry that cannot be, with the reason."""
+    from archdiff.data.images import HEIF_HINT, HEIF_SUFFIXES, heif_available
+
+    images, skipped = [], []
+    split_layout = (folder / split).is_dir()
+    for path in sorted(folder.rglob("*")):
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES | HEIF_SUFFIXES:
+            continue
+        name = path.relative_to(folder).as_posix()
+        top = path.relative_to(folder).parts[0]
+        if path.is_symlink() and not path.exists():
+            skipped.append(Skipped(name, f"dangling symlink (it points to {os.readlink(path)}, which does not exist)"))
+        elif not path.is_file():
+            continue
+        elif split_layout and top != split and top.lower() in SPLIT_FOLDERS and path.parent != folder:
+            skipped.append(Skipped(name, f"in the '{top}' split folder; this source reads split '{split}' (its `split:`)"))
+        elif suffix in HEIF_SUFFIXES and not heif_available():
+            skipped.append(Skipped(name, HEIF_HINT))
+        else:
+            images.append(path)
+    return images, skipped
 
 
 def _load_saved(folder: Path, split: str) -> Any:
@@ -124,54 +163,145 @@ def _load_saved(folder: Path, split: str) -> Any:
     return dataset
 
 
-def _metadata_rows(metadata: Path) -> list[dict[str, Any]]:
-    """The metadata file's rows, with a line-precise error for bad UTF-8 or JSON."""
+def _metadata_text(metadata: Path) -> str:
+    """The file as text, with a line-precise error for bad UTF-8; an Excel byte-order mark is dropped."""
     raw = metadata.read_bytes()
-    lines = raw.splitlines()
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(raw.splitlines(), start=1):
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as error:
             raise UserError(f"{metadata}: line {number} is not valid UTF-8 ({error.reason} at byte {error.start})") from None
-    text = raw.decode("utf-8")
-    if metadata.suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+    return raw.decode("utf-8-sig")
+
+
+def _csv_rows(metadata: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """CSV rows by line number; the delimiter is the one (of , ; tab |) that makes `file_name` a header field."""
+    header = text.split("\n", 1)[0].rstrip("\r")
+    delimiter = next((d for d in CSV_DELIMITERS if "file_name" in next(csv.reader([header], delimiter=d), [])), None)
+    if delimiter is None:
+        raise UserError(f"{metadata}: line 1 (the header) has no file_name column (it reads {header[:80]!r})")
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for row in reader:
+        if None in row:
+            raise UserError(
+                f"{metadata}: line {reader.line_num} has {len(reader.fieldnames or []) + len(row[None])} fields, "
+                f"the header {len(reader.fieldnames or [])} (delimiter {delimiter!r}); quote fields that contain it"
+            )
+        rows.append((reader.line_num, row))
+    return rows
+
+
+def _metadata_rows(metadata: Path) -> list[tuple[int, dict[str, Any]]]:
+    """The metadata file's rows with their line numbers; a line-precise error for bad UTF-8, JSON or CSV."""
+    text = _metadata_text(metadata)
+    if metadata.suffix == ".csv":
+        return _csv_rows(metadata, text)
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a caption
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise UserError(f"{metadata}: line {number} is not valid JSON ({error.msg})") from None
+            raise UserError(f"{metadata}: line {number} is not valid JSON ({error.msg} at column {error.colno})") from None
         if not isinstance(row, dict) or "file_name" not in row:
             raise UserError(f"{metadata}: line {number} has no file_name")
-        rows.append(row)
+        rows.append((number, row))
     return rows
 
 
-def _load_imagefolder(folder: Path, metadata: Path, images: list[Path]) -> tuple[Any, list[Skipped]]:
-    """HF imagefolder, after checking what it would silently skip or refuse with a vague error."""
-    from datasets import load_dataset
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+def _value_kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "text", list: "list", dict: "mapping"}.get(type(value), "text")
 
-    root = folder.resolve()
-    listed: set[Path] = set()
-    for number, row in enumerate(_metadata_rows(metadata), start=1):
-        name = str(row["file_name"])
-        target = (folder / name).resolve()
-        if Path(name).is_absolute() or not target.is_relative_to(root):
-            raise UserError(f"{metadata}: line {number}: file_name '{name}' points outside the data folder; refused")
-        if not target.is_file():
-            raise UserError(f"{metadata}: line {number}: file_name '{name}' does not exist")
-        listed.add(target)
-    skipped = [Skipped(str(p.relative_to(folder)), f"not listed in {metadata.name}") for p in images if p.resolve() not in listed]
-    disable_progress_bar()  # its "Downloading data" bars would only mislead for a local folder
+
+def _as_text(value: Any) -> str:
+    """A metadata value as text: lists joined with ', ' (as captions join them), mappings as JSON."""
+    if isinstance(value, list):
+        return ", ".join(_as_text(item) for item in value if item is not None)
+    if isinstance(value, (dict, bool)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _uniform_column(values: list[Any]) -> list[Any]:
+    """A column Arrow can hold: values of one kind stay as they are; a mix (numbers and text, a list
+    among strings, lists of mixed items) becomes text, as the caption would read it anyway."""
+    kinds = {kind for value in values if (kind := _value_kind(value))}
+    if len(kinds) > 1 or kinds == {"mapping"}:
+        return [None if value is None else _as_text(value) for value in values]
+    if kinds == {"list"}:
+        items = {kind for value in values for item in value if (kind := _value_kind(item))}
+        if len(items) > 1 or items & {"list", "mapping"}:
+            return [None if value is None else [_as_text(item) for item in value if item is not None] for value in values]
+    return values
+
+
+def _rows_dataset(metadata: Path, rows: list[tuple[int, dict[str, Any], Path]]) -> Any:
+    """The listed images and their metadata as a `datasets.Dataset` (columns as HF imagefolder names them)."""
+    from datasets import Dataset, Image
+
+    columns = list(dict.fromkeys(key for _, row, _ in rows for key in row if key != "file_name"))
+    if "image" in columns:
+        number = next(n for n, row, _ in rows if "image" in row)
+        raise UserError(f"{metadata}: line {number}: column 'image' is reserved for the file; rename it")
+    table: dict[str, list[Any]] = {"image": [str(path) for _, _, path in rows]}
+    for column in columns:
+        table[column] = _uniform_column([row.get(column) for _, row, _ in rows])
     try:
-        dataset = load_dataset("imagefolder", data_dir=str(folder), split="train")
-    finally:
-        enable_progress_bar()
-    return dataset, skipped
+        dataset = Dataset.from_dict(table)
+    except Exception as error:  # noqa: BLE001 - Arrow's type errors: say which file and column, not where in pyarrow
+        raise UserError(f"{metadata}: {_bad_column(table, rows)}cannot be read: {first_line(error)}") from None
+    return dataset.cast_column("image", Image(decode=False))
+
+
+def _bad_column(table: dict[str, list[Any]], rows: list[tuple[int, dict[str, Any], Path]]) -> str:
+    """'line N, column 'x': ' for the first value Arrow refuses on its own, or '' when only the whole table fails."""
+    import pyarrow
+
+    for column, values in table.items():
+        for (number, _, _), value in zip(rows, values, strict=True):
+            try:
+                pyarrow.array([value])
+            except Exception:  # noqa: BLE001 - any Arrow refusal
+                return f"line {number}, column '{column}' ({value!r:.60}) "
+    return ""
+
+
+def _load_imagefolder(folder: Path, metadata: Path, images: list[Path], skipped: list[Skipped]) -> tuple[Any, list[Skipped]]:
+    """Images listed by metadata.jsonl or metadata.csv (HF imagefolder's format), after checking every row."""
+    root = folder.resolve()
+    usable = {path.resolve() for path in images}
+    already = {item.name for item in skipped}
+    listed: set[Path] = set()
+    kept: list[tuple[int, dict[str, Any], Path]] = []
+    for number, row in _metadata_rows(metadata):
+        name = str(row["file_name"])
+        path, known = folder / name, Path(name).as_posix() in already
+        if Path(name).is_absolute() or not path.resolve().is_relative_to(root):
+            raise UserError(f"{metadata}: line {number}: file_name '{name}' points outside the data folder; refused")
+        if path.is_symlink() and not path.exists():
+            if not known:
+                skipped.append(Skipped(name, f"dangling symlink (it points to {os.readlink(path)}, which does not exist)"))
+            continue
+        if not path.is_file():
+            raise UserError(f"{metadata}: line {number}: file_name '{name}' does not exist")
+        if path.resolve() not in usable:
+            if not known:
+                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+                skipped.append(Skipped(name, f"listed in {metadata.name} but not an image file ({suffixes})"))
+            continue
+        listed.add(path.resolve())
+        kept.append((number, row, path))
+    unlisted = [path for path in images if path.resolve() not in listed]
+    skipped += [Skipped(path.relative_to(folder).as_posix(), f"not listed in {metadata.name}") for path in unlisted]
+    return _rows_dataset(metadata, kept), skipped
 
 
 def _load_sidecar(folder: Path, images: list[Path]) -> tuple[Any, list[Skipped]]:

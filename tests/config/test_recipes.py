@@ -176,3 +176,29 @@ def test_hub_repo_is_checked_by_the_rule_push_uses(repo):
     with pytest.raises(UserError, match="hub.repo"):
         load_recipe("demo-tiny", [f"hub.repo={repo}"])
     assert load_recipe("demo-tiny", ["hub.repo=jane/facade-lora.v2"]).hub.repo == "jane/facade-lora.v2"
+
+
+def test_set_string_fields_take_unparseable_text_as_written():
+    recipe = load_recipe("demo-tiny", ["data.caption.template={material} facade, {storeys} storeys", "name=2024"])
+    assert recipe.data.caption.template == "{material} facade, {storeys} storeys"
+    assert recipe.name == "2024" and recipe.output == "runs/2024"
+    with pytest.raises(UserError, match=r"--set train\.max_steps: value '\[1' is not valid YAML"):
+        load_recipe("demo-tiny", ["train.max_steps=[1"])
+
+
+TWICE = ["extends: demo-tiny\ntrain: {}\ntrain: {}\n", "extends: demo-tiny\nlora:\n  rank: 1\n  rank: 2\n"]
+
+
+@pytest.mark.parametrize("text", TWICE, ids=["section", "nested-key"])
+def test_duplicate_keys_are_refused(tmp_path, text):
+    (tmp_path / "twice.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"twice\.yaml line \d: key '(train|lora\.rank)' appears twice"):
+        load_recipe(str(tmp_path / "twice.yaml"))
+
+
+def test_output_placeholders_and_size_limits():
+    assert load_recipe("demo-tiny", ["output=out/{name}/x"]).output == "out/demo-tiny/x"
+    limits = [("output=runs/{run}", r"\{run\}"), ("data.resolution=65536", "4096"), ("train.batch_size=2048", "1024")]
+    for override, named in limits:
+        with pytest.raises(UserError, match=named):
+            load_recipe("demo-tiny", [override])

@@ -366,3 +366,11 @@ def test_content_hash_is_the_sha256_of_the_file_bytes(nasty_folder):
     data = (root / "plan_square_north.png").read_bytes()
     assert content_hash(data) == hashlib.sha256(data).hexdigest()
     assert content_hash(data) != content_hash((root / "plan_square_1bit.png").read_bytes())
+
+
+def test_heic_bytes_under_any_name_get_the_pillow_heif_hint(monkeypatch):
+    import archdiff.data.images as images
+
+    monkeypatch.setattr(images, "heif_available", lambda: False)
+    with pytest.raises(images.HeifUnsupported, match="pip install pillow-heif"):
+        images.open_image(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(16), 10**6)

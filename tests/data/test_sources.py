@@ -132,3 +132,58 @@ def test_unknown_source_is_a_user_error():
 def test_offline_hub_id_is_a_user_error():
     with pytest.raises(UserError, match="could not be loaded from the Hub"):
         load("nobody/no-such-dataset")
+
+
+def _three_images(folder, names=("a.png", "b.png", "c.png")):
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(folder / name)
+    return folder
+
+
+def test_excel_csv_with_bom_and_semicolons_reads_every_value(tmp_path):
+    folder = _three_images(tmp_path)
+    (folder / "metadata.csv").write_bytes(
+        b'\xef\xbb\xbffile_name;text;storeys\na.png;brick house;3\nb.png;"timber; glass";2\nc.png;stone, tower;9\n'
+    )
+    source = load(folder)
+    assert source.dataset["text"] == ["brick house", "timber; glass", "stone, tower"]
+    assert source.dataset["storeys"] == ["3", "2", "9"] and not source.skipped
+
+
+def test_mixed_metadata_columns_become_text_as_captions_read_them(tmp_path):
+    folder = _three_images(tmp_path)
+    rows = [
+        {"file_name": "a.png", "text": 12, "tags": ["brick", 3], "meta": {"id": 1}},
+        {"file_name": "b.png", "text": "brick", "tags": "gable", "meta": None},
+        {"file_name": "c.png", "text": ["stone", "tower"], "tags": None, "storeys": 4},
+    ]
+    (folder / "metadata.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    dataset = load(folder).dataset
+    assert dataset["text"] == ["12", "brick", "stone, tower"]
+    assert dataset["tags"] == ["brick, 3", "gable", None]
+    assert dataset["meta"] == ['{"id": 1}', None, None] and dataset["storeys"] == [None, None, 4]
+    assert dataset.column_names == ["image", "text", "tags", "meta", "storeys"]
+
+
+def test_split_folders_under_a_root_metadata_file(tmp_path):
+    folder = _three_images(tmp_path, ("train/a.png", "train/b.png", "test/c.png"))
+    rows = [{"file_name": name, "text": "house"} for name in ("train/a.png", "train/b.png", "test/c.png")]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = load(folder)
+    assert [value["path"][-11:] for value in source.dataset["image"]] == ["train/a.png", "train/b.png"]
+    assert [s.name for s in source.skipped] == ["test/c.png"] and "'test' split folder" in source.skipped[0].reason
+    assert len(load(folder, split="test").dataset) == 1
+
+
+def test_dangling_symlink_and_heic_are_skipped_with_reasons(tmp_path, monkeypatch):
+    import archdiff.data.images as images
+
+    monkeypatch.setattr(images, "heif_available", lambda: False)
+    folder = _three_images(tmp_path)
+    (folder / "gone.png").symlink_to("missing.png")
+    (folder / "IMG_1.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    reasons = dict((s.name, s.reason) for s in load(folder).skipped)
+    assert reasons.keys() == {"gone.png", "IMG_1.HEIC"}
+    assert "dangling symlink" in reasons["gone.png"] and "missing.png" in reasons["gone.png"]
+    assert "pip install pillow-heif" in reasons["IMG_1.HEIC"]
