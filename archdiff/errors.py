@@ -20,4 +20,3 @@ def first_line(error: BaseException) -> str:
     """A library exception as a short reason for a UserError: its first line, or its type when it says nothing."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-

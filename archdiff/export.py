@@ -8,13 +8,14 @@ adapter configs diffusers stores in its header, so alpha travels with the weight
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from archdiff.errors import UserError, first_line
-from archdiff.run_files import LORA_WEIGHTS, kohya_run_file, move_into_place, read_run_recipe, staging_dir
+from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE, kohya_run_file, move_into_place, staging_dir
 
 FORMATS = ("kohya", "diffusers", "peft", "fused")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -38,12 +39,28 @@ class RunLora:
         return {key.removeprefix(prefix): value for key, value in self.tensors.items() if key.startswith(prefix)}
 
 
+def run_recipe(run_dir: Path) -> dict:
+    """The run's recipe.yaml, checked (one line naming the file when it is broken), with the base it names."""
+    from archdiff.runs import read_recipe
+
+    path = run_dir / RECIPE_FILE
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' has no {RECIPE_FILE}, so its base model is unknown; pass a finished run folder")
+    recipe = read_recipe(path)
+    if not recipe.get("base") or not isinstance(recipe["base"], str):
+        raise UserError(f"{path} names no base model")
+    return recipe
+
+
 def read_run_lora(run_dir: Path) -> RunLora:
     from safetensors import SafetensorError, safe_open
+
+    from archdiff.model.base import safetensors_header
 
     weights = run_dir / LORA_WEIGHTS
     if not weights.is_file():
         raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing): pass a finished run folder")
+    safetensors_header(weights, str(weights))
     try:
         with safe_open(str(weights), "pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -59,7 +76,7 @@ def read_run_lora(run_dir: Path) -> RunLora:
         raise UserError(
             f"{weights} has no adapter config for {', '.join(missing)}; its alpha is unknown, so it cannot be exported"
         )
-    return RunLora(run_dir, tensors, configs, read_run_recipe(run_dir))
+    return RunLora(run_dir, tensors, configs, run_recipe(run_dir))
 
 
 def kohya_alpha(config: dict, module: str) -> float:
@@ -169,23 +186,32 @@ def write_run_kohya(run_dir: Path, base) -> Path:
 
 def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float = 1.0, overwrite: bool = False) -> Path:
     """What `archdiff export` does; every output is written beside its destination and renamed into place."""
-    from archdiff.model.base import resolve_base
+    from archdiff.model.base import resolve_base, safetensors_header
+    from archdiff.model.lora_fit import check_lora_fits
+    from archdiff.outputs import check_output
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    if not math.isfinite(scale):
+        raise UserError(f"--scale must be a finite number (got {scale}); it would write {scale} into every fused weight")
     if scale != 1.0 and fmt != "fused":
         raise UserError(
             "--scale applies only to --format fused (the other formats keep the LoRA separate: scale it when loading)"
         )
     if fmt == "kohya" and output is not None and output.suffix != ".safetensors":
         raise UserError(f"--output for a kohya file must end in .safetensors (got '{output}')")
-    lora = read_run_lora(run_dir)
-    output = output or default_output(run_dir, fmt, str(lora.recipe.get("name", run_dir.name)))
+    weights = run_dir / LORA_WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing): pass a finished run folder")
+    header = safetensors_header(weights, str(weights))  # whole files, a sound recipe, a writable output and a LoRA
+    recipe = run_recipe(run_dir)  # that fits its base: all checked before a tensor is read
+    output = output or default_output(run_dir, fmt, str(recipe.get("name", run_dir.name)))
     if output.exists() and not overwrite:
         raise UserError(f"'{output}' already exists; choose another --output, or pass --overwrite")
-    if not lora.recipe.get("base"):
-        raise UserError(f"{run_dir / 'recipe.yaml'} names no base model")
-    base = resolve_base(str(lora.recipe["base"]))
+    check_output(output, "--output", folder=fmt != "kohya", suffixes=(".safetensors",) if fmt == "kohya" else ())
+    base = resolve_base(recipe["base"])
+    check_lora_fits(header, str(weights), base)
+    lora = read_run_lora(run_dir)
     if fmt == "kohya":
         _write_kohya(lora, base.family, base_version(base.source, base.family), output)
     elif fmt == "diffusers":

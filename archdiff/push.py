@@ -52,6 +52,7 @@ def push_run(
         raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing); push the folder of a finished run")
     if not (run_dir / RECIPE_FILE).is_file():
         raise UserError(f"'{run_dir}' has no {RECIPE_FILE}, which the model card is written from; push a run folder")
+    _check_run_files(run_dir)
     retry = retry_command(run_dir, repo, private)
     if not dry_run:
         token = token or hub_token(f"then retry: {retry}")
@@ -60,6 +61,18 @@ def push_run(
     if dry_run:
         return Pushed(files, None, kept)
     return Pushed(files, _upload(files, repo, private, token, retry), kept)
+
+
+def _check_run_files(run_dir: Path) -> None:
+    """The recipe the card is written from, and the LoRA that goes up: a broken one is one line naming the file."""
+    from archdiff.model.base import safetensors_header
+    from archdiff.runs import read_recipe
+
+    recipe_path = run_dir / RECIPE_FILE
+    recipe = read_recipe(recipe_path)
+    if not recipe.get("base") or not isinstance(recipe["base"], str):
+        raise UserError(f"{recipe_path} names no base model, which the model card needs")
+    safetensors_header(run_dir / LORA_WEIGHTS, str(run_dir / LORA_WEIGHTS))
 
 
 def hub_token(hint: str) -> str:

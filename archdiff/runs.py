@@ -49,7 +49,7 @@ def summarize(run_dir: Path) -> RunSummary:
     metrics_path, recipe_path = run_dir / METRICS_FILE, run_dir / RECIPE_FILE
     if not metrics_path.is_file() and not recipe_path.is_file():
         raise UserError(f"'{run_dir}' is not a run folder: it has no {METRICS_FILE} and no {RECIPE_FILE}")
-    recipe = _read_recipe(recipe_path)
+    recipe = read_recipe(recipe_path) if recipe_path.is_file() else {}
     rows = read_metrics(run_dir)
     losses = [row["loss"] for row in rows if row.get("loss") is not None]
     val = [(row["step"], row["val_loss"]) for row in rows if row.get("val_loss") is not None]
@@ -81,15 +81,23 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         raise UserError(f"{path} is not one JSON object per line: {error}") from None
 
 
-def _read_recipe(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
+RECIPE_SECTIONS = ("data", "train", "lora", "validation", "dreambooth", "memory", "hub")
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A run folder's recipe.yaml as a mapping whose sections are mappings; anything else is one line naming the file."""
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML: {error}") from None
+        reason = " ".join(str(error).split())
+        raise UserError(f"{path} is not valid YAML ({reason}); it may be truncated or edited by hand") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} cannot be read ({error})") from None
     if not isinstance(recipe, dict):
-        raise UserError(f"{path} does not hold a recipe (a YAML mapping)")
+        raise UserError(f"{path} does not hold a recipe (a YAML mapping); it may be truncated or edited by hand")
+    for section in RECIPE_SECTIONS:
+        if recipe.get(section) is not None and not isinstance(recipe[section], dict):
+            raise UserError(f"{path}: '{section}' is not a mapping of settings; it may be truncated or edited by hand")
     return recipe
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,11 @@ from PIL.PngImagePlugin import PngInfo
 
 from archdiff.errors import UserError, first_line
 from archdiff.hub_ids import is_hub_id
-from archdiff.run_files import LORA_WEIGHTS, SAMPLES_DIR, read_run_recipe
+from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE, SAMPLES_DIR
+from archdiff.runs import read_recipe
+
+VAE_FACTOR = 8  # the VAE halves the size 3 times: image sides are multiples of 8
+MAX_SIDE = 4096  # px per side; far beyond what SD 1.x or SDXL draw well, and already tens of GB of activations
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class LoraSpec:
                 path, scale = head, float(tail)
             except ValueError:
                 pass
+            else:
+                if not math.isfinite(scale):
+                    raise UserError(f"--lora '{text}': the scale '{tail}' is not a finite number (e.g. {head}:0.8)")
         return cls(Path(path).expanduser(), scale, path if is_hub_id(path) else None)
 
     def location(self) -> tuple[str, str]:
@@ -79,12 +87,51 @@ def fetch_hub_lora(repo_id: str) -> tuple[str, str]:
     raise UserError(f"--lora '{repo_id}': expected {LORA_WEIGHTS} or a single .safetensors file in the repo (found: {found})")
 
 
+def lora_recipe(folder: Path) -> dict:
+    """A --lora run folder's recipe.yaml, checked: a broken one is one line naming the file."""
+    path = folder / RECIPE_FILE
+    if not path.is_file():
+        raise UserError(f"'{folder}' has no {RECIPE_FILE}, so its base model is unknown; pass --base")
+    return read_recipe(path)
+
+
 def run_recipe(loras: list[LoraSpec]) -> dict:
     """The first --lora run folder's recipe: it names the base and the size the LoRA was trained at."""
     for lora in loras:
         if lora.path.is_dir():
-            return read_run_recipe(lora.path)
+            return lora_recipe(lora.path)
     return {}
+
+
+def _whole(value: object, name: str, path: Path) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise UserError(f"{path}: {name} is {value!r}, not a positive whole number")
+    return value
+
+
+def check_sample_settings(
+    *, steps: int, guidance: float, num_images: int, width: int | None, height: int | None, strength: float
+) -> None:
+    """Every number `sample` takes, checked before anything loads: one line naming the value and what it must be."""
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1 (got {steps})")
+    if num_images < 1:
+        raise UserError(f"--num-images must be at least 1 (got {num_images})")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"--guidance must be a finite number, 0 or more (got {guidance})")
+    if not (math.isfinite(strength) and 0 < strength <= 1):
+        raise UserError(f"--strength must be above 0 and at most 1 (got {strength})")
+    for option, side in (("--width", width), ("--height", height)):
+        if side is None:
+            continue
+        if side <= 0:
+            raise UserError(f"{option} must be a positive multiple of {VAE_FACTOR} (got {side})")
+        if side > MAX_SIDE:
+            raise UserError(f"{option} {side} is over the limit of {MAX_SIDE} px per side")
+        if side % VAE_FACTOR:
+            lower, upper = side - side % VAE_FACTOR, side - side % VAE_FACTOR + VAE_FACTOR
+            nearest = f"{lower} or {upper}" if lower else str(upper)
+            raise UserError(f"{option} {side} is not a multiple of {VAE_FACTOR} (the VAE's factor); use {nearest}")
 
 
 def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", device: str | None = None, fuse: bool = False):
@@ -98,16 +145,23 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", devi
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
-    if family == "sdxl":
-        pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        with _quiet_loading():
+            if family == "sdxl":
+                pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(
+                    source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+                )
+    except Exception as exc:  # noqa: BLE001 - a broken or partial base (Hub cache included): one line naming it
+        raise UserError(f"base '{source}' could not be loaded: {first_line(exc)}") from None
     pipe.set_progress_bar_config(disable=True)
     names = []
     for index, lora in enumerate(loras):
         name, (where, weight_name) = f"lora{index}", lora.location()
         try:
-            pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=name)
+            with _quiet_loading():
+                pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=name)
         except Exception as exc:  # noqa: BLE001 - a wrong file, a LoRA for another base, an unreachable Hub: one line each
             reason = first_line(exc)
             raise UserError(f"--lora '{lora.path}' could not be loaded onto this base: {reason}") from None
@@ -118,6 +172,25 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", devi
             pipe.fuse_lora(adapter_names=names, lora_scale=1.0)  # the per-adapter weights are set just above
             pipe.unload_lora_weights()
     return pipe.to(device)
+
+
+@contextmanager
+def _quiet_loading():
+    """No loading bars, and no log of a failed load (diffusers logs every size mismatch before raising): a failure
+    is reported as one line from the exception, and a success says what it wrote."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
 
 
 def generate(
@@ -231,22 +304,34 @@ def sample_to_folder(
     fuse: bool = False,
 ) -> list[Path]:
     """What `archdiff sample` does: resolve everything, draw `num_images` seeds from `seed`, save."""
-    from archdiff.model.base import resolve_base
+    from archdiff.model.base import resolve_base, safetensors_header
+    from archdiff.model.lora_fit import check_lora_fits
+    from archdiff.outputs import check_output
 
+    check_sample_settings(steps=steps, guidance=guidance, num_images=num_images, width=width, height=height, strength=strength)
+    output = output or default_output(prompt)
+    check_output(output, "--output", folder=True)
     local_loras = [lora.local() for lora in loras]  # every --lora is checked (and fetched) before a model loads
     recipe = run_recipe(loras)
+    recipe_path = next((lora.path / RECIPE_FILE for lora in loras if lora.path.is_dir()), None)
     base_name = base or recipe.get("base")
     if not base_name:
-        raise UserError("no --base given and no --lora run folder to take it from; pass --base (e.g. --base tiny-sd15)")
-    data = recipe.get("data", {})
-    resolution = data.get("resolution")
+        where = f"{recipe_path} names no base model" if recipe_path else "no --base given and no --lora run folder to name it"
+        raise UserError(f"{where}; pass --base (e.g. --base tiny-sd15)")
+    base_name = str(base_name)
+    data = recipe.get("data") or {}
+    resolution = _whole(data.get("resolution"), "data.resolution", recipe_path)
     start = None
     if init_image is not None:
-        step = data.get("buckets", {}).get("step", 64)
+        step = _whole((data.get("buckets") or {}).get("step", 64), "data.buckets.step", recipe_path)
         start = init_image_for(init_image, width, height, resolution or 512, step)
     elif width is None and height is None:
         width = height = resolution
+    headers = [safetensors_header(lora.path, f"--lora '{lora.path}'") for lora in local_loras]  # whole files only
     resolved = resolve_base(base_name)
+    for spec, header in zip(loras, headers, strict=True):
+        recipe_base = lora_recipe(spec.path).get("base") if spec.path.is_dir() else None
+        check_lora_fits(header, f"--lora '{spec.path}'", resolved, str(recipe_base) if recipe_base else None)
     pipe = load_pipeline(resolved.source, local_loras, resolved.family, fuse=fuse)
     if start is not None:
         from diffusers import AutoPipelineForImage2Image
@@ -258,7 +343,7 @@ def sample_to_folder(
     settings = {"prompt": prompt, "base": base_name, "lora": [lora.label for lora in loras], "steps": steps, "guidance": guidance}
     if start is not None:
         settings.update(init_image=str(init_image), strength=strength)
-    return save_images(images, seeds, settings, output or default_output(prompt))
+    return save_images(images, seeds, settings, output)
 
 
 def training_pipeline(source: str, components, unet):

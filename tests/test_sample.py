@@ -194,3 +194,22 @@ def test_hub_lora_from_the_hf_cache_draws_like_the_run_folder(small_lora_runs, t
     local = sample_to_folder("a tower", None, [LoraSpec(run_dir)], output=tmp_path / "run-out", **common)
     assert np.array_equal(np.asarray(Image.open(hub[0])), np.asarray(Image.open(local[0])))
     assert json.loads(Image.open(hub[0]).text["lora"]) == ["someone/facade-lora:1"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"width": 65}, r"--width 65 is not a multiple of 8 \(the VAE's factor\); use 64 or 72"),
+        ({"height": 30000}, "--height 30000 is over the limit of 4096 px per side"),
+        ({"steps": 0}, r"--steps must be at least 1 \(got 0\)"),
+        ({"guidance": float("inf")}, r"--guidance must be a finite number, 0 or more \(got inf\)"),
+        ({"strength": 0.0}, r"--strength must be above 0 and at most 1 \(got 0.0\)"),
+    ],
+)
+def test_sample_settings_are_checked_before_anything_loads(settings, says):
+    from archdiff.sample import check_sample_settings
+
+    values = {"steps": 1, "guidance": 7.5, "num_images": 1, "width": 64, "height": 64, "strength": 0.6} | settings
+    with pytest.raises(UserError, match=says):
+        check_sample_settings(**values)
+    check_sample_settings(**(values | {key: {"guidance": 0.0, "strength": 1.0}.get(key, 8) for key in settings}))

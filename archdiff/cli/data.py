@@ -76,16 +76,20 @@ def inspect_command(
 
     Before a long run: skipped files, sizes, aspect ratios, buckets, captions and duplicates.
     """
+    from archdiff.data.inspect.picks import safe_name
+    from archdiff.outputs import IMAGE_SUFFIXES, check_output
+
+    output = output or Path("runs/inspect") / safe_name(data) / "contact-sheet.png"
+    check_output(output, "--output", folder=False, suffixes=IMAGE_SUFFIXES)
     cfg = _data_config(data, recipe)
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
-    from archdiff.data.inspect.picks import safe_name
     from archdiff.data.inspect.sheet import contact_sheet
     from archdiff.data.inspect.stats import format_report, inspect_data
 
     report = inspect_data(cfg)
-    sheet = contact_sheet(report, output or Path("runs/inspect") / safe_name(data) / "contact-sheet.png", sheet_size)
+    sheet = contact_sheet(report, output, sheet_size)
     typer.echo(format_report(report))
     typer.echo(f"contact sheet: {sheet}")
 
@@ -102,12 +106,16 @@ def check_vae_command(
 
     Detail the VAE loses, a LoRA cannot learn.
     """
+    from archdiff.data.inspect.picks import safe_name
+    from archdiff.outputs import check_output
+
+    output = output or Path("runs/check-vae") / safe_name(data)
+    check_output(output, "--output", folder=True)
     cfg = _data_config(data, recipe)
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
-    from archdiff.data.inspect.picks import safe_name
     from archdiff.data.inspect.vae_check import check_vae, format_vae_report
 
-    report = check_vae(cfg, base, output or Path("runs/check-vae") / safe_name(data), limit)
+    report = check_vae(cfg, base, output, limit)
     typer.echo(format_vae_report(report))

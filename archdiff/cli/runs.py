@@ -18,8 +18,11 @@ def show(
 
     Works on finished, stopped and still-running runs.
     """
+    from archdiff.outputs import IMAGE_SUFFIXES, check_output
     from archdiff.runs import format_summary, plot_losses, read_metrics, summarize
 
+    if plot is not None:
+        check_output(plot, "--plot", folder=False, suffixes=IMAGE_SUFFIXES)
     summary = summarize(run)
     chart = plot_losses(read_metrics(run), plot, f"{summary.name}: loss by step") if plot else None
     typer.echo(format_summary(summary))

@@ -19,15 +19,13 @@ def sample(
     ),
     fuse: bool = typer.Option(False, "--fuse", help="Merge the weighted LoRAs into the base weights: faster steps, same images."),
     init_image: Path = typer.Option(None, "--init-image", help="Start from this sketch or photo (img2img)."),
-    strength: float = typer.Option(
-        0.6, "--strength", min=0.01, max=1.0, help="With --init-image: how far to move away from it (1 = ignore it)."
-    ),
-    steps: int = typer.Option(25, "--steps", min=1, help="Denoising steps."),
-    guidance: float = typer.Option(7.5, "--guidance", min=0.0, help="Classifier-free guidance scale."),
+    strength: float = typer.Option(0.6, "--strength", help="With --init-image: how far to move away from it (1 = ignore it)."),
+    steps: int = typer.Option(25, "--steps", help="Denoising steps."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image; image i uses seed + i."),
-    num_images: int = typer.Option(4, "--num-images", "-n", min=1, help="How many images."),
-    width: int = typer.Option(None, "--width", min=8, help="Width in pixels (default: the run's resolution)."),
-    height: int = typer.Option(None, "--height", min=8, help="Height in pixels (default: the run's resolution)."),
+    num_images: int = typer.Option(4, "--num-images", "-n", help="How many images."),
+    width: int = typer.Option(None, "--width", help="Width in pixels, a multiple of 8 (default: the run's resolution)."),
+    height: int = typer.Option(None, "--height", help="Height in pixels, a multiple of 8 (default: the run's resolution)."),
     output: Path = typer.Option(None, "--output", "-o", help="Folder for the images (default: samples/<time>-<prompt>)."),
 ) -> None:
     """Draw images with a base model and LoRAs (also img2img).

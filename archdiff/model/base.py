@@ -53,7 +53,9 @@ def _built_base(name: str, prefix: str) -> BaseModel:
     return BaseModel(name, str(folder), _family(json.loads((folder / "model_index.json").read_text()), name))
 
 
-def _family(model_index: dict[str, Any], name: str) -> str:
+def _family(model_index: Any, name: str) -> str:
+    if not isinstance(model_index, dict):
+        raise UserError(f"base '{name}': model_index.json does not hold a JSON object; download the base again")
     pipeline_class = model_index.get("_class_name", "?")
     if pipeline_class not in _PIPELINE_FAMILIES:
         raise UserError(
@@ -100,11 +102,61 @@ def resolve_base(name: str) -> BaseModel:
         index = path / "model_index.json"
         if not index.is_file():
             raise UserError(f"base folder '{name}' is not a diffusers pipeline (no model_index.json); {_OFFLINE_HINT}")
-        return BaseModel(name, str(path), _family(json.loads(index.read_text()), name))
+        model_index = read_json(index, f"base '{name}': model_index.json")
+        family = _family(model_index, name)
+        check_base_files(path, model_index, name)
+        return BaseModel(name, str(path), family)
     if not is_hub_id(name):
         found = "is not a folder" if path.exists() else "does not exist"
         raise UserError(f"base '{name}' {found} and is no Hub model id (owner/name); {_OFFLINE_HINT}")
     return BaseModel(name, name, _family(_hub_model_index(name), name))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file, or one line naming it: a half-downloaded config is bad input, not a bug."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{what} is not readable JSON ({first_line(error)}); it may be truncated") from None
+
+
+_UNUSED_PARTS = {"safety_checker", "feature_extractor", "image_encoder"}  # archdiff loads pipelines without them
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def safetensors_header(path: Path, what: str) -> dict[str, Any]:
+    """A .safetensors file's header (tensor names, dtypes, shapes, `__metadata__`), checked against the file size
+    without loading a tensor: a truncated or half-downloaded file is named here, not deep inside a library."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > min(size - 8, _MAX_HEADER):
+                raise ValueError(f"{size} bytes, too short for the header it announces")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise UserError(f"{what} is not a readable safetensors file ({first_line(error)}); it may be truncated") from None
+    if 8 + length + end != size:
+        raise UserError(f"{what} is truncated or damaged: {size} bytes, its header describes {8 + length + end}")
+    return header
+
+
+def check_base_files(folder: Path, model_index: dict[str, Any], name: str) -> None:
+    """Every part model_index.json lists is there, its JSON files parse and its weights are whole (headers only)."""
+    for part, spec in model_index.items():
+        if part.startswith("_") or part in _UNUSED_PARTS or not (isinstance(spec, list) and len(spec) == 2 and all(spec)):
+            continue
+        subfolder = folder / part
+        if not subfolder.is_dir():
+            raise UserError(f"base '{name}' has no {part}/ folder, which its model_index.json lists; download it again")
+        for path in sorted(subfolder.iterdir()):
+            if path.suffix == ".json":
+                read_json(path, f"base '{name}': {part}/{path.name}")
+            elif path.suffix == ".safetensors":
+                safetensors_header(path, f"base '{name}': {part}/{path.name}")
 
 
 @dataclass
@@ -199,6 +251,15 @@ def component_folder(source: str, subfolder: str) -> Path:
 
 
 def load_components(base: BaseModel) -> Components:
+    try:
+        return _load_components(base)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a broken or partial base (Hub cache included) is one line naming it
+        raise UserError(f"base '{base.name}' could not be loaded: {first_line(error)}") from None
+
+
+def _load_components(base: BaseModel) -> Components:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 

@@ -155,3 +155,37 @@ def test_random_base_names_resolve_and_unknown_ones_are_refused(tmp_path, monkey
     assert resolve_base("random-sdxl").source == base.source and len(built) == 1, "built once"
     with pytest.raises(UserError, match="unknown random base 'random-sd3'; choose one of: random-sd15, random-sd2v, random-sdxl"):
         resolve_base("random-sd3")
+
+
+def test_safetensors_header_names_a_truncated_file_without_loading_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from archdiff.model.base import safetensors_header
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(64, 64), "b": torch.ones(3)}, str(path))
+    header = safetensors_header(path, "the weights")
+    assert header["a"]["shape"] == [64, 64] and header["b"]["dtype"] == "F32"
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-100])
+    with pytest.raises(UserError, match=r"the weights is truncated or damaged: \d+ bytes, its header describes \d+"):
+        safetensors_header(path, "the weights")
+    path.write_bytes(whole[:5])
+    with pytest.raises(UserError, match="the weights is not a readable safetensors file .*it may be truncated"):
+        safetensors_header(path, "the weights")
+
+
+def test_lora_family_from_its_header_alone():
+    from archdiff.model.lora_fit import context_width, lora_family
+
+    def down(width):
+        return {"shape": [4, width], "dtype": "F32", "data_offsets": [0, 0]}
+
+    sd15 = {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": down(768)}
+    kohya_xl = {"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": down(2048)}
+    assert (context_width(sd15), lora_family(sd15)) == (768, "sd15")
+    assert (context_width(kohya_xl), lora_family(kohya_xl)) == (2048, "sdxl")
+    assert lora_family({"__metadata__": {"ss_base_model_version": "sdxl_base_v1-0"}}) == "sdxl"
+    assert lora_family({"lora_te2_text_model_x.lora_down.weight": down(8)}) == "sdxl"
+    assert lora_family({"x.lora_A.weight": down(32)}) is None, "a width no real base has says nothing"
+    assert lora_family({}, recipe_base="tiny-sdxl") == "sdxl", "the run's recipe names its base first"

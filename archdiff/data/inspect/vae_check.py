@@ -129,13 +129,14 @@ def check_vae(cfg: DataConfig, base_name: str, folder: Path, limit: int | None =
     Writes a before/after PNG into `folder` for each flagged image and the WORST_SHOWN worst others,
     replacing the comparisons of an earlier check there.
     """
+    from archdiff.model.base import resolve_base
+
+    base = resolve_base(base_name)  # a broken base is named before torch and diffusers load
+
     import torch
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
 
-    from archdiff.model.base import resolve_base
-
-    base = resolve_base(base_name)
     catalog = build_catalog(cfg)
     records = [catalog.records[i] for i in spread(limit or len(catalog.records), len(catalog.records))]
     vae = AutoencoderKL.from_pretrained(base.source, subfolder="vae").to("cuda" if torch.cuda.is_available() else "cpu").eval()
