@@ -116,7 +116,6 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         for encoder in _read_base(recipe.base, lambda _: components.text_encoders):
             attach_text_encoder_lora(encoder, recipe.lora.text_encoder)
             cast_training_params(encoder, dtype=torch.float32)
-    apply_memory_options(components.unet, recipe.memory)
 
     metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
     if main:
@@ -141,6 +140,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     class_set = None
     if recipe.dreambooth and recipe.dreambooth.class_prompt:
         class_set = _class_set(recipe, data, train_samples, base.source, components, accelerator, run_dir)
+    apply_memory_options(components.unet, recipe.memory)  # after the class images, drawn by the plain UNet
     if main:
         origin = "the recipe" if recipe.train.prediction_type else "the base's scheduler"
         print(f"target: {prediction_type(recipe, components.noise_scheduler)} (from {origin})")

@@ -120,6 +120,7 @@ def test_resuming_a_finished_run_writes_the_missing_lora(archdiff, earlier, fini
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert f"finished at step {STEPS} without its {', '.join(lost)}: writing them now" in done.stdout
+    assert "the final outputs were written from the last checkpoint" in done.stdout
     for name in (LORA, KOHYA):
         assert same_tensors(earlier / name, finished / name), name
     assert tree_digest(earlier / "checkpoints") == checkpoints
