@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 RECIPE_FILE = "recipe.yaml"
@@ -54,6 +54,17 @@ def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
         )
 
 
+def check_output_folder(folder: Path) -> None:
+    """The run folder can be created and written: a file in the way or a read-only parent is named before any work."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"output '{folder}' is a file, not a folder; choose another --output")
+    existing = next(parent for parent in [folder, *folder.parents] if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"output '{folder}' cannot be created: '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output '{folder}' cannot be written: no write permission in '{existing}'")
+
+
 def claim_run_dir(folder: Path) -> None:
     """Create the run folder for a new run: an earlier run's metrics, checkpoints, logs and samples go
     (so `--resume latest` can never pick up another run's state); files archdiff did not write stay."""
@@ -61,6 +72,18 @@ def claim_run_dir(folder: Path) -> None:
     (folder / METRICS_FILE).unlink(missing_ok=True)
     for entry in (CHECKPOINTS_DIR, LOGS_DIR, SAMPLES_DIR):
         shutil.rmtree(folder / entry, ignore_errors=True)
+
+
+def save_errors() -> tuple[type[BaseException], ...]:
+    """What writing weights raises when the disk fills: torch and safetensors do not raise OSError."""
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
+def save_error_reason(error: BaseException) -> str:
+    """A full disk as `No space left on device` whichever layer noticed it (OSError, torch, safetensors)."""
+    return getattr(error, "strerror", None) or first_line(error)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -127,7 +150,17 @@ class MetricsLog:
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        """Every row; a last line cut short (the run was killed mid-write) is dropped, damage elsewhere is named."""
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if number == len(lines):
+                    break
+                raise UserError(f"{path} line {number} is not JSON: {line[:60]!r}") from None
+        return rows
 
     @staticmethod
     def read_if_exists(path: Path | None) -> list[dict[str, Any]]:

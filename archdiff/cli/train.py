@@ -72,7 +72,10 @@ def train(
         raise typer.Exit(128 + stop.signal_number) from None
     if not result.main:
         return
-    typer.echo(f"done: {result.steps_trained} steps at {result.steps_per_second:.1f} steps/s")
+    if result.steps_trained:
+        typer.echo(f"done: {result.steps_trained} steps at {result.steps_per_second:.1f} steps/s")
+    else:
+        typer.echo("done: nothing left to train; the final outputs were written from the last checkpoint")
     if result.first_val_loss is not None and result.final_val_loss is not None:
         ratio = result.final_val_loss / result.first_val_loss
         typer.echo(

@@ -67,19 +67,24 @@ def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), sdxl: bool 
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from archdiff.run_files import save_error_reason, save_errors
+
     text_encoder_parts = {}
     if cfg.text_encoder is not None:
         metadata = peft_config(cfg.text_encoder).to_dict()
         for prefix, encoder in zip(("text_encoder", "text_encoder_2"), text_encoders, strict=False):
             text_encoder_parts[f"{prefix}_lora_layers"] = lora_state_dict(encoder)
             text_encoder_parts[f"{prefix}_lora_adapter_metadata"] = metadata
-    with staging_dir(folder) as staging:
-        pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-        pipeline_class.save_lora_weights(
-            staging,
-            unet_lora_layers=lora_state_dict(unet),
-            unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
-            **text_encoder_parts,
-        )
-        move_into_place(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
+    try:
+        with staging_dir(folder) as staging:  # removed whatever happens: a failed save leaves no half file behind
+            pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+            pipeline_class.save_lora_weights(
+                staging,
+                unet_lora_layers=lora_state_dict(unet),
+                unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
+                **text_encoder_parts,
+            )
+            move_into_place(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
+    except save_errors() as error:  # a full disk reaches us as OSError, torch's RuntimeError or SafetensorError
+        raise UserError(f"could not save the LoRA to {folder / LORA_WEIGHTS}: {save_error_reason(error)}") from None
     return folder / LORA_WEIGHTS

@@ -10,12 +10,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from archdiff.errors import UserError, first_line
-from archdiff.run_files import CHECKPOINT_PREFIX, CHECKPOINT_STATE, CHECKPOINTS_DIR, complete_checkpoints
+from archdiff.run_files import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINT_STATE,
+    CHECKPOINTS_DIR,
+    complete_checkpoints,
+    save_error_reason,
+    save_errors,
+)
 
 ADAPTER_FILE = "adapter.safetensors"
 TEXT_ENCODER_ADAPTER_FILES = ("text_encoder_adapter.safetensors", "text_encoder_2_adapter.safetensors")  # SDXL has two
@@ -57,6 +65,10 @@ def read_state(checkpoint: Path) -> TrainerState:
     return TrainerState(data["step"], data["batches"], data["recipe"])
 
 
+class UnsafeCheckpoint(UserError):
+    """A checkpoint pickle that would run code when loaded: refused outright, never skipped for an older one."""
+
+
 def check_safe_to_load(checkpoint: Path) -> None:
     """Open every pickle accelerate will read (optimizer, LR schedule, scaler, RNG states) as tensors and plain
     data only (`weights_only=True`), before accelerate does: a crafted file runs no code, and a damaged or
@@ -68,24 +80,76 @@ def check_safe_to_load(checkpoint: Path) -> None:
         raise UserError(f"{checkpoint} has no {RNG_STATE_NAME}_0.pkl: without its random state the run cannot continue exactly")
     for path in [*sorted(checkpoint.glob("*.bin")), *random_states]:
         try:
-            load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about a pickle protocol before it refuses the file
+                warnings.simplefilter("ignore")
+                load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - pickle, zip and torch errors alike: one line naming the file
-            raise UserError(f"{path} is damaged or holds more than tensors and plain data ({first_line(error)})") from None
+            kind = UnsafeCheckpoint if _calls_code(path) else UserError
+            raise kind(f"{path} is damaged or holds more than tensors and plain data ({first_line(error)})") from None
 
 
-def find_checkpoint(spec: str, run_dir: Path) -> Path:
-    """`latest` (in the recipe's output folder), a checkpoint folder, or a run folder (its latest)."""
+def _calls_code(path: Path) -> bool:
+    """A complete bare pickle (torch.save writes zip archives) that imports or calls something: planted, not damaged."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        opcodes = {opcode.name for opcode, _, _ in pickletools.genops(path.read_bytes())}
+    except Exception:  # noqa: BLE001 - an opcode stream that does not parse is damage
+        return False
+    return bool(opcodes & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"})
+
+
+def verify_checkpoint(checkpoint: Path) -> TrainerState:
+    """Every file a resume reads, read once here: a damaged or missing one is a UserError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        state = read_state(checkpoint)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{checkpoint / CHECKPOINT_STATE} is damaged ({first_line(error)})") from None
+    required = ["optimizer.bin", "scheduler.bin", ADAPTER_FILE]
+    if (state.recipe.get("lora") or {}).get("text_encoder"):
+        required.append(TEXT_ENCODER_ADAPTER_FILES[0])
+    missing = [name for name in required if not (checkpoint / name).is_file()]
+    if missing:
+        raise UserError(f"{checkpoint} is missing {', '.join(missing)}")
+    for path in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            load_file(path)
+        except Exception as error:  # noqa: BLE001 - SafetensorError, OSError: one line naming the file
+            raise UserError(f"{path} is damaged ({first_line(error)})") from None
+    check_safe_to_load(checkpoint)
+    return state
+
+
+def find_checkpoint(spec: str, run_dir: Path) -> tuple[Path, TrainerState, list[str]]:
+    """`latest` (in the recipe's output folder), a checkpoint folder, or a run folder (its latest intact one).
+
+    Returns the checkpoint, its state, and one line for each newer checkpoint passed over as damaged.
+    A checkpoint named explicitly must be intact; a pickle that would run code is never passed over.
+    """
     if spec != "latest":
         path = Path(spec).expanduser()
         if (path / CHECKPOINT_STATE).is_file():
-            return path
+            return path, verify_checkpoint(path), []
         if not path.is_dir():
             raise UserError(f"--resume {spec}: no such folder")
         run_dir = path
     found = complete_checkpoints(run_dir)
     if not found:
         raise UserError(f"--resume {spec}: no complete checkpoint in {run_dir / CHECKPOINTS_DIR}")
-    return found[-1]
+    skipped: list[str] = []
+    for checkpoint in reversed(found):
+        try:
+            return checkpoint, verify_checkpoint(checkpoint), skipped
+        except UnsafeCheckpoint:
+            raise
+        except UserError as damage:
+            skipped.append(str(damage))
+    raise UserError(f"--resume {spec}: no intact checkpoint in {run_dir / CHECKPOINTS_DIR}; the newest: {skipped[0]}")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -155,12 +219,12 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainerState, limit: int)
             (partial / CHECKPOINT_STATE).write_text(json.dumps(state.__dict__, indent=1), encoding="utf-8")
             shutil.rmtree(final, ignore_errors=True)  # a step saved twice (Ctrl-C right after a checkpoint)
             os.replace(partial, final)
-    except OSError as error:
+    except save_errors() as error:
         if main:
             shutil.rmtree(partial, ignore_errors=True)
         previous = complete_checkpoints(run_dir)
         kept = f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
-        raise UserError(f"could not save the checkpoint for step {state.step}: {error.strerror or error}; {kept}") from None
+        raise UserError(f"could not save the checkpoint for step {state.step}: {save_error_reason(error)}; {kept}") from None
     accelerator.wait_for_everyone()
     if main:
         for old in complete_checkpoints(run_dir)[:-limit]:

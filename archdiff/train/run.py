@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archdiff.config import Recipe, dump_recipe
-from archdiff.errors import UserError
+from archdiff.errors import UserError, first_line
 from archdiff.run_files import (
     DATA_FILE,
     LOGS_DIR,
@@ -19,17 +19,18 @@ from archdiff.run_files import (
     RECIPE_FILE,
     SAMPLES_DIR,
     MetricsLog,
+    check_output_folder,
     claim_run_dir,
     refuse_earlier_run,
+    save_error_reason,
+    save_errors,
     write_text_atomic,
 )
 from archdiff.train.checkpoints import (
     AlreadyFinished,
     check_resumable,
-    check_safe_to_load,
     checkpoint_name,
     find_checkpoint,
-    read_state,
 )
 from archdiff.train.dreambooth import ClassBatches, class_data, class_targets, ensure_class_images, instance_data
 
@@ -53,6 +54,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.training_utils import cast_training_params
+    from transformers.utils import logging as transformers_logging
 
     from archdiff.data.cache import build_caches
     from archdiff.data.catalog import build_catalog, split_holdout
@@ -69,7 +71,8 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     cuda = torch.cuda.is_available()
     check_memory_options(recipe.memory, cuda)
     check_trackers(recipe)
-    base = resolve_base(recipe.base)
+    base = _read_base(recipe.base, resolve_base)
+    _read_base(recipe.base, lambda _: check_weight_files(base.source))
     check_family_options(recipe, base.family)
     check_cache_options(recipe)
     data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
@@ -78,16 +81,17 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     train_samples = expand_samples(train_records, data, train=True)
     holdout_samples = expand_samples(holdout_records, data, train=False)
     run_dir = Path(recipe.output)
-    checkpoint = None
+    check_output_folder(run_dir)
+    checkpoint, passed_over, missing = None, [], []
     if resume:
-        checkpoint = find_checkpoint(resume, run_dir)
-        state = read_state(checkpoint)
+        checkpoint, state, passed_over = find_checkpoint(resume, run_dir)
         check_resumable(state, recipe.model_dump(mode="json"), checkpoint)
-        check_safe_to_load(checkpoint)
         if state.step >= recipe.train.max_steps:
-            raise AlreadyFinished(
-                f"{run_dir} already finished at step {state.step} of {recipe.train.max_steps}: nothing to train"
-            )
+            missing = missing_final_outputs(recipe, run_dir)
+            if not missing:
+                raise AlreadyFinished(
+                    f"{run_dir} already finished at step {state.step} of {recipe.train.max_steps}: nothing to train"
+                )
     else:
         refuse_earlier_run(run_dir, overwrite)
 
@@ -99,10 +103,28 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         project_dir=str(run_dir / LOGS_DIR),
     )
     main = accelerator.is_main_process
+
+    # 2. model: frozen base in the training dtype, trainable LoRA in fp32; loaded (and the LoRA attached)
+    # before the output folder is touched, so a damaged base or a LoRA that matches nothing destroys nothing
+    set_seed(recipe.train.seed)
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above an error's one line
+    components = _read_base(recipe.base, lambda _: load_components(base))
+    components.place(accelerator.device, weight_dtype(recipe.memory))
+    attach_lora(components.unet, recipe.lora)
+    cast_training_params(components.unet, dtype=torch.float32)
+    if recipe.lora.text_encoder:
+        for encoder in _read_base(recipe.base, lambda _: components.text_encoders):
+            attach_text_encoder_lora(encoder, recipe.lora.text_encoder)
+            cast_training_params(encoder, dtype=torch.float32)
+
     metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
     if main:
+        for line in passed_over:
+            print(f"archdiff: passed over a damaged checkpoint: {line}")
         action = f"resuming '{recipe.name}' from {checkpoint}" if checkpoint else f"training '{recipe.name}'"
         print(f"archdiff: {action} on {recipe.base} -> {run_dir}")
+        if missing:
+            print(f"archdiff: {run_dir} finished at step {state.step} without its {', '.join(missing)}: writing them now")
         summary = data_summary(catalog, train_samples, holdout_samples)
         print(summary)
         if checkpoint:
@@ -115,21 +137,10 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         (run_dir / LOGS_DIR).mkdir(exist_ok=True)
     # The recipe as the run's hyperparameters; wandb writes into the run folder (by default it uses ./wandb).
     accelerator.init_trackers(recipe.name, tracker_config(recipe), init_kwargs={"wandb": {"dir": str(run_dir / LOGS_DIR)}})
-    set_seed(recipe.train.seed)
-
-    # 2. model: frozen base in the training dtype, trainable LoRA in fp32
-    components = load_components(base)
-    components.place(accelerator.device, weight_dtype(recipe.memory))
     class_set = None
     if recipe.dreambooth and recipe.dreambooth.class_prompt:
         class_set = _class_set(recipe, data, train_samples, base.source, components, accelerator, run_dir)
-    attach_lora(components.unet, recipe.lora)
-    cast_training_params(components.unet, dtype=torch.float32)
-    if recipe.lora.text_encoder:
-        for encoder in components.text_encoders:
-            attach_text_encoder_lora(encoder, recipe.lora.text_encoder)
-            cast_training_params(encoder, dtype=torch.float32)
-    apply_memory_options(components.unet, recipe.memory)
+    apply_memory_options(components.unet, recipe.memory)  # after the class images, drawn by the plain UNet
     if main:
         origin = "the recipe" if recipe.train.prediction_type else "the base's scheduler"
         print(f"target: {prediction_type(recipe, components.noise_scheduler)} (from {origin})")
@@ -184,6 +195,53 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     )
 
 
+def _read_base(name: str, read):
+    """`read(name)`, with whatever a damaged or half-downloaded base makes the libraries raise as one line."""
+    try:
+        return read(name)
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - json, safetensors, torch and diffusers errors alike
+        raise UserError(f"base '{name}' could not be loaded: {first_line(error)}") from None
+
+
+def check_weight_files(source: str) -> None:
+    """Open the header of every weights file and parse every JSON file in a local base folder (milliseconds):
+    a truncated download of a part that loads later (VAE, text encoder) fails now, before the output folder is touched."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return  # a Hub id: the files arrive through from_pretrained, which checks them
+    for path in sorted(folder.glob("*/*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise UserError(f"base '{source}': {path} is damaged ({first_line(error)})") from None
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        weights = [*(folder / part).glob("*.safetensors"), *(folder / part).glob("*.bin")]
+        if (folder / part).is_dir() and not weights:
+            raise UserError(f"base '{source}': {folder / part} holds no weights file (an incomplete download?)")
+    for path in sorted(folder.glob("*/*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as error:  # noqa: BLE001 - SafetensorError: cut short or not safetensors
+            raise UserError(f"base '{source}': {path} is damaged or cut short ({first_line(error)})") from None
+
+
+def missing_final_outputs(recipe: Recipe, run_dir: Path) -> list[str]:
+    """What a finished run writes after its last checkpoint and does not have (it was killed in between)."""
+    from archdiff.run_files import LORA_WEIGHTS, kohya_run_file
+
+    wanted = [run_dir / LORA_WEIGHTS, kohya_run_file(run_dir, recipe.name)]
+    if recipe.validation.prompts:
+        wanted.append(run_dir / SAMPLES_DIR / f"{checkpoint_name(recipe.train.max_steps)}.png")
+    return [path.name for path in wanted if not path.is_file()]
+
+
 def save_run_lora(unet, recipe: Recipe, base, run_dir: Path, text_encoders, sdxl: bool) -> Path:
     """The diffusers LoRA, then the kohya file beside it that ComfyUI and A1111 load completely (the same
     bytes `archdiff export --format kohya` writes)."""
@@ -191,7 +249,10 @@ def save_run_lora(unet, recipe: Recipe, base, run_dir: Path, text_encoders, sdxl
     from archdiff.model.lora import save_lora
 
     lora_file = save_lora(unet, recipe.lora, run_dir, text_encoders, sdxl=sdxl)
-    write_run_kohya(run_dir, base)
+    try:
+        write_run_kohya(run_dir, base)
+    except save_errors() as error:
+        raise UserError(f"could not save the kohya LoRA beside {lora_file}: {save_error_reason(error)}") from None
     return lora_file
 
 
@@ -213,10 +274,12 @@ def _class_set(recipe: Recipe, data, train_samples, source: str, components, acc
     from archdiff.sample import training_pipeline
 
     targets = class_targets([s.bucket for s in train_samples], recipe.dreambooth.class_images, recipe.train.batch_size)
+    components.unet.disable_adapters()  # the untouched base draws them (the new LoRA is already attached)
     with accelerator.main_process_first(), accelerator.autocast():
         pipe = training_pipeline(source, components, components.unet)
         drawn = ensure_class_images(recipe.dreambooth, targets, pipe, components.fingerprint("unet"))
     del pipe
+    components.unet.enable_adapters()
     free_memory()  # the class images are on disk: the pipeline's activations would only crowd training
     class_cfg = class_data(data, drawn.folder)
     class_catalog = build_catalog(class_cfg)

@@ -48,3 +48,32 @@ def test_resuming_a_checkpoint_with_planted_code_refuses_before_running_it(tmp_p
     with pytest.raises(UserError, match=r"random_states_0.pkl is damaged or holds more than tensors and plain data"):
         run(more, resume="latest")
     assert not marker.exists(), "nothing in the checkpoint was executed"
+
+
+def test_planted_code_is_told_from_damage(tmp_path):
+    """Damage lets `--resume latest` fall back to an older checkpoint; planted code never does."""
+    from archdiff.train.checkpoints import UnsafeCheckpoint
+
+    checkpoint = tmp_path / "step-000002"
+    checkpoint.mkdir()
+    (checkpoint / "random_states_0.pkl").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UserError, match="random_states_0.pkl is damaged") as damaged:
+        check_safe_to_load(checkpoint)
+    assert not isinstance(damaged.value, UnsafeCheckpoint)
+    (checkpoint / "random_states_0.pkl").write_bytes(pickle.dumps({"payload": Planted(tmp_path / "code-ran")}))
+    with pytest.raises(UnsafeCheckpoint):
+        check_safe_to_load(checkpoint)
+    assert not (tmp_path / "code-ran").exists()
+
+
+def test_metrics_drop_a_half_written_last_line_and_name_damage_elsewhere(tmp_path):
+    from archdiff.run_files import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "lo')
+    assert MetricsLog.read(path) == [{"step": 0}, {"step": 1}]
+    MetricsLog(path).keep_until(5)
+    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
+    path.write_text('{"step": 0}\n{"st\n{"step": 2}\n')
+    with pytest.raises(UserError, match=r"metrics.jsonl line 2 is not JSON"):
+        MetricsLog.read(path)

@@ -186,3 +186,49 @@ def test_sigterm_to_the_whole_process_group_with_data_workers_still_checkpoints(
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr and "resume with: archdiff train" in stderr
     assert 3 <= read_state(complete_checkpoints(run_dir)[-1]).step < STEPS
+
+
+def _disk_full(kind):
+    """What a full disk looks like from torch.save (RuntimeError) and safetensors' save_file (SafetensorError)."""
+    from safetensors import SafetensorError
+
+    if kind == "torch":
+        return RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0")
+    return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("kind", ["torch", "safetensors"])
+def test_a_full_disk_reported_by_torch_or_safetensors_keeps_the_previous_checkpoint(tmp_path, tiny_base, monkeypatch, kind):
+    from accelerate import Accelerator
+
+    real_save, saves = Accelerator.save_state, []
+
+    def save_that_fills_the_disk(self, output_dir=None, **kwargs):
+        saves.append(output_dir)
+        real_save(self, output_dir, **kwargs)
+        if len(saves) == 2:
+            raise _disk_full(kind)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_that_fills_the_disk)
+    reason = "PytorchStreamWriter failed writing file" if kind == "torch" else "No space left on device"
+    with pytest.raises(UserError, match=rf"could not save the checkpoint for step 4: .*{reason}.*; .*step-000002, is intact"):
+        run(quick_recipe(tmp_path / "full"))
+    folder = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000002"], "no half-written checkpoint is left"
+
+
+@pytest.mark.parametrize("kind", ["oserror", "torch", "safetensors"])
+def test_a_full_disk_while_saving_the_lora_leaves_no_partial_file(tmp_path, tiny_base, monkeypatch, kind):
+    from diffusers import StableDiffusionPipeline
+
+    def save_that_fills_the_disk(save_directory, **kwargs):
+        (save_directory / "pytorch_lora_weights.safetensors").write_bytes(b"\x00" * 100)  # half a file
+        raise OSError(errno.ENOSPC, "No space left on device") if kind == "oserror" else _disk_full(kind)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "save_lora_weights", staticmethod(save_that_fills_the_disk))
+    run_dir = tmp_path / "full"
+    with pytest.raises(UserError, match=r"could not save the LoRA to .*pytorch_lora_weights.safetensors: "):
+        run(quick_recipe(run_dir, max_steps=4))
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [], "the staging folder is gone"
+    assert not (run_dir / "pytorch_lora_weights.safetensors").exists()
+    assert [read_state(c).step for c in complete_checkpoints(run_dir)] == [2, 4], "every checkpoint is kept"
