@@ -1,6 +1,6 @@
 """The run folder contract: which files a run writes, and how they are written and read back.
 
-Shared by `train` (writes) and `sample` (reads the base from recipe.yaml); stdlib + yaml only.
+Shared by `train` (writes) and `sample`, `export`, `push`, `runs` (read); stdlib only.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from archdiff.errors import UserError, first_line
 
@@ -126,13 +124,6 @@ def staging_dir(parent: Path) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def read_run_recipe(folder: Path) -> dict[str, Any]:
-    path = folder / RECIPE_FILE
-    if not path.is_file():
-        raise UserError(f"'{folder}' has no {RECIPE_FILE}, so its base model is unknown; pass --base")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 class MetricsLog:

@@ -150,10 +150,11 @@ def test_kohya_alpha_follows_alpha_patterns_and_refuses_rslora():
 @pytest.mark.parametrize("base", BASES)
 def test_the_run_folder_holds_the_kohya_file_that_export_writes(small_lora_runs, base, tmp_path):
     """What users copy into ComfyUI straight from the run folder loads there completely: the kohya export itself."""
-    from archdiff.run_files import kohya_run_file, read_run_recipe
+    from archdiff.run_files import RECIPE_FILE, kohya_run_file
+    from archdiff.runs import read_recipe
 
     run_dir = small_lora_runs[base]
-    in_run = kohya_run_file(run_dir, read_run_recipe(run_dir)["name"])
+    in_run = kohya_run_file(run_dir, read_recipe(run_dir / RECIPE_FILE)["name"])
     assert in_run.name == "demo-tiny.safetensors"
     assert in_run.read_bytes() == export_run(run_dir, "kohya", tmp_path / "exported.safetensors").read_bytes()
 

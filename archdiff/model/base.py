@@ -121,6 +121,7 @@ def read_json(path: Path, what: str) -> Any:
 
 
 _UNUSED_PARTS = {"safety_checker", "feature_extractor", "image_encoder"}  # archdiff loads pipelines without them
+_WEIGHTED_PARTS = {"unet", "vae", "text_encoder", "text_encoder_2"}
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
@@ -152,6 +153,9 @@ def check_base_files(folder: Path, model_index: dict[str, Any], name: str) -> No
         subfolder = folder / part
         if not subfolder.is_dir():
             raise UserError(f"base '{name}' has no {part}/ folder, which its model_index.json lists; download it again")
+        weights = [*subfolder.glob("*.safetensors"), *subfolder.glob("*.bin")]
+        if part in _WEIGHTED_PARTS and not weights:
+            raise UserError(f"base '{name}': {part}/ holds no weights file (an incomplete download?)")
         for path in sorted(subfolder.iterdir()):
             if path.suffix == ".json":
                 read_json(path, f"base '{name}': {part}/{path.name}")

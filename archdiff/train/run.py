@@ -71,8 +71,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     cuda = torch.cuda.is_available()
     check_memory_options(recipe.memory, cuda)
     check_trackers(recipe)
-    base = _read_base(recipe.base, resolve_base)
-    _read_base(recipe.base, lambda _: check_weight_files(base.source))
+    base = resolve_base(recipe.base)  # a local base's configs and weight files are checked here, headers only
     check_family_options(recipe, base.family)
     check_cache_options(recipe)
     data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
@@ -108,12 +107,12 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # before the output folder is touched, so a damaged base or a LoRA that matches nothing destroys nothing
     set_seed(recipe.train.seed)
     transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above an error's one line
-    components = _read_base(recipe.base, lambda _: load_components(base))
+    components = load_components(base)
     components.place(accelerator.device, weight_dtype(recipe.memory))
     attach_lora(components.unet, recipe.lora)
     cast_training_params(components.unet, dtype=torch.float32)
     if recipe.lora.text_encoder:
-        for encoder in _read_base(recipe.base, lambda _: components.text_encoders):
+        for encoder in _text_encoders(components, recipe.base):
             attach_text_encoder_lora(encoder, recipe.lora.text_encoder)
             cast_training_params(encoder, dtype=torch.float32)
 
@@ -195,41 +194,12 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     )
 
 
-def _read_base(name: str, read):
-    """`read(name)`, with whatever a damaged or half-downloaded base makes the libraries raise as one line."""
+def _text_encoders(components, base_name: str) -> tuple:
+    """The text encoders, which load on first use: a damaged file's library error becomes one line naming the base."""
     try:
-        return read(name)
-    except UserError:
-        raise
-    except Exception as error:  # noqa: BLE001 - json, safetensors, torch and diffusers errors alike
-        raise UserError(f"base '{name}' could not be loaded: {first_line(error)}") from None
-
-
-def check_weight_files(source: str) -> None:
-    """Open the header of every weights file and parse every JSON file in a local base folder (milliseconds):
-    a truncated download of a part that loads later (VAE, text encoder) fails now, before the output folder is touched."""
-    import json
-
-    from safetensors import safe_open
-
-    folder = Path(source)
-    if not folder.is_dir():
-        return  # a Hub id: the files arrive through from_pretrained, which checks them
-    for path in sorted(folder.glob("*/*.json")):
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise UserError(f"base '{source}': {path} is damaged ({first_line(error)})") from None
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        weights = [*(folder / part).glob("*.safetensors"), *(folder / part).glob("*.bin")]
-        if (folder / part).is_dir() and not weights:
-            raise UserError(f"base '{source}': {folder / part} holds no weights file (an incomplete download?)")
-    for path in sorted(folder.glob("*/*.safetensors")):
-        try:
-            with safe_open(str(path), "pt"):
-                pass
-        except Exception as error:  # noqa: BLE001 - SafetensorError: cut short or not safetensors
-            raise UserError(f"base '{source}': {path} is damaged or cut short ({first_line(error)})") from None
+        return components.text_encoders
+    except Exception as error:  # noqa: BLE001 - json, safetensors, torch and transformers errors alike
+        raise UserError(f"base '{base_name}' could not be loaded: {first_line(error)}") from None
 
 
 def missing_final_outputs(recipe: Recipe, run_dir: Path) -> list[str]:
