@@ -5,7 +5,6 @@ Works on finished, stopped and still-running runs alike; stdlib + yaml here, PIL
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -73,12 +72,9 @@ def summarize(run_dir: Path) -> RunSummary:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The logged rows, oldest first; a run that has logged nothing yet has none."""
-    path = run_dir / METRICS_FILE
-    try:
-        return MetricsLog.read_if_exists(path)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not one JSON object per line: {error}") from None
+    """The logged rows, oldest first; a run that has logged nothing yet has none, a killed run's cut last line is
+    dropped, and a damaged line elsewhere is a UserError naming it (MetricsLog.read)."""
+    return MetricsLog.read_if_exists(run_dir / METRICS_FILE)
 
 
 RECIPE_SECTIONS = ("data", "train", "lora", "validation", "dreambooth", "memory", "hub")

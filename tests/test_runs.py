@@ -140,9 +140,15 @@ def test_folder_that_is_not_a_run(tmp_path):
 
 def test_corrupt_metrics_is_a_user_error(tmp_path):
     run = make_run(tmp_path / "corrupt", rows=[])
-    (run / "metrics.jsonl").write_text('{"step": 0, "loss": 0.3}\n{"step": 5, "lo', encoding="utf-8")
-    with pytest.raises(UserError, match="metrics.jsonl is not one JSON object per line"):
+    (run / "metrics.jsonl").write_text('{"step": 0, "loss": 0.3}\n{"step": 5, "lo\n{"step": 6}\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"metrics.jsonl line 2 is not JSON"):
         summarize(run)
+
+
+def test_a_killed_runs_cut_last_metrics_line_is_read_past(tmp_path):
+    run = make_run(tmp_path / "killed", rows=[])
+    (run / "metrics.jsonl").write_text('{"step": 0, "loss": 0.3}\n{"step": 5, "lo', encoding="utf-8")
+    assert [row["step"] for row in read_metrics(run)] == [0]
 
 
 def test_plot_is_a_drawn_chart(tmp_path):
