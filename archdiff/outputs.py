@@ -37,6 +37,7 @@ def check_output(path: Path, option: str, *, folder: bool, suffixes: tuple[str, 
         raise UserError(f"{option} '{path}' must end in one of {', '.join(suffixes)} (got '{path.suffix or 'no suffix'}')")
     ancestor = _nearest_existing(path if folder else path.parent)
     if not ancestor.is_dir():
-        raise UserError(f"{option} '{path}' is inside '{ancestor}', which is a file, not a folder")
+        raise UserError(f"{option} '{path}' lies inside '{ancestor}', which is a file; '{ancestor}' is a file, not a folder")
     if not _writable(ancestor):
-        raise UserError(f"{option} '{path}' cannot be written: '{ancestor}' is not writable")
+        reason = f"'{ancestor}' is not writable (no write permission in '{ancestor}')"
+        raise UserError(f"{option} '{path}' cannot be written: {reason}")

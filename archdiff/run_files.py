@@ -52,17 +52,6 @@ def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
         )
 
 
-def check_output_folder(folder: Path) -> None:
-    """The run folder can be created and written: a file in the way or a read-only parent is named before any work."""
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"output '{folder}' is a file, not a folder; choose another --output")
-    existing = next(parent for parent in [folder, *folder.parents] if parent.exists())
-    if not existing.is_dir():
-        raise UserError(f"output '{folder}' cannot be created: '{existing}' is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"output '{folder}' cannot be written: no write permission in '{existing}'")
-
-
 def claim_run_dir(folder: Path) -> None:
     """Create the run folder for a new run: an earlier run's metrics, checkpoints, logs and samples go
     (so `--resume latest` can never pick up another run's state); files archdiff did not write stay."""

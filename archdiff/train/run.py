@@ -12,6 +12,7 @@ from pathlib import Path
 
 from archdiff.config import Recipe, dump_recipe
 from archdiff.errors import UserError, first_line
+from archdiff.outputs import check_output
 from archdiff.run_files import (
     DATA_FILE,
     LOGS_DIR,
@@ -19,7 +20,6 @@ from archdiff.run_files import (
     RECIPE_FILE,
     SAMPLES_DIR,
     MetricsLog,
-    check_output_folder,
     claim_run_dir,
     refuse_earlier_run,
     save_error_reason,
@@ -80,7 +80,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     train_samples = expand_samples(train_records, data, train=True)
     holdout_samples = expand_samples(holdout_records, data, train=False)
     run_dir = Path(recipe.output)
-    check_output_folder(run_dir)
+    check_output(run_dir, "output", folder=True)
     checkpoint, passed_over, missing = None, [], []
     if resume:
         checkpoint, state, passed_over = find_checkpoint(resume, run_dir)
