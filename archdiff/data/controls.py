@@ -171,11 +171,11 @@ def _lines(image: Image.Image) -> np.ndarray:
     if found is None:
         return canvas.astype(bool)
     shortest = MIN_SEGMENT_FRACTION * float(np.hypot(width, height))
-    thickness = stroke_width((width, height))
     for x1, y1, x2, y2 in found.reshape(-1, 4).tolist():
         if np.hypot(x2 - x1, y2 - y1) >= shortest:
-            cv2.line(canvas, (round(x1), round(y1)), (round(x2), round(y2)), 255, thickness, cv2.LINE_8)
-    return canvas > 0
+            cv2.line(canvas, (round(x1), round(y1)), (round(x2), round(y2)), 255, 1, cv2.LINE_8)
+    # widened here rather than by cv2's thickness, which draws 3 px for 2: the same strokes as `drawing`
+    return _dilate(canvas > 0, _disk_offsets(stroke_width((width, height))))
 
 
 def _canny(image: Image.Image, low: int, high: int) -> np.ndarray:
