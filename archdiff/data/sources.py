@@ -67,6 +67,8 @@ def load_source(config: SourceConfig, default_caption: CaptionConfig, controls: 
         caption = config.caption or manifest.caption
         kind = config.kind or manifest.kind
         split, image_column = manifest.split, manifest.image_column
+        if manifest.control_column and "control_column" not in config.model_fields_set:
+            config = config.model_copy(update={"control_column": manifest.control_column})
         dataset = _load_hub(manifest.id, split, f"{config.path} ({manifest.id})")
         label = f"{config.path} ({manifest.id})"
     else:

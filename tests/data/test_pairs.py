@@ -33,7 +33,9 @@ def paired_folder(root, pairs, dot=(0.3, 0.6)):
         centre = (round(dot[0] * size[0]), round(dot[1] * size[1]))
         control_centre = (round(dot[0] * control_size[0]), round(dot[1] * control_size[1]))
         _dot_image(size, centre, 6).save(root / "images" / f"{index}.png")
-        _dot_image(control_size, control_centre, max(1, round(6 * control_size[0] / size[0]))).save(root / "controls" / f"{index}.png")
+        _dot_image(control_size, control_centre, max(1, round(6 * control_size[0] / size[0]))).save(
+            root / "controls" / f"{index}.png"
+        )
         rows.append({"file_name": f"images/{index}.png", "control": f"controls/{index}.png", "text": "a dot", "kind": kind})
     (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return root
@@ -93,17 +95,23 @@ def test_a_row_without_a_control_is_skipped_with_the_reason(tmp_path):
     row["control"] = None
     (folder / "metadata.jsonl").write_text("\n".join([json.dumps(row), *lines[1:]]) + "\n")
     catalog = build_catalog(DataConfig(sources=[{"path": str(folder)}]), controls=True)
-    assert ("images/0.png", "no control image (column 'control' is empty)") in [(s.name, s.reason) for s in catalog.skipped]
-    assert [record.name for record in catalog.records] == ["images/1.png", "images/2.png"]
+    assert ("0.png", "no control image (column 'control' is empty)") in [(s.name, s.reason) for s in catalog.skipped]
+    assert [record.name for record in catalog.records] == ["1.png", "2.png"]
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
         (lambda folder: (folder / "controls" / "1.png").unlink(), r"line 2: control 'controls/1.png' does not exist"),
-        (lambda folder: (folder / "controls" / "1.png").write_bytes(b"not a png"), r"images/1.png: its control image 1.png cannot be used"),
-        (lambda folder: _set_control(folder, 1, "../outside.png"), r"line 2: control '../outside.png' points outside the data folder"),
-        (lambda folder: _set_control(folder, 1, "controls/0.png"), r"images/1.png is 240x130 but its control 0.png is 150x96"),
+        (
+            lambda folder: (folder / "controls" / "1.png").write_bytes(b"not a png"),
+            r"1.png: its control image 1.png cannot be used",
+        ),
+        (
+            lambda folder: _set_control(folder, 1, "../outside.png"),
+            r"line 2: control '../outside.png' points outside the data folder",
+        ),
+        (lambda folder: _set_control(folder, 1, "controls/0.png"), r"1.png is 240x130 but its control 0.png is 150x96"),
     ],
     ids=["missing", "unreadable", "outside", "other-shape"],
 )
