@@ -82,11 +82,11 @@ def train(
         typer.echo(
             f"held-out loss: {result.first_val_loss:.4f} -> {result.final_val_loss:.4f} ({ratio:.2f}x the untrained model's)"
         )
+    trained = "ControlNet" if resolved.controlnet else "LoRA"
     if result.processes > 1:
         same = "identical on every rank" if result.ranks_agree else "DIFFERENT across ranks (a DDP sync problem)"
-        typer.echo(f"processes: {result.processes}, LoRA weights {same}")
-    trained = "ControlNet:" if resolved.controlnet else "LoRA:   "
-    typer.echo(f"{trained} {result.lora_file}")
+        typer.echo(f"processes: {result.processes}, {trained} weights {same}")
+    typer.echo(f"{trained + ':':<8} {result.lora_file}")
     typer.echo(f"metrics: {result.run_dir / 'metrics.jsonl'}")
     if result.sample_files:
         typer.echo(f"samples: {result.sample_files[0].parent.parent}")

@@ -35,6 +35,22 @@ def check_fits(controlnet_config, unet_config, what: str) -> None:
         )
 
 
+def _let_the_control_through(embedding) -> None:
+    """Variance-keeping weights and zero biases for the convolutions that embed the control image (its last one
+    stays zero, as ControlNet's design wants).
+
+    With PyTorch's default init, seven convolutions shrink the control's signal until the embedding is mostly
+    its biases: on the tiny base its features differed by 0.5% between a line map and a blank image (4e-5 on
+    8.5e-3), and a ControlNet trained for 400 steps lowered held-out loss by 0.74 while ignoring its control
+    entirely (blank and real controls within 1e-5). With this init the features depend wholly on the control.
+    """
+    import torch
+
+    for conv in [embedding.conv_in, *embedding.blocks]:
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        torch.nn.init.zeros_(conv.bias)
+
+
 def controlnet_source(spec: str, what: str) -> str:
     """A ControlNet folder (diffusers layout) or Hub id, checked before anything loads."""
     path = Path(spec).expanduser()
@@ -55,6 +71,7 @@ def load_controlnet(cfg: ControlNetConfig, unet):
 
     if cfg.init is None:
         controlnet = ControlNetModel.from_unet(unet)
+        _let_the_control_through(controlnet.controlnet_cond_embedding)
     else:
         source = controlnet_source(cfg.init, "controlnet.init")
         try:
