@@ -33,14 +33,15 @@ def match_tolerance(size: tuple[int, int]) -> int:
     return 2 * stroke_width(size)
 
 
-def _check_type(control_type: str) -> None:
+def check_control_request(control_type: str, canny_low: int = 100, canny_high: int = 200) -> None:
+    """Refuse an unknown type, reversed or out-of-range canny thresholds, or a type whose OpenCV is missing,
+    before any image is read."""
     if control_type not in CONTROL_TYPES:
         raise UserError(f"control type {control_type!r} is not known; choose one of {', '.join(CONTROL_TYPES)}")
-
-
-def _check_thresholds(low: int, high: int) -> None:
-    if not 0 <= low <= high <= 255:
-        raise UserError(f"canny thresholds must satisfy 0 <= low <= high <= 255 (got low={low}, high={high})")
+    if not 0 <= canny_low <= canny_high <= 255:
+        raise UserError(f"canny thresholds must satisfy 0 <= low <= high <= 255 (got low={canny_low}, high={canny_high})")
+    if control_type in ("lines", "canny"):
+        _cv2()
 
 
 def _cv2():
@@ -192,8 +193,7 @@ def _structure(image: Image.Image, control_type: str, low: int, high: int) -> np
 
 def extract_control(image: Image.Image, control_type: str, *, canny_low: int = 100, canny_high: int = 200) -> Image.Image:
     """A control map of the same size as `image`: RGB, white (255) structure on black (0); "none" returns the image as RGB."""
-    _check_type(control_type)
-    _check_thresholds(canny_low, canny_high)
+    check_control_request(control_type, canny_low, canny_high)
     if control_type == "none":
         from archdiff.data.images import to_rgb
 
@@ -222,8 +222,7 @@ def control_f1(
     counts). For "none" the control is taken as given and `generated` goes through "canny". A generated image
     of another size is first resized to the control's.
     """
-    _check_type(control_type)
-    _check_thresholds(canny_low, canny_high)
+    check_control_request("canny" if control_type == "none" else control_type, canny_low, canny_high)
     reference = _grey(control) > 127
     if generated.size != control.size:
         from archdiff.data.images import to_rgb
