@@ -20,6 +20,7 @@ MIN_SEGMENT_FRACTION = 0.02  # `lines` drops segments shorter than this fraction
 STROKE_PIXELS = 512  # one px of stroke per this many px of the long side (1 px at 512, 2 px at 1024)
 MIN_CONTRAST = 24  # a drawing whose grey levels span less than this is blank paper
 PAPER_BLOCKS = 16  # `drawing` estimates the paper's brightness in blocks of 1/16 of the long side
+FILL_FACTOR = 8  # `drawing`: ink up to this many stroke widths thick is a stroke (set to one width), thicker is a fill
 EIGHT_NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
 
 
@@ -119,27 +120,68 @@ def _flatten_paper(grey: np.ndarray) -> np.ndarray:
     return flat.round().clip(0, 255).astype(np.uint8)
 
 
+def _square_pass(mask: np.ndarray, radius: int, erode: bool) -> np.ndarray:
+    """Erosion (outside the image counts as ink: a fill may run off the sheet) or dilation by a (2r+1) square,
+    as r separable 3-px passes."""
+    for _ in range(radius):
+        for axis in (0, 1):
+            padded = np.pad(mask, [(1, 1) if a == axis else (0, 0) for a in (0, 1)], mode="edge" if erode else "constant")
+            ahead, here, behind = (np.take(padded, range(i, i + mask.shape[axis]), axis=axis) for i in (0, 1, 2))
+            mask = (ahead & here & behind) if erode else (ahead | here | behind)
+    return mask
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    return _square_pass(mask, radius, erode=True)
+
+
+def _fills(strokes: np.ndarray, radius: int) -> np.ndarray:
+    """Ink too thick to be a stroke (it holds a (2r+1) square): solid walls, poché, shadows. Drawn as outlines,
+    since their skeleton would be a meaningless medial axis, and thinning them would take one pass per px."""
+    core = _erode(strokes, radius)
+    return _square_pass(core, radius, erode=False) & strokes if core.any() else core
+
+
+def _deletable(p: np.ndarray, step: int) -> np.ndarray:
+    """Zhang-Suen's test for the inner pixels of `p` (a bool window with a 1-px margin) in sub-iteration `step`."""
+    # neighbours P2..P9, clockwise from north
+    n = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]
+    count = np.zeros(n[0].shape, np.uint8)
+    transitions = np.zeros(n[0].shape, np.uint8)
+    for i in range(8):
+        count += n[i]
+        transitions += ~n[i] & n[(i + 1) % 8]
+    if step == 0:
+        side = ~(n[0] & n[2] & n[4]) & ~(n[2] & n[4] & n[6])
+    else:
+        side = ~(n[0] & n[2] & n[6]) & ~(n[0] & n[4] & n[6])
+    return p[1:-1, 1:-1] & (count >= 2) & (count <= 6) & (transitions == 1) & side
+
+
 def _thin(mask: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning to a 1-px skeleton (vectorised over the image; one pass per px of the thickest stroke)."""
-    skeleton = np.pad(mask, 1).astype(np.uint8)
-    while True:
-        changed = False
-        for step in (0, 1):
-            p = skeleton
-            # neighbours P2..P9, clockwise from north
-            n = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]
-            count = sum(x.astype(np.int32) for x in n)
-            transitions = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
-            if step == 0:
-                side = (n[0] * n[2] * n[4] == 0) & (n[2] * n[4] * n[6] == 0)
-            else:
-                side = (n[0] * n[2] * n[6] == 0) & (n[0] * n[4] * n[6] == 0)
-            remove = (p[1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (transitions == 1) & side
-            if remove.any():
-                skeleton[1:-1, 1:-1][remove] = 0
-                changed = True
-        if not changed:
-            return skeleton[1:-1, 1:-1].astype(bool)
+    """Zhang-Suen thinning to a 1-px skeleton, one pass per px of the thickest stroke.
+
+    Each sub-iteration looks only at the box around what the previous two changed: nothing else can change.
+    """
+    skeleton = np.pad(mask, 1)
+    height, width = skeleton.shape
+    boxes = [(1, height - 1, 1, width - 1)] * 2  # rows and columns (inner pixels) the last two sub-iterations changed
+    step = 0
+    while any(box is not None for box in boxes):
+        live = [box for box in boxes if box is not None]
+        top = max(1, min(b[0] for b in live) - 1)
+        bottom = min(height - 1, max(b[1] for b in live) + 1)
+        left = max(1, min(b[2] for b in live) - 1)
+        right = min(width - 1, max(b[3] for b in live) + 1)
+        remove = _deletable(skeleton[top - 1 : bottom + 1, left - 1 : right + 1], step)
+        rows, cols = np.nonzero(remove.any(axis=1))[0], np.nonzero(remove.any(axis=0))[0]
+        if len(rows):
+            skeleton[top:bottom, left:right][remove] = False
+            boxes = [boxes[1], (top + rows[0], top + rows[-1] + 1, left + cols[0], left + cols[-1] + 1)]
+        else:
+            boxes = [boxes[1], None]
+        step = 1 - step
+    return skeleton[1:-1, 1:-1]
 
 
 def _drawing(image: Image.Image) -> np.ndarray:
@@ -157,9 +199,11 @@ def _drawing(image: Image.Image) -> np.ndarray:
     strokes = flat <= _otsu(flat)
     if strokes.mean() > 0.5:  # flattening left no paper to speak of (a blank, noisy sheet)
         return np.zeros(grey.shape, dtype=bool)
-    skeleton = _thin(strokes)
+    width = stroke_width(grey.shape[::-1])
+    fills = _fills(strokes, FILL_FACTOR * width // 2)
+    skeleton = _thin(strokes & ~fills) | (fills & ~_erode(fills, 1))
     skeleton &= _dilate(skeleton, EIGHT_NEIGHBOURS)  # lone pixels are specks of scanner noise, not strokes
-    return _dilate(skeleton, _disk_offsets(stroke_width(grey.shape[::-1])))
+    return _dilate(skeleton, _disk_offsets(width))
 
 
 def _lines(image: Image.Image) -> np.ndarray:

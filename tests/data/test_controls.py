@@ -107,6 +107,17 @@ def test_drawing_sets_every_stroke_to_the_width_for_its_size(size, expected):
         assert abs(runs[0] - rows[0]) <= expected and abs(runs[expected] - rows[1]) <= 3 * expected
 
 
+def test_drawing_outlines_fills_too_thick_to_be_strokes():
+    image = Image.new("L", (512, 384), 255)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((100, 100, 299, 249), fill=0)  # a solid wall, 150 px thick
+    draw.line((20, 320, 490, 320), fill=0, width=7)  # a marker stroke, under 8 stroke widths
+    found = white(extract_control(image, "drawing"))
+    assert found[100, 120:280].all() and found[249, 120:280].all() and found[120:230, 100].all() and found[120:230, 299].all()
+    assert not found[102:248, 102:298].any()  # the inside stays black: an outline, not a medial axis
+    assert found[:, 250].nonzero()[0].tolist() == [100, 249, 320]  # the stroke is one centre line
+
+
 def test_drawing_binarises_grey_pencil_on_shaded_noisy_paper():
     rng = np.random.default_rng(0)
     width, height = 320, 240
