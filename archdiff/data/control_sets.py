@@ -78,10 +78,9 @@ def check_control_output(output: Path, data: str, overwrite: bool) -> None:
 
 
 def _target_name(record: ImageRecord, data: bytes, used: set[str]) -> str:
-    """A flat, safe, unique file name for the image (sub/a.png -> sub-a.png), keeping its suffix; unique stems too,
-    case-insensitively, since each names a control PNG."""
-    name = "-".join(UNSAFE_NAME.sub("_", part) for part in Path(record.name).parts if part not in ("", ".", "..")).lstrip(".")
-    path = Path(name or "image")
+    """A safe file name for the image, with an image suffix (a Hub row's bytes get one from their format), whose stem
+    no other image has, case-insensitively, since each stem names a control PNG."""
+    path = Path(UNSAFE_NAME.sub("_", Path(record.name).name).lstrip(".") or "image")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         try:
             image_format = Image.open(io.BytesIO(data)).format or "PNG"

@@ -75,11 +75,15 @@ def mixed_folder(tmp_path: Path) -> Path:
     ImageDraw.Draw(plan).line((20, 20, 20, 180, 150, 180), fill=0, width=4)  # an L in the left half
     plan.save(folder / "plan.png")
     plan.save(folder / "sub" / "plan.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown upright as portrait
+    Image.new("RGB", (120, 80), "white").save(folder / "phone.jpg", exif=exif)
     (folder / "broken.png").write_bytes((folder / "plan.png").read_bytes()[:60])
     rows = [
         {"file_name": "tower.jpg", "text": "a tower", "kind": "photo", "storeys": 9},
         {"file_name": "plan.png", "text": "a plan", "kind": "drawing"},
         {"file_name": "sub/plan.png", "text": "another plan", "kind": "drawing"},
+        {"file_name": "phone.jpg", "text": "a phone photo"},
         {"file_name": "broken.png", "text": "cut short", "kind": "photo"},
     ]
     (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -91,7 +95,7 @@ def test_a_folder_with_a_broken_image_big_images_shrunk_and_names_kept_apart(tmp
     result = runner.invoke(app, ["data", "controls", str(mixed_folder), "--type", "drawing", "-o", "out", "--max-side", "800"])
     assert result.exit_code == 0, result.output
     assert "  skipped broken.png: truncated or corrupt image" in result.stdout
-    assert "3 controls written to out, skipped 1" in result.stdout
+    assert "4 controls written to out, skipped 1" in result.stdout
     rows = {row["text"]: row for row in check_pairs(tmp_path / "out")}
     assert rows["a tower"] == {
         "file_name": "images/tower.jpg",
@@ -107,6 +111,8 @@ def test_a_folder_with_a_broken_image_big_images_shrunk_and_names_kept_apart(tmp
         shrunk = resize(open_image(mixed_folder / "tower.jpg", 10**8), (800, 500), "photo")
         assert np.array_equal(np.asarray(control), np.asarray(extract_control(shrunk, "drawing")))
     assert (tmp_path / "out" / "images" / "tower.jpg").read_bytes() == (mixed_folder / "tower.jpg").read_bytes()  # not re-encoded
+    with Image.open(tmp_path / "out" / "controls" / "phone.png") as control:
+        assert control.size == (80, 120)  # the image as training opens it: EXIF orientation applied
     with Image.open(tmp_path / "out" / "controls" / "plan.png") as control:
         assert control.size == (300, 200)  # never enlarged
         white = np.asarray(control)[..., 0] > 0
@@ -189,3 +195,26 @@ def test_without_opencv_lines_are_refused_and_drawings_still_made(tmp_path):
     made = run_archdiff(work, tmp_path / "cache", "data", "controls", "plans", "-t", "drawing", hidden=("cv2",))
     assert made.returncode == 0, made.stderr
     assert len(check_pairs(work / "plans-drawing")) == 32
+
+
+def test_embedded_images_without_names_get_names_from_their_format(tmp_path, monkeypatch):
+    """A saved (Hub-style) dataset holds image bytes, no paths: each gets a name and a suffix that matches its bytes."""
+    import io
+
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+
+    encoded = []
+    for image_format in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), "white").save(buffer, format=image_format)
+        encoded.append({"bytes": buffer.getvalue(), "path": None})
+    table = {"image": encoded, "text": ["a jpeg", "a png"]}
+    Dataset.from_dict(table).cast_column("image", ImageFeature()).save_to_disk(str(tmp_path / "saved"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["data", "controls", "saved", "-t", "canny"])
+    assert result.exit_code == 0, result.output
+    rows = {row["text"]: row for row in check_pairs(tmp_path / "saved-canny")}
+    assert rows["a jpeg"]["file_name"] == "images/saved[0].jpg" and rows["a png"]["file_name"] == "images/saved[1].png"
+    for row, original in zip(rows.values(), encoded, strict=True):
+        assert (tmp_path / "saved-canny" / row["file_name"]).read_bytes() == original["bytes"]
