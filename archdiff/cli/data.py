@@ -122,20 +122,23 @@ def check_vae_command(
     typer.echo(format_vae_report(report))
 
 
-EXTRACTED_TYPES = ("lines", "canny", "drawing")  # "none" would pair each image with itself
+EXTRACTED_TYPES = ("lines", "canny", "drawing", "depth")  # "none" would pair each image with itself
 
 
 @app.command("controls")
 def controls_command(
     data: str = DATA,
     control_type: str = typer.Option(
-        ..., "--type", "-t", help="Control map: lines (straight segments), canny (edges) or drawing."
+        ..., "--type", "-t", help="Control map: lines (straight segments), canny (edges), drawing or depth."
     ),
     output: Path = typer.Option(None, "--output", "-o", help="Folder to write (default: <DATA name>-<type> here)."),
     canny_low: int = typer.Option(100, "--canny-low", help="Canny's lower hysteresis threshold (0-255)."),
     canny_high: int = typer.Option(200, "--canny-high", help="Canny's upper hysteresis threshold (0-255)."),
     max_side: int = typer.Option(1024, "--max-side", help="Shrink larger images to this long side before extracting."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier control set at --output."),
+    depth_model: str = typer.Option(
+        None, "--depth-model", help="For --type depth: a transformers depth-estimation model (Hub id or folder)."
+    ),
 ) -> None:
     """Pair each image of DATA with a control map, for ControlNet.
 
@@ -151,7 +154,12 @@ def controls_command(
         )
     if max_side < 64:
         raise UserError(f"--max-side {max_side} is too small; give at least 64 (px on the long side)")
-    check_control_request(control_type, canny_low, canny_high)
+    if control_type == "depth" and depth_model is None:
+        raise UserError("--type depth needs --depth-model: the Hub id or folder of a depth-estimation model")
+    if control_type != "depth":
+        if depth_model is not None:
+            raise UserError(f"--depth-model is for --type depth only (got --type {control_type})")
+        check_control_request(control_type, canny_low, canny_high)
     from archdiff.data.control_sets import check_control_output, default_output
 
     output = output or default_output(data, control_type)
@@ -160,10 +168,15 @@ def controls_command(
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()
+    if depth_model is not None:
+        from archdiff.data.controls import check_depth_model
+
+        check_depth_model(depth_model)
     from archdiff.data.control_sets import write_control_set
 
+    cfg = DataConfig(sources=[{"path": data}])
     result = write_control_set(
-        DataConfig(sources=[{"path": data}]), control_type, output, canny_low=canny_low, canny_high=canny_high, max_side=max_side
+        cfg, control_type, output, canny_low=canny_low, canny_high=canny_high, max_side=max_side, depth_model=depth_model
     )
     for item in result.skipped:
         typer.echo(f"  skipped {item.name}: {item.reason}")

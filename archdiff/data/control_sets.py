@@ -175,12 +175,22 @@ def _swap_into_place(staging: Path, output: Path) -> None:
 
 
 def write_control_set(
-    cfg: DataConfig, control_type: str, output: Path, *, canny_low: int = 100, canny_high: int = 200, max_side: int = 1024
+    cfg: DataConfig,
+    control_type: str,
+    output: Path,
+    *,
+    canny_low: int = 100,
+    canny_high: int = 200,
+    max_side: int = 1024,
+    depth_model: str | None = None,
 ) -> ControlSet:
-    """Scan the data, extract a control for every usable image and write the paired folder (see the module docstring)."""
+    """Scan the data, extract a control for every usable image and write the paired folder (see the module docstring).
+
+    `control_type` is one of CONTROL_TYPES' extractors, or DEPTH_TYPE with `depth_model` (a Hub id or folder).
+    """
     from tqdm.auto import tqdm
 
-    from archdiff.data.controls import extract_control
+    from archdiff.data import controls
     from archdiff.data.images import UnreadableImage, open_image, resize
     from archdiff.data.inspect.picks import spread
     from archdiff.run_files import staging_dir, write_text_atomic
@@ -203,7 +213,10 @@ def write_control_set(
             size = extraction_size(image.width, image.height, max_side)
             if size != image.size:
                 image = resize(image, size, record.kind)
-            control = extract_control(image, control_type, canny_low=canny_low, canny_high=canny_high)
+            if control_type == controls.DEPTH_TYPE:
+                control = controls.extract_depth(image, depth_model)
+            else:
+                control = controls.extract_control(image, control_type, canny_low=canny_low, canny_high=canny_high)
             image_name = _target_name(record, data, used)
             control_name = Path(image_name).stem + ".png"
             _place_image(value, data, staging / IMAGES_DIR / image_name)

@@ -1,7 +1,8 @@
 """Control maps for ControlNet (white structure on black) and how closely a generated image follows one.
 
 `lines` (straight segments, the MLSD convention) and `canny` need OpenCV (the `controls` extra);
-`drawing` (a sketch binarised and its strokes set to one width) and `none` use numpy and PIL only.
+`drawing` (a sketch binarised and its strokes set to one width) and `none` use numpy and PIL only;
+`depth` (grey, near white) runs a transformers depth-estimation model named by Hub id or folder.
 Every extractor is deterministic, so a training cache keyed by the image's bytes stays valid.
 """
 
@@ -16,6 +17,7 @@ from PIL import Image
 from archdiff.errors import UserError
 
 CONTROL_TYPES = ("lines", "canny", "drawing", "none")  # "none": the image is already a control, used as given
+DEPTH_TYPE = "depth"  # a neural control, from `extract_depth(image, model)`; not one of CONTROL_TYPES (no F1 for it)
 MIN_SEGMENT_FRACTION = 0.02  # `lines` drops segments shorter than this fraction of the image's diagonal
 STROKE_PIXELS = 512  # one px of stroke per this many px of the long side (1 px at 512, 2 px at 1024)
 MIN_CONTRAST = 24  # a drawing whose grey levels span less than this is blank paper
@@ -274,3 +276,56 @@ def control_f1(
         generated = to_rgb(generated).resize(control.size, Image.Resampling.LANCZOS)
     found = _structure(generated, "canny" if control_type == "none" else control_type, canny_low, canny_high)
     return _f1(reference, found, match_tolerance(control.size))
+
+
+@cache
+def _depth_estimator(model: str):
+    """(processor, network, device) of a transformers depth-estimation model, loaded once per process.
+
+    PIL preprocessing: the maps then do not change with torchvision installed or not (it is kept out here).
+    """
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    from transformers.utils import logging as transformers_logging
+
+    from archdiff.errors import first_line
+
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above archdiff's own
+    try:
+        processor = AutoImageProcessor.from_pretrained(model, backend="pil")
+        network = AutoModelForDepthEstimation.from_pretrained(model).eval()
+    except Exception as error:  # noqa: BLE001 - a missing folder, no Hub, not a depth model: the same fix for the user
+        raise UserError(
+            f"depth model '{model}' could not be loaded ({first_line(error)}); give the Hub id or local folder of a "
+            "transformers depth-estimation model, e.g. Intel/dpt-hybrid-midas"
+        ) from None
+    finally:
+        transformers_logging.enable_progress_bar()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return processor, network.to(device), device
+
+
+def check_depth_model(model: str) -> None:
+    """Load the depth model now (it stays loaded), so a bad --depth-model fails before any image is read."""
+    _depth_estimator(model)
+
+
+def extract_depth(image: Image.Image, model: str) -> Image.Image:
+    """A depth map the size of `image`: RGB grey, near white and far black (the MiDaS convention of ControlNet's
+    depth models), stretched to 0..255. Relative models predict near as large already; metric ones are inverted."""
+    import torch
+
+    from archdiff.data.images import to_rgb
+
+    processor, network, device = _depth_estimator(model)
+    rgb = to_rgb(image)
+    inputs = processor(images=rgb, return_tensors="pt").to(device)
+    with torch.inference_mode():
+        outputs = network(**inputs)
+    depth = processor.post_process_depth_estimation(outputs, target_sizes=[(rgb.height, rgb.width)])[0]["predicted_depth"]
+    values = depth.float().cpu().numpy().astype(np.float64)
+    if getattr(network.config, "depth_estimation_type", "relative") == "metric":
+        values = -values
+    low, high = values.min(), values.max()
+    scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+    return Image.fromarray(scaled.round().clip(0, 255).astype(np.uint8)).convert("RGB")

@@ -26,14 +26,15 @@ def rows_of(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-def check_pairs(folder: Path) -> list[dict]:
-    """Every row names an image and a control that exist, the control a black-and-white RGB PNG; no file unlisted."""
+def check_pairs(folder: Path, binary: bool = True) -> list[dict]:
+    """Every row names an image and a control that exist, the control an RGB PNG (black and white unless a depth map);
+    no file unlisted."""
     rows = rows_of(folder)
     for row in rows:
         assert (folder / row["file_name"]).is_file() and (folder / row["control"]).is_file(), row
         with Image.open(folder / row["control"]) as control:
             assert control.format == "PNG" and control.mode == "RGB"
-            assert set(np.unique(np.asarray(control))) <= {0, 255}
+            assert set(np.unique(np.asarray(control))) <= {0, 255} or not binary
     listed = {row["file_name"] for row in rows} | {row["control"] for row in rows}
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     assert on_disk == listed | {"metadata.jsonl", "contact_sheet.png"}
@@ -171,6 +172,11 @@ BAD_INPUTS = [
     pytest.param(["facades", "-t", "canny", "--canny-high", "300"], "low <= high <= 255", id="canny-over-255"),
     pytest.param(["facades", "-t", "lines", "--max-side", "10"], "--max-side 10 is too small", id="max-side-tiny"),
     pytest.param(["src", "-t", "lines", "-o", "src/lines"], "overlaps the data folder", id="out-inside-src"),
+    pytest.param(["src", "-t", "depth"], "--type depth needs --depth-model", id="depth-without-model"),
+    pytest.param(["src", "-t", "lines", "--depth-model", "src"], "for --type depth only", id="depth-model-without-depth"),
+    pytest.param(
+        ["src", "-t", "depth", "--depth-model", "no-model"], "depth model 'no-model' could not be loaded", id="no-depth-model"
+    ),
 ]
 
 
@@ -218,3 +224,22 @@ def test_embedded_images_without_names_get_names_from_their_format(tmp_path, mon
     assert rows["a jpeg"]["file_name"] == "images/saved[0].jpg" and rows["a png"]["file_name"] == "images/saved[1].png"
     for row, original in zip(rows.values(), encoded, strict=True):
         assert (tmp_path / "saved-canny" / row["file_name"]).read_bytes() == original["bytes"]
+
+
+def test_depth_maps_from_a_tiny_model(tmp_path, monkeypatch, mixed_folder):
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
+
+    torch.manual_seed(0)
+    sizes = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 37, "image_size": 64}
+    layout = {"neck_hidden_sizes": [8, 16, 32, 32], "fusion_hidden_size": 16, "backbone_out_indices": [0, 1, 2, 3]}
+    DPTForDepthEstimation(DPTConfig(**sizes, **layout, patch_size=16)).save_pretrained(tmp_path / "dpt")
+    DPTImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "dpt")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["data", "controls", "mixed", "-t", "depth", "--depth-model", "dpt", "--max-side", "400"])
+    assert result.exit_code == 0, result.output
+    assert "4 controls written to mixed-depth, skipped 1" in result.stdout
+    rows = {row["text"]: row for row in check_pairs(tmp_path / "mixed-depth", binary=False)}
+    with Image.open(tmp_path / "mixed-depth" / rows["a tower"]["control"]) as control:
+        grey = np.asarray(control)
+        assert control.size == (400, 250) and (grey[..., 0] == grey[..., 2]).all() and grey.min() == 0 and grey.max() == 255
