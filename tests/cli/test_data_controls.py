@@ -111,7 +111,9 @@ def test_a_folder_with_a_broken_image_big_images_shrunk_and_names_kept_apart(tmp
         assert control.size == (800, 500)  # shrunk to --max-side, the aspect ratio kept
         shrunk = resize(open_image(mixed_folder / "tower.jpg", 10**8), (800, 500), "photo")
         assert np.array_equal(np.asarray(control), np.asarray(extract_control(shrunk, "drawing")))
-    assert (tmp_path / "out" / "images" / "tower.jpg").read_bytes() == (mixed_folder / "tower.jpg").read_bytes()  # not re-encoded
+    target = tmp_path / "out" / "images" / "tower.jpg"
+    assert target.read_bytes() == (mixed_folder / "tower.jpg").read_bytes()  # not re-encoded
+    assert target.stat().st_ino == (mixed_folder / "tower.jpg").stat().st_ino  # a hard link: no second copy on disk
     with Image.open(tmp_path / "out" / "controls" / "phone.png") as control:
         assert control.size == (80, 120)  # the image as training opens it: EXIF orientation applied
     with Image.open(tmp_path / "out" / "controls" / "plan.png") as control:
