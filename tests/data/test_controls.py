@@ -25,19 +25,23 @@ def white(control: Image.Image) -> np.ndarray:
     return array[..., 0] == 255
 
 
-def distance_to(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Euclidean distance of every pixel to the nearest of `points` ((y, x) rows), by brute force."""
-    ys, xs = np.mgrid[: shape[0], : shape[1]]
+def distance_to(segments, shape: tuple[int, int]) -> np.ndarray:
+    """Euclidean distance of every pixel centre to the nearest of the (x1, y1, x2, y2) segments."""
+    ys, xs = np.mgrid[: shape[0], : shape[1]].astype(float)
     best = np.full(shape, np.inf)
-    for y, x in points:
-        best = np.minimum(best, np.hypot(ys - y, xs - x))
+    for x1, y1, x2, y2 in segments:
+        dx, dy = x2 - x1, y2 - y1
+        t = np.clip(((xs - x1) * dx + (ys - y1) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+        best = np.minimum(best, np.hypot(xs - (x1 + t * dx), ys - (y1 + t * dy)))
     return best
 
 
-def segment_points(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
-    steps = int(max(abs(x2 - x1), abs(y2 - y1))) * 2 + 1
-    t = np.linspace(0.0, 1.0, steps)
-    return np.stack([y1 + t * (y2 - y1), x1 + t * (x2 - x1)], axis=1)
+def near(found: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels with a found pixel within `radius` px in x and y."""
+    padded = np.pad(found, radius)
+    height, width = found.shape
+    span = range(2 * radius + 1)
+    return np.logical_or.reduce([padded[dy : dy + height, dx : dx + width] for dy in span for dx in span])
 
 
 def sketch(size=(256, 192), width=1, ink=0, paper=255, segments=((40, 40, 216, 40), (40, 40, 40, 150), (90, 160, 216, 100))):
@@ -45,7 +49,7 @@ def sketch(size=(256, 192), width=1, ink=0, paper=255, segments=((40, 40, 216, 4
     draw = ImageDraw.Draw(image)
     for segment in segments:
         draw.line(segment, fill=ink, width=width)
-    return image.convert("RGB"), np.concatenate([segment_points(*s) for s in segments])
+    return image.convert("RGB"), segments
 
 
 def facade(name: str = "facade_000.png") -> Image.Image:
@@ -54,18 +58,13 @@ def facade(name: str = "facade_000.png") -> Image.Image:
 
 @pytest.mark.parametrize("control_type", EXTRACTORS)
 def test_maps_follow_the_drawn_lines(control_type):
-    image, points = sketch(width=3)
-    distance = distance_to(points, (image.height, image.width))
+    image, segments = sketch(width=3)
+    distance = distance_to(segments, (image.height, image.width))
     found = white(extract_control(image, control_type))
     assert found.shape == (image.height, image.width)
     assert found.any()
     assert distance[found].max() <= 3.5  # nothing far from a drawn line (a 3-px line's edges lie 1.5 px off its axis)
-    on_line = distance <= 0.5
-    near = np.zeros_like(found)
-    for dy in range(-3, 4):
-        for dx in range(-3, 4):
-            near |= np.roll(found, (dy, dx), axis=(0, 1))
-    assert near[on_line].mean() > 0.97  # and every drawn line found
+    assert near(found, 3)[distance <= 0.5].mean() > 0.97  # and every drawn line found
 
 
 def test_lines_drops_short_segments():
@@ -107,21 +106,32 @@ def test_drawing_sets_every_stroke_to_the_width_for_its_size(size, expected):
         assert abs(runs[0] - rows[0]) <= expected and abs(runs[expected] - rows[1]) <= 3 * expected
 
 
+def test_drawing_outlines_fills_too_thick_to_be_strokes():
+    image = Image.new("L", (512, 384), 255)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((100, 100, 299, 249), fill=0)  # a solid wall, 150 px thick
+    draw.line((20, 320, 490, 320), fill=0, width=7)  # a marker stroke, under 8 stroke widths
+    found = white(extract_control(image, "drawing"))
+    assert found[100, 120:280].all() and found[249, 120:280].all() and found[120:230, 100].all() and found[120:230, 299].all()
+    assert not found[102:248, 102:298].any()  # the inside stays black: an outline, not a medial axis
+    assert found[:, 250].nonzero()[0].tolist() == [100, 249, 320]  # the stroke is one centre line
+
+
 def test_drawing_binarises_grey_pencil_on_shaded_noisy_paper():
     rng = np.random.default_rng(0)
     width, height = 320, 240
     shade = np.linspace(250, 150, width)[None, :].repeat(height, axis=0)  # a scan darkening to the right
-    lines, points = sketch((width, height), width=2)
+    lines, segments = sketch((width, height), width=2)
     pencil = np.where(np.asarray(lines.convert("L")) < 128, 0.6, 1.0)  # graphite: 40 % darker than its paper
     grey = (shade * pencil + rng.normal(0, 4, (height, width))).clip(0, 255).astype(np.uint8)
     found = white(extract_control(Image.fromarray(grey), "drawing"))
-    distance = distance_to(points, (height, width))
+    distance = distance_to(segments, (height, width))
     assert distance[found].max() <= 2.5  # no paper, shade or grain turned into strokes
-    assert found[distance <= 0.5].mean() > 0.9
+    assert near(found, 1)[distance <= 0.5].mean() > 0.97
 
 
 def test_drawing_keeps_a_white_on_black_sketch_as_it_is():
-    dark, points = sketch(width=2, ink=235, paper=20)
+    dark, _ = sketch(width=2, ink=235, paper=20)
     light, _ = sketch(width=2)
     found = white(extract_control(dark, "drawing"))
     assert found.mean() < 0.05  # not inverted into a white sheet
@@ -218,3 +228,67 @@ def test_bad_requests_are_user_errors(monkeypatch):
         with pytest.raises(UserError, match=r"pip install 'archdiff\[controls\]'"):
             extract_control(image, control_type)
     assert white(extract_control(image, "drawing")).any()  # drawings need no OpenCV
+
+
+@pytest.fixture(scope="module")
+def tiny_depth(tmp_path_factory) -> dict[str, str]:
+    """A random 4-layer DPT at 64 px, saved as a relative model and again as a "metric" one (same weights)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
+
+    root = tmp_path_factory.mktemp("depth")
+    config = DPTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=64,
+        patch_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5],
+    )
+    import torch
+
+    torch.manual_seed(0)
+    model = DPTForDepthEstimation(config).eval()
+    processor = DPTImageProcessorPil(size={"height": 64, "width": 64})
+    folders = {}
+    for kind in ("relative", "metric"):
+        model.config.depth_estimation_type = kind
+        model.save_pretrained(root / kind)
+        processor.save_pretrained(root / kind)
+        folders[kind] = str(root / kind)
+    return folders
+
+
+def test_depth_is_the_models_prediction_at_the_image_size_near_white(tiny_depth):
+    import torch
+    from transformers import DPTForDepthEstimation, DPTImageProcessorPil
+
+    from archdiff.data.controls import extract_depth
+
+    image = facade().resize((96, 80))
+    depth = extract_depth(image, tiny_depth["relative"])
+    array = np.asarray(depth)
+    assert depth.mode == "RGB" and depth.size == (96, 80)
+    assert (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()
+    assert array.min() == 0 and array.max() == 255
+    # independently: the processor's own steps, the model, a bicubic resize and a 0..255 stretch
+    processor = DPTImageProcessorPil.from_pretrained(tiny_depth["relative"])
+    model = DPTForDepthEstimation.from_pretrained(tiny_depth["relative"]).eval()
+    with torch.no_grad():
+        predicted = model(**processor(images=image, return_tensors="pt")).predicted_depth
+    resized = torch.nn.functional.interpolate(predicted[:, None], size=(80, 96), mode="bicubic", align_corners=False)[0, 0]
+    expected = ((resized - resized.min()) / (resized.max() - resized.min()) * 255).numpy()
+    assert np.abs(array[..., 0].astype(float) - expected).max() <= 1.0
+    assert np.array_equal(np.asarray(extract_depth(image, tiny_depth["relative"])), array)  # deterministic
+    metric = np.asarray(extract_depth(image, tiny_depth["metric"]))[..., 0].astype(int)
+    assert np.abs(metric - (255 - array[..., 0].astype(int))).max() <= 1  # a metric model's far is large: inverted
+
+
+def test_a_missing_depth_model_is_a_user_error(tmp_path):
+    from archdiff.data.controls import check_depth_model
+
+    with pytest.raises(UserError, match="depth model .* could not be loaded"):
+        check_depth_model(str(tmp_path / "no-model"))
