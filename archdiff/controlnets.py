@@ -39,7 +39,7 @@ class ControlNetSource:
     @property
     def name(self) -> str:
         """How images name it: the run or folder name, or the Hub id (never a home path)."""
-        return self.label if is_hub_id(self.label) else Path(self.label).name
+        return self.label if is_hub_id(self.label) else Path(self.label).expanduser().resolve().name
 
 
 @dataclass(frozen=True)
@@ -197,13 +197,26 @@ def parse_controls(images: list[Path], types: list[str], controlnets: list[str],
         if scale is not None:
             _check_scale(scale, "--control-scale")
         net = find_controlnet(where)
-        data_control = (net.recipe.get("data") or {}).get("control") or {}
-        trained = net.recipe.get("controlnet") or {}
-        control_type = control_type or _check_type(str(data_control.get("type", "none")), f"{net.recipe_path}: data.control.type")
+        if control_type is None:
+            trained_type = _recipe_value(net, ("data", "control", "type")) or "none"
+            control_type = _check_type(str(trained_type), f"{net.recipe_path}: data.control.type")
         if scale is None:
-            scale = _check_scale(trained.get("scale", 1.0), f"{net.recipe_path}: controlnet.scale")
+            scale = _check_scale(_recipe_value(net, ("controlnet", "scale"), 1.0), f"{net.recipe_path}: controlnet.scale")
         controls.append(Control(image, control_type, net, scale))
     return controls
+
+
+def _recipe_value(net: ControlNetSource, keys: tuple[str, ...], default: object = None) -> object:
+    """A nested setting of the ControlNet's run recipe (e.g. data.control.type), or `default` when it is absent."""
+    value: object = net.recipe
+    for depth, key in enumerate(keys):
+        if value is None:
+            return default
+        if not isinstance(value, dict):
+            where = ".".join(keys[:depth])
+            raise UserError(f"{net.recipe_path}: '{where}' is not a mapping of settings; it may be truncated or edited by hand")
+        value = value.get(key)
+    return default if value is None else value
 
 
 def control_maps(controls: list[Control], width: int | None, height: int | None, resolution: int, step: int) -> list[Image.Image]:

@@ -7,6 +7,7 @@ exactly nothing), so a control image changes what is drawn.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -108,6 +109,23 @@ def test_bad_control_options_are_one_line_each(tiny_controlnets, tiny_base, tmp_
     with pytest.raises(UserError) as caught:
         parse_controls(**values)
     assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "says"),
+    [
+        ("data:\n  control: lines\n", "recipe.yaml: 'data.control' is not a mapping of settings"),
+        ("data:\n  control:\n    type: hed\n", "recipe.yaml: data.control.type: unknown control type 'hed'"),
+        ("controlnet:\n  scale: -1\n", "recipe.yaml: controlnet.scale must be a finite number, 0 or more (got -1)"),
+        ("controlnet:\n  scale: .nan\n", "controlnet.scale must be a finite number, 0 or more (got nan)"),
+    ],
+)
+def test_a_broken_run_recipe_is_named(tiny_controlnets, tmp_path, recipe, says):
+    run = Path(shutil.copytree(tiny_controlnets["run"], tmp_path / "run"))
+    (run / "recipe.yaml").write_text("base: tiny-sd15\n" + recipe)
+    with pytest.raises(UserError, match=re.escape(says)):
+        parse_controls([sketch(tmp_path / "a.png")], [], [str(run)], [])
+    parse_controls([sketch(tmp_path / "a.png")], ["canny"], [str(run)], [0.5])  # options given: the recipe is not consulted
 
 
 def test_broken_controlnet_folders_are_named(tiny_controlnets, tmp_path):
@@ -241,3 +259,50 @@ def test_two_controls_at_half_weight_equal_one_at_full(tiny_controlnets, tmp_pat
     assert difference.max() <= 1, "equal up to float rounding"
     assert (tmp_path / "two" / "control-01.png").is_file() and len(json.loads(Image.open(two[0]).text["control_f1"])) == 2
     assert Image.open(one[0]).size == (96, 64), "--width/--height size the control, and the image follows it"
+
+
+def _random_lora(folder: Path) -> Path:
+    """A rank-4 UNet LoRA for tiny-sd15 with random up and down weights (a fresh LoRA's zero up-weights change nothing)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from archdiff.model.base import resolve_base
+
+    unet = UNet2DConditionModel.from_pretrained(resolve_base("tiny-sd15").source, subfolder="unet")
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    unet.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, unet_lora_adapter_metadata=config.to_dict())
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def test_loras_stay_loaded_under_the_controlnet(tiny_controlnets, tmp_path):
+    """`--lora` with `--control`: what diffusers draws with the same LoRA loaded into its ControlNet pipeline."""
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    from archdiff.model.base import resolve_base
+    from archdiff.sample import LoraSpec
+
+    lora, net = _random_lora(tmp_path / "lora"), tiny_controlnets["sd15"]
+    controls = parse_controls([sketch(tmp_path / "a.png")], ["drawing"], [str(net)], [])
+    common = dict(steps=2, guidance=5.0, seed=0, num_images=1, width=96, height=64, controls=controls)
+    with_lora = sample_to_folder("a house", "tiny-sd15", [LoraSpec(lora)], output=tmp_path / "lora-out", **common)
+    without = sample_to_folder("a house", "tiny-sd15", [], output=tmp_path / "plain-out", **common)
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        resolve_base("tiny-sd15").source,
+        controlnet=ControlNetModel.from_pretrained(net),
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
+    pipe.set_progress_bar_config(disable=True)
+    control = Image.open(tmp_path / "lora-out" / "control-00.png")
+    expected = pipe(
+        "a house", image=control, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0)
+    )
+    drawn = np.asarray(Image.open(with_lora[0]).convert("RGB"))
+    assert np.array_equal(drawn, np.asarray(expected.images[0]))
+    assert np.abs(drawn.astype(int) - np.asarray(Image.open(without[0]).convert("RGB"), dtype=int)).max() > 2, "the LoRA acts"
