@@ -22,6 +22,11 @@ CONTROLNET_CLASS = "ControlNetModel"
 FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
 
 
+def config_family(config: dict) -> str:
+    """SDXL's UNet and ControlNet take size/crop conditioning beside the text (`text_time`); SD 1.x/2.x's do not."""
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
+
+
 @dataclass(frozen=True)
 class ControlNetSource:
     """One `--controlnet`: what `from_pretrained` loads, its config, and the recipe of the run that trained it."""
@@ -34,7 +39,7 @@ class ControlNetSource:
 
     @property
     def family(self) -> str:
-        return "sdxl" if self.config.get("addition_embed_type") == "text_time" else "sd15"
+        return config_family(self.config)
 
     @property
     def name(self) -> str:
@@ -129,10 +134,11 @@ def _base_unet_config(source: str, name: str) -> dict:
 def check_controlnet_fits(controlnet: ControlNetSource, base) -> None:
     """The ControlNet was made for this base's family and text-feature width (SD 1.5 vs SDXL vs SD 2.x)."""
     unet = _base_unet_config(base.source, base.name)
-    if controlnet.family != base.family:
+    family = config_family(unet)
+    if controlnet.family != family:
         raise UserError(
             f"--controlnet '{controlnet.label}' is an {FAMILY_NAMES[controlnet.family]} ControlNet on an "
-            f"{FAMILY_NAMES[base.family]} base ('{base.name}'); use a ControlNet trained for this base, or pass its --base"
+            f"{FAMILY_NAMES[family]} base ('{base.name}'); use a ControlNet trained for this base, or pass its --base"
         )
     want, have = controlnet.config.get("cross_attention_dim"), unet.get("cross_attention_dim")
     if want != have:
