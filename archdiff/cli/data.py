@@ -1,4 +1,5 @@
-"""`archdiff data list | inspect | check-vae`: what `--data NAME` accepts, and what a run would make of it."""
+"""`archdiff data list | inspect | check-vae | controls`: what `--data NAME` accepts, what a run would make of it,
+and the paired folders ControlNet training reads."""
 
 from __future__ import annotations
 
@@ -119,3 +120,65 @@ def check_vae_command(
 
     report = check_vae(cfg, base, output, limit)
     typer.echo(format_vae_report(report))
+
+
+EXTRACTED_TYPES = ("lines", "canny", "drawing", "depth")  # "none" would pair each image with itself
+
+
+@app.command("controls")
+def controls_command(
+    data: str = DATA,
+    control_type: str = typer.Option(
+        ..., "--type", "-t", help="Control map: lines (straight segments), canny (edges), drawing or depth."
+    ),
+    output: Path = typer.Option(None, "--output", "-o", help="Folder to write (default: <DATA name>-<type> here)."),
+    canny_low: int = typer.Option(100, "--canny-low", help="Canny's lower hysteresis threshold (0-255)."),
+    canny_high: int = typer.Option(200, "--canny-high", help="Canny's upper hysteresis threshold (0-255)."),
+    max_side: int = typer.Option(1024, "--max-side", help="Shrink larger images to this long side before extracting."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier control set at --output."),
+    depth_model: str = typer.Option(
+        None, "--depth-model", help="For --type depth: a transformers depth-estimation model (Hub id or folder)."
+    ),
+) -> None:
+    """Pair each image of DATA with a control map, for ControlNet.
+
+    Writes images/ (the original files), controls/ (the maps), metadata.jsonl (each image's metadata with
+    file_name and control) and contact_sheet.png: the paired folder ControlNet training reads.
+    """
+    from archdiff.data.controls import check_control_request
+    from archdiff.errors import UserError
+
+    if control_type not in EXTRACTED_TYPES:
+        raise UserError(
+            f"--type {control_type!r} is not a control type `data controls` extracts; choose one of {', '.join(EXTRACTED_TYPES)}"
+        )
+    if max_side < 64:
+        raise UserError(f"--max-side {max_side} is too small; give at least 64 (px on the long side)")
+    if control_type == "depth" and depth_model is None:
+        raise UserError("--type depth needs --depth-model: the Hub id or folder of a depth-estimation model")
+    if control_type != "depth":
+        if depth_model is not None:
+            raise UserError(f"--depth-model is for --type depth only (got --type {control_type})")
+        check_control_request(control_type, canny_low, canny_high)
+    from archdiff.data.control_sets import check_control_output, default_output
+
+    output = output or default_output(data, control_type)
+    check_control_output(output, data, overwrite)
+    from archdiff.config.schema import DataConfig
+    from archdiff.runtime import quiet_libraries
+
+    quiet_libraries()
+    if depth_model is not None:
+        from archdiff.data.controls import check_depth_model
+
+        check_depth_model(depth_model)
+    from archdiff.data.control_sets import write_control_set
+
+    cfg = DataConfig(sources=[{"path": data}])
+    result = write_control_set(
+        cfg, control_type, output, canny_low=canny_low, canny_high=canny_high, max_side=max_side, depth_model=depth_model
+    )
+    for item in result.skipped:
+        typer.echo(f"  skipped {item.name}: {item.reason}")
+    typer.echo(f"{result.written} controls written to {result.folder}, skipped {len(result.skipped)}")
+    typer.echo(f"contact sheet: {result.sheet}")

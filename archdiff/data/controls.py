@@ -1,7 +1,8 @@
 """Control maps for ControlNet (white structure on black) and how closely a generated image follows one.
 
 `lines` (straight segments, the MLSD convention) and `canny` need OpenCV (the `controls` extra);
-`drawing` (a sketch binarised and its strokes set to one width) and `none` use numpy and PIL only.
+`drawing` (a sketch binarised and its strokes set to one width) and `none` use numpy and PIL only;
+`depth` (grey, near white) runs a transformers depth-estimation model named by Hub id or folder.
 Every extractor is deterministic, so a training cache keyed by the image's bytes stays valid.
 """
 
@@ -16,10 +17,12 @@ from PIL import Image
 from archdiff.errors import UserError
 
 CONTROL_TYPES = ("lines", "canny", "drawing", "none")  # "none": the image is already a control, used as given
+DEPTH_TYPE = "depth"  # a neural control, from `extract_depth(image, model)`; not one of CONTROL_TYPES (no F1 for it)
 MIN_SEGMENT_FRACTION = 0.02  # `lines` drops segments shorter than this fraction of the image's diagonal
 STROKE_PIXELS = 512  # one px of stroke per this many px of the long side (1 px at 512, 2 px at 1024)
 MIN_CONTRAST = 24  # a drawing whose grey levels span less than this is blank paper
 PAPER_BLOCKS = 16  # `drawing` estimates the paper's brightness in blocks of 1/16 of the long side
+FILL_FACTOR = 8  # `drawing`: ink up to this many stroke widths thick is a stroke (set to one width), thicker is a fill
 EIGHT_NEIGHBOURS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
 
 
@@ -33,14 +36,15 @@ def match_tolerance(size: tuple[int, int]) -> int:
     return 2 * stroke_width(size)
 
 
-def _check_type(control_type: str) -> None:
+def check_control_request(control_type: str, canny_low: int = 100, canny_high: int = 200) -> None:
+    """Refuse an unknown type, reversed or out-of-range canny thresholds, or a type whose OpenCV is missing,
+    before any image is read."""
     if control_type not in CONTROL_TYPES:
         raise UserError(f"control type {control_type!r} is not known; choose one of {', '.join(CONTROL_TYPES)}")
-
-
-def _check_thresholds(low: int, high: int) -> None:
-    if not 0 <= low <= high <= 255:
-        raise UserError(f"canny thresholds must satisfy 0 <= low <= high <= 255 (got low={low}, high={high})")
+    if not 0 <= canny_low <= canny_high <= 255:
+        raise UserError(f"canny thresholds must satisfy 0 <= low <= high <= 255 (got low={canny_low}, high={canny_high})")
+    if control_type in ("lines", "canny"):
+        _cv2()
 
 
 def _cv2():
@@ -118,27 +122,68 @@ def _flatten_paper(grey: np.ndarray) -> np.ndarray:
     return flat.round().clip(0, 255).astype(np.uint8)
 
 
+def _square_pass(mask: np.ndarray, radius: int, erode: bool) -> np.ndarray:
+    """Erosion (outside the image counts as ink: a fill may run off the sheet) or dilation by a (2r+1) square,
+    as r separable 3-px passes."""
+    for _ in range(radius):
+        for axis in (0, 1):
+            padded = np.pad(mask, [(1, 1) if a == axis else (0, 0) for a in (0, 1)], mode="edge" if erode else "constant")
+            ahead, here, behind = (np.take(padded, range(i, i + mask.shape[axis]), axis=axis) for i in (0, 1, 2))
+            mask = (ahead & here & behind) if erode else (ahead | here | behind)
+    return mask
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    return _square_pass(mask, radius, erode=True)
+
+
+def _fills(strokes: np.ndarray, radius: int) -> np.ndarray:
+    """Ink too thick to be a stroke (it holds a (2r+1) square): solid walls, poché, shadows. Drawn as outlines,
+    since their skeleton would be a meaningless medial axis, and thinning them would take one pass per px."""
+    core = _erode(strokes, radius)
+    return _square_pass(core, radius, erode=False) & strokes if core.any() else core
+
+
+def _deletable(p: np.ndarray, step: int) -> np.ndarray:
+    """Zhang-Suen's test for the inner pixels of `p` (a bool window with a 1-px margin) in sub-iteration `step`."""
+    # neighbours P2..P9, clockwise from north
+    n = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]
+    count = np.zeros(n[0].shape, np.uint8)
+    transitions = np.zeros(n[0].shape, np.uint8)
+    for i in range(8):
+        count += n[i]
+        transitions += ~n[i] & n[(i + 1) % 8]
+    if step == 0:
+        side = ~(n[0] & n[2] & n[4]) & ~(n[2] & n[4] & n[6])
+    else:
+        side = ~(n[0] & n[2] & n[6]) & ~(n[0] & n[4] & n[6])
+    return p[1:-1, 1:-1] & (count >= 2) & (count <= 6) & (transitions == 1) & side
+
+
 def _thin(mask: np.ndarray) -> np.ndarray:
-    """Zhang-Suen thinning to a 1-px skeleton (vectorised over the image; one pass per px of the thickest stroke)."""
-    skeleton = np.pad(mask, 1).astype(np.uint8)
-    while True:
-        changed = False
-        for step in (0, 1):
-            p = skeleton
-            # neighbours P2..P9, clockwise from north
-            n = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:], p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]
-            count = sum(x.astype(np.int32) for x in n)
-            transitions = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
-            if step == 0:
-                side = (n[0] * n[2] * n[4] == 0) & (n[2] * n[4] * n[6] == 0)
-            else:
-                side = (n[0] * n[2] * n[6] == 0) & (n[0] * n[4] * n[6] == 0)
-            remove = (p[1:-1, 1:-1] == 1) & (count >= 2) & (count <= 6) & (transitions == 1) & side
-            if remove.any():
-                skeleton[1:-1, 1:-1][remove] = 0
-                changed = True
-        if not changed:
-            return skeleton[1:-1, 1:-1].astype(bool)
+    """Zhang-Suen thinning to a 1-px skeleton, one pass per px of the thickest stroke.
+
+    Each sub-iteration looks only at the box around what the previous two changed: nothing else can change.
+    """
+    skeleton = np.pad(mask, 1)
+    height, width = skeleton.shape
+    boxes = [(1, height - 1, 1, width - 1)] * 2  # rows and columns (inner pixels) the last two sub-iterations changed
+    step = 0
+    while any(box is not None for box in boxes):
+        live = [box for box in boxes if box is not None]
+        top = max(1, min(b[0] for b in live) - 1)
+        bottom = min(height - 1, max(b[1] for b in live) + 1)
+        left = max(1, min(b[2] for b in live) - 1)
+        right = min(width - 1, max(b[3] for b in live) + 1)
+        remove = _deletable(skeleton[top - 1 : bottom + 1, left - 1 : right + 1], step)
+        rows, cols = np.nonzero(remove.any(axis=1))[0], np.nonzero(remove.any(axis=0))[0]
+        if len(rows):
+            skeleton[top:bottom, left:right][remove] = False
+            boxes = [boxes[1], (top + rows[0], top + rows[-1] + 1, left + cols[0], left + cols[-1] + 1)]
+        else:
+            boxes = [boxes[1], None]
+        step = 1 - step
+    return skeleton[1:-1, 1:-1]
 
 
 def _drawing(image: Image.Image) -> np.ndarray:
@@ -156,9 +201,11 @@ def _drawing(image: Image.Image) -> np.ndarray:
     strokes = flat <= _otsu(flat)
     if strokes.mean() > 0.5:  # flattening left no paper to speak of (a blank, noisy sheet)
         return np.zeros(grey.shape, dtype=bool)
-    skeleton = _thin(strokes)
+    width = stroke_width(grey.shape[::-1])
+    fills = _fills(strokes, FILL_FACTOR * width // 2)
+    skeleton = _thin(strokes & ~fills) | (fills & ~_erode(fills, 1))
     skeleton &= _dilate(skeleton, EIGHT_NEIGHBOURS)  # lone pixels are specks of scanner noise, not strokes
-    return _dilate(skeleton, _disk_offsets(stroke_width(grey.shape[::-1])))
+    return _dilate(skeleton, _disk_offsets(width))
 
 
 def _lines(image: Image.Image) -> np.ndarray:
@@ -192,8 +239,7 @@ def _structure(image: Image.Image, control_type: str, low: int, high: int) -> np
 
 def extract_control(image: Image.Image, control_type: str, *, canny_low: int = 100, canny_high: int = 200) -> Image.Image:
     """A control map of the same size as `image`: RGB, white (255) structure on black (0); "none" returns the image as RGB."""
-    _check_type(control_type)
-    _check_thresholds(canny_low, canny_high)
+    check_control_request(control_type, canny_low, canny_high)
     if control_type == "none":
         from archdiff.data.images import to_rgb
 
@@ -222,8 +268,7 @@ def control_f1(
     counts). For "none" the control is taken as given and `generated` goes through "canny". A generated image
     of another size is first resized to the control's.
     """
-    _check_type(control_type)
-    _check_thresholds(canny_low, canny_high)
+    check_control_request("canny" if control_type == "none" else control_type, canny_low, canny_high)
     reference = _grey(control) > 127
     if generated.size != control.size:
         from archdiff.data.images import to_rgb
@@ -231,3 +276,56 @@ def control_f1(
         generated = to_rgb(generated).resize(control.size, Image.Resampling.LANCZOS)
     found = _structure(generated, "canny" if control_type == "none" else control_type, canny_low, canny_high)
     return _f1(reference, found, match_tolerance(control.size))
+
+
+@cache
+def _depth_estimator(model: str):
+    """(processor, network, device) of a transformers depth-estimation model, loaded once per process.
+
+    PIL preprocessing: the maps then do not change with torchvision installed or not (it is kept out here).
+    """
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    from transformers.utils import logging as transformers_logging
+
+    from archdiff.errors import first_line
+
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above archdiff's own
+    try:
+        processor = AutoImageProcessor.from_pretrained(model, backend="pil")
+        network = AutoModelForDepthEstimation.from_pretrained(model).eval()
+    except Exception as error:  # noqa: BLE001 - a missing folder, no Hub, not a depth model: the same fix for the user
+        raise UserError(
+            f"depth model '{model}' could not be loaded ({first_line(error)}); give the Hub id or local folder of a "
+            "transformers depth-estimation model, e.g. Intel/dpt-hybrid-midas"
+        ) from None
+    finally:
+        transformers_logging.enable_progress_bar()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return processor, network.to(device), device
+
+
+def check_depth_model(model: str) -> None:
+    """Load the depth model now (it stays loaded), so a bad --depth-model fails before any image is read."""
+    _depth_estimator(model)
+
+
+def extract_depth(image: Image.Image, model: str) -> Image.Image:
+    """A depth map the size of `image`: RGB grey, near white and far black (the MiDaS convention of ControlNet's
+    depth models), stretched to 0..255. Relative models predict near as large already; metric ones are inverted."""
+    import torch
+
+    from archdiff.data.images import to_rgb
+
+    processor, network, device = _depth_estimator(model)
+    rgb = to_rgb(image)
+    inputs = processor(images=rgb, return_tensors="pt").to(device)
+    with torch.inference_mode():
+        outputs = network(**inputs)
+    depth = processor.post_process_depth_estimation(outputs, target_sizes=[(rgb.height, rgb.width)])[0]["predicted_depth"]
+    values = depth.float().cpu().numpy().astype(np.float64)
+    if getattr(network.config, "depth_estimation_type", "relative") == "metric":
+        values = -values
+    low, high = values.min(), values.max()
+    scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+    return Image.fromarray(scaled.round().clip(0, 255).astype(np.uint8)).convert("RGB")

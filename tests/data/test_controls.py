@@ -107,6 +107,17 @@ def test_drawing_sets_every_stroke_to_the_width_for_its_size(size, expected):
         assert abs(runs[0] - rows[0]) <= expected and abs(runs[expected] - rows[1]) <= 3 * expected
 
 
+def test_drawing_outlines_fills_too_thick_to_be_strokes():
+    image = Image.new("L", (512, 384), 255)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((100, 100, 299, 249), fill=0)  # a solid wall, 150 px thick
+    draw.line((20, 320, 490, 320), fill=0, width=7)  # a marker stroke, under 8 stroke widths
+    found = white(extract_control(image, "drawing"))
+    assert found[100, 120:280].all() and found[249, 120:280].all() and found[120:230, 100].all() and found[120:230, 299].all()
+    assert not found[102:248, 102:298].any()  # the inside stays black: an outline, not a medial axis
+    assert found[:, 250].nonzero()[0].tolist() == [100, 249, 320]  # the stroke is one centre line
+
+
 def test_drawing_binarises_grey_pencil_on_shaded_noisy_paper():
     rng = np.random.default_rng(0)
     width, height = 320, 240
@@ -218,3 +229,67 @@ def test_bad_requests_are_user_errors(monkeypatch):
         with pytest.raises(UserError, match=r"pip install 'archdiff\[controls\]'"):
             extract_control(image, control_type)
     assert white(extract_control(image, "drawing")).any()  # drawings need no OpenCV
+
+
+@pytest.fixture(scope="module")
+def tiny_depth(tmp_path_factory) -> dict[str, str]:
+    """A random 4-layer DPT at 64 px, saved as a relative model and again as a "metric" one (same weights)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
+
+    root = tmp_path_factory.mktemp("depth")
+    config = DPTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=64,
+        patch_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5],
+    )
+    import torch
+
+    torch.manual_seed(0)
+    model = DPTForDepthEstimation(config).eval()
+    processor = DPTImageProcessorPil(size={"height": 64, "width": 64})
+    folders = {}
+    for kind in ("relative", "metric"):
+        model.config.depth_estimation_type = kind
+        model.save_pretrained(root / kind)
+        processor.save_pretrained(root / kind)
+        folders[kind] = str(root / kind)
+    return folders
+
+
+def test_depth_is_the_models_prediction_at_the_image_size_near_white(tiny_depth):
+    import torch
+    from transformers import DPTForDepthEstimation, DPTImageProcessorPil
+
+    from archdiff.data.controls import extract_depth
+
+    image = facade().resize((96, 80))
+    depth = extract_depth(image, tiny_depth["relative"])
+    array = np.asarray(depth)
+    assert depth.mode == "RGB" and depth.size == (96, 80)
+    assert (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()
+    assert array.min() == 0 and array.max() == 255
+    # independently: the processor's own steps, the model, a bicubic resize and a 0..255 stretch
+    processor = DPTImageProcessorPil.from_pretrained(tiny_depth["relative"])
+    model = DPTForDepthEstimation.from_pretrained(tiny_depth["relative"]).eval()
+    with torch.no_grad():
+        predicted = model(**processor(images=image, return_tensors="pt")).predicted_depth
+    resized = torch.nn.functional.interpolate(predicted[:, None], size=(80, 96), mode="bicubic", align_corners=False)[0, 0]
+    expected = ((resized - resized.min()) / (resized.max() - resized.min()) * 255).numpy()
+    assert np.abs(array[..., 0].astype(float) - expected).max() <= 1.0
+    assert np.array_equal(np.asarray(extract_depth(image, tiny_depth["relative"])), array)  # deterministic
+    metric = np.asarray(extract_depth(image, tiny_depth["metric"]))[..., 0].astype(int)
+    assert np.abs(metric - (255 - array[..., 0].astype(int))).max() <= 1  # a metric model's far is large: inverted
+
+
+def test_a_missing_depth_model_is_a_user_error(tmp_path):
+    from archdiff.data.controls import check_depth_model
+
+    with pytest.raises(UserError, match="depth model .* could not be loaded"):
+        check_depth_model(str(tmp_path / "no-model"))
