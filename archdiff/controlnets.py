@@ -149,8 +149,13 @@ def check_controlnet_fits(controlnet: ControlNetSource, base) -> None:
 
 
 def _check_type(control_type: str, where: str) -> str:
-    from archdiff.data.controls import CONTROL_TYPES
+    from archdiff.data.controls import CONTROL_TYPES, DEPTH_TYPE
 
+    if control_type == DEPTH_TYPE:  # a neural extractor: its maps are made beforehand, then used as given
+        raise UserError(
+            f"{where}: depth maps are not made while sampling; make one with `archdiff data controls --type depth` "
+            "and pass it with --control-type none"
+        )
     if control_type not in CONTROL_TYPES:
         raise UserError(f"{where}: unknown control type '{control_type}'; choose one of: {', '.join(CONTROL_TYPES)}")
     return control_type

@@ -116,6 +116,7 @@ def test_bad_control_options_are_one_line_each(tiny_controlnets, tiny_base, tmp_
     [
         ("data:\n  control: lines\n", "recipe.yaml: 'data.control' is not a mapping of settings"),
         ("data:\n  control:\n    type: hed\n", "recipe.yaml: data.control.type: unknown control type 'hed'"),
+        ("data:\n  control:\n    type: depth\n", "data.control.type: depth maps are not made while sampling"),
         ("controlnet:\n  scale: -1\n", "recipe.yaml: controlnet.scale must be a finite number, 0 or more (got -1)"),
         ("controlnet:\n  scale: .nan\n", "controlnet.scale must be a finite number, 0 or more (got nan)"),
     ],
