@@ -119,7 +119,7 @@ def _knob_overrides(name: str, word: str) -> dict[str, object]:
 def _text_cache_allowed(recipe: Recipe) -> bool:
     """Whether the recipe could also cache caption embeddings (fixed captions, frozen text encoder, not SDXL)."""
     from archdiff.model.base import resolve_base
-    from archdiff.train.run import check_cache_options, check_family_options
+    from archdiff.train.checks import check_cache_options, check_family_options
 
     trial = recipe.model_copy(deep=True)
     trial.data.cache.text = True
@@ -135,7 +135,7 @@ def refusal(recipe: Recipe, cuda: bool) -> str | None:
     """Why this machine cannot run the configuration ("needs CUDA" ...), or None."""
     from archdiff.model.base import resolve_base
     from archdiff.model.memory import check_memory_options
-    from archdiff.train.run import check_cache_options, check_family_options
+    from archdiff.train.checks import check_cache_options, check_family_options
 
     try:
         check_memory_options(recipe.memory, cuda)

@@ -15,16 +15,11 @@ from PIL import Image
 
 from archdiff.errors import UserError, first_line
 from archdiff.hub_ids import is_hub_id
+from archdiff.model.controlnet import CONTROLNET_DIR, family_of
 from archdiff.run_files import RECIPE_FILE
 
-CONTROLNET_DIR = "controlnet"  # a ControlNet training run keeps its ControlNet here (a diffusers folder)
 CONTROLNET_CLASS = "ControlNetModel"
 FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
-
-
-def config_family(config: dict) -> str:
-    """SDXL's UNet and ControlNet take size/crop conditioning beside the text (`text_time`); SD 1.x/2.x's do not."""
-    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class ControlNetSource:
 
     @property
     def family(self) -> str:
-        return config_family(self.config)
+        return family_of(self.config)
 
     @property
     def name(self) -> str:
@@ -55,6 +50,7 @@ class Control:
     control_type: str
     controlnet: ControlNetSource
     scale: float
+    canny: tuple[int, int] = (100, 200)  # the run's data.control.canny_low/high: thresholds it trained with
 
 
 def _config(path: Path, label: str) -> dict:
@@ -133,19 +129,16 @@ def _base_unet_config(source: str, name: str) -> dict:
 
 def check_controlnet_fits(controlnet: ControlNetSource, base) -> None:
     """The ControlNet was made for this base's family and text-feature width (SD 1.5 vs SDXL vs SD 2.x)."""
+    from archdiff.model.controlnet import check_fits
+
     unet = _base_unet_config(base.source, base.name)
-    family = config_family(unet)
+    family = family_of(unet)
     if controlnet.family != family:
         raise UserError(
             f"--controlnet '{controlnet.label}' is an {FAMILY_NAMES[controlnet.family]} ControlNet on an "
             f"{FAMILY_NAMES[family]} base ('{base.name}'); use a ControlNet trained for this base, or pass its --base"
         )
-    want, have = controlnet.config.get("cross_attention_dim"), unet.get("cross_attention_dim")
-    if want != have:
-        raise UserError(
-            f"--controlnet '{controlnet.label}' expects text features of width {want}, base '{base.name}' gives {have} "
-            "(a ControlNet for another base, e.g. SD 2.x vs SD 1.5)"
-        )
+    check_fits(controlnet.config, unet, f"--controlnet '{controlnet.label}'")  # text width and blocks (SD 2.x vs 1.5)
 
 
 def _check_type(control_type: str, where: str) -> str:
@@ -213,7 +206,10 @@ def parse_controls(images: list[Path], types: list[str], controlnets: list[str],
             control_type = _check_type(str(trained_type), f"{net.recipe_path}: data.control.type")
         if scale is None:
             scale = _check_scale(_recipe_value(net, ("controlnet", "scale"), 1.0), f"{net.recipe_path}: controlnet.scale")
-        controls.append(Control(image, control_type, net, scale))
+        canny = tuple(
+            _recipe_value(net, ("data", "control", key), default) for key, default in (("canny_low", 100), ("canny_high", 200))
+        )
+        controls.append(Control(image, control_type, net, scale, canny))
     return controls
 
 
@@ -239,7 +235,8 @@ def control_maps(controls: list[Control], width: int | None, height: int | None,
     for control in controls:
         sized = init_image_for(control.image, width, height, resolution, step, option="--control")
         width, height = sized.size  # every later control takes the first one's size: one image size per draw
-        maps.append(extract_control(sized, control.control_type))
+        low, high = control.canny
+        maps.append(extract_control(sized, control.control_type, canny_low=low, canny_high=high))
     return maps
 
 
@@ -291,7 +288,11 @@ def adherence(controls: list[Control], maps: list[Image.Image], images: list[Ima
     """How well each image follows each of its controls: F1 of the image's own control map against the one used."""
     from archdiff.data.controls import control_f1
 
-    return [[round(control_f1(m, image, c.control_type), 4) for c, m in zip(controls, maps, strict=True)] for image in images]
+    pairs = list(zip(controls, maps, strict=True))
+    return [
+        [round(control_f1(m, image, c.control_type, canny_low=c.canny[0], canny_high=c.canny[1]), 4) for c, m in pairs]
+        for image in images
+    ]
 
 
 def adherence_lines(controls: list[Control], scores: list[list[float]]) -> list[str]:

@@ -19,7 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 from archdiff import controlnets
 from archdiff.errors import UserError, first_line
 from archdiff.lora_specs import LoraSpec, lora_recipe, run_recipe
-from archdiff.run_files import RECIPE_FILE, SAMPLES_DIR
+from archdiff.run_files import RECIPE_FILE
 
 VAE_FACTOR = 8  # the VAE halves the size 3 times: image sides are multiples of 8
 MAX_SIDE = 4096  # px per side; far beyond what SD 1.x or SDXL draw well, and already tens of GB of activations
@@ -125,12 +125,12 @@ def generate(
     height: int | None,
     init_image: Image.Image | None = None,
     strength: float = 0.6,
-    control: dict | None = None,
+    **guide,
 ) -> list[Image.Image]:
     """One image per seed, each from its own CPU generator, so any image can be redrawn alone.
 
-    With `init_image`, `pipe` is an img2img pipeline: the output takes the init image's size. `control` holds a
-    ControlNet pipeline's image(s) and scale(s) (controlnets.pipe_arguments).
+    With `init_image`, `pipe` is an img2img pipeline: the output takes the init image's size. `guide`: a
+    ControlNet pipeline's control `image` and `controlnet_conditioning_scale`.
     """
     import torch
     from tqdm.auto import tqdm
@@ -139,7 +139,7 @@ def generate(
     images = []
     for seed in tqdm(seeds, desc="sample", unit="img", leave=False, disable=len(seeds) < 2):
         generator = torch.Generator("cpu").manual_seed(seed)
-        result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **size, **(control or {}))
+        result = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **size, **guide)
         images.append(result.images[0])
     return images
 
@@ -297,58 +297,10 @@ def sample_to_folder(
     guided = None
     if controls:
         guided = controlnets.pipe_arguments(controls, maps)
-    images = generate(pipe, prompt, seeds, steps, guidance, width, height, start, strength, guided)
+    images = generate(pipe, prompt, seeds, steps, guidance, width, height, start, strength, **(guided or {}))
     settings = {"prompt": prompt, "base": base_name, "lora": [lora.label for lora in loras], "steps": steps, "guidance": guidance}
     if start is not None:
         settings.update(init_image=str(init_image), strength=strength)
     if controls:
         return controlnets.save_guided(images, seeds, settings, output, controls, maps)
     return save_images(images, seeds, settings, output)
-
-
-def training_pipeline(source: str, components, unet):
-    """The base pipeline around the in-memory (possibly training) UNet and the loaded encoders: no second copy."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    parts = {"unet": unet, "vae": components.vae, "text_encoder": components.text_encoder, "tokenizer": components.tokenizer}
-    if components.sdxl:
-        parts |= {"text_encoder_2": components.text_encoder_2, "tokenizer_2": components.tokenizer_2, "add_watermarker": False}
-        pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=unet.dtype, **parts)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, safety_checker=None, requires_safety_checker=False, dtype=unet.dtype, **parts
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def validation_rows(recipe, source: str, components, unet, autocast) -> list[list[Image.Image]]:
-    """The recipe's validation prompts drawn by the training UNet: one row per prompt, one image per seed.
-
-    Under `autocast`, as training runs: with bf16/fp16 the frozen weights are half precision, the LoRA
-    fp32. The pipeline and its activations are freed afterwards, so training gets its memory back.
-    """
-    from diffusers.training_utils import free_memory
-
-    cfg, size = recipe.validation, recipe.data.resolution
-    was_training = unet.training
-    unet.eval()
-    pipe = training_pipeline(source, components, unet)
-    try:
-        with autocast():
-            return [generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size) for prompt in cfg.prompts]
-    finally:
-        unet.train(was_training)
-        del pipe
-        free_memory()
-
-
-def save_validation_images(recipe, rows: list[list[Image.Image]], run_dir: Path) -> list[Path]:
-    """One folder per validation prompt, with each image's settings in its PNG: what `push` shares."""
-    cfg = recipe.validation
-    paths = []
-    for index, (prompt, images) in enumerate(zip(cfg.prompts, rows, strict=True)):
-        lora = [f"{run_dir.name}:1"]  # the folder's name only: these images get shared, home paths should not
-        settings = {"prompt": prompt, "base": recipe.base, "lora": lora, "steps": cfg.steps, "guidance": cfg.guidance}
-        paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}")
-    return paths

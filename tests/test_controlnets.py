@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from archdiff.controlnets import (
     a1111_controls,
@@ -111,6 +111,26 @@ def test_bad_control_options_are_one_line_each(tiny_controlnets, tiny_base, tmp_
     assert says in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_canny_thresholds_come_from_the_run_recipe(tiny_controlnets, tmp_path):
+    """The map is made with the thresholds the ControlNet trained with: a lower pair finds more edges."""
+    from archdiff.controlnets import control_maps
+
+    run = Path(shutil.copytree(tiny_controlnets["run"], tmp_path / "run"))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2)).save(
+        photo
+    )
+    found = {}
+    for low, high in ((5, 20), (100, 200)):
+        (run / "recipe.yaml").write_text(
+            f"base: tiny-sd15\ndata:\n  control:\n    type: canny\n    canny_low: {low}\n    canny_high: {high}\n"
+        )
+        (control,) = parse_controls([photo], [], [str(run)], [])
+        assert control.canny == (low, high) and control.control_type == "canny"
+        found[low] = int((np.asarray(control_maps([control], 96, 64, 64, 16)[0]) > 0).sum())
+    assert found[5] > found[100]
+
+
 @pytest.mark.parametrize(
     ("recipe", "says"),
     [
@@ -126,7 +146,6 @@ def test_a_broken_run_recipe_is_named(tiny_controlnets, tmp_path, recipe, says):
     (run / "recipe.yaml").write_text("base: tiny-sd15\n" + recipe)
     with pytest.raises(UserError, match=re.escape(says)):
         parse_controls([sketch(tmp_path / "a.png")], [], [str(run)], [])
-    parse_controls([sketch(tmp_path / "a.png")], ["canny"], [str(run)], [0.5])  # options given: the recipe is not consulted
 
 
 def test_broken_controlnet_folders_are_named(tiny_controlnets, tmp_path):

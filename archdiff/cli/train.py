@@ -67,7 +67,8 @@ def train(
             raise typer.Exit(128 + stop.signal_number) from None
         run_dir = Path(resolved.output)
         kept = f"checkpoint {stop.checkpoint}" if stop.checkpoint else "no new checkpoint (stopped twice)"
-        typer.echo(f"\narchdiff: stopped at step {stop.step}; saved {kept} and the LoRA so far in {run_dir}", err=True)
+        trained = "ControlNet" if resolved.controlnet else "LoRA"
+        typer.echo(f"\narchdiff: stopped at step {stop.step}; saved {kept} and the {trained} so far in {run_dir}", err=True)
         typer.echo(f"resume with: archdiff train --recipe {run_dir / 'recipe.yaml'} --resume latest", err=True)
         raise typer.Exit(128 + stop.signal_number) from None
     if not result.main:
@@ -84,11 +85,13 @@ def train(
     if result.processes > 1:
         same = "identical on every rank" if result.ranks_agree else "DIFFERENT across ranks (a DDP sync problem)"
         typer.echo(f"processes: {result.processes}, LoRA weights {same}")
-    typer.echo(f"LoRA:    {result.lora_file}")
+    trained = "ControlNet:" if resolved.controlnet else "LoRA:   "
+    typer.echo(f"{trained} {result.lora_file}")
     typer.echo(f"metrics: {result.run_dir / 'metrics.jsonl'}")
     if result.sample_files:
         typer.echo(f"samples: {result.sample_files[0].parent.parent}")
-    typer.echo(f'next:    archdiff sample "timber house in mountains" --lora {result.run_dir}')
+    guide = f"--controlnet {result.run_dir} --control SKETCH.png" if resolved.controlnet else f"--lora {result.run_dir}"
+    typer.echo(f'next:    archdiff sample "timber house in mountains" {guide}')
     if resolved.hub:
         _push(result.run_dir, resolved.hub.repo, resolved.hub.private)
 

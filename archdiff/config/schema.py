@@ -53,6 +53,10 @@ class SourceConfig(Section):
     repeats: int = Field(1, ge=1, description="How many times each image of this source appears per epoch.")
     split: str = Field("train", description="Split of a Hub dataset.")
     image_column: str = "image"
+    control_column: str = Field(
+        "control",
+        description="ControlNet runs: the column naming each image's control image (a file in the folder, or an image).",
+    )
     caption: CaptionConfig | None = Field(None, description="Caption settings for this source; null takes data.caption.")
 
 
@@ -67,6 +71,25 @@ class BucketConfig(Section):
 class CacheConfig(Section):
     latents: bool = Field(False, description="Encode every image with the VAE once, before training, into the cache.")
     text: bool = Field(False, description="Encode every caption once; needs captions without dropout or shuffling.")
+
+
+class ControlDataConfig(Section):
+    """How a ControlNet run's control images are made: the extractor runs on the bucket-sized image, so training,
+    validation and `archdiff sample --control-type` see the same kind of map."""
+
+    type: Literal["lines", "canny", "drawing", "none"] = Field(
+        "none",
+        description="lines (straight segments, MLSD style) | canny | drawing (a sketch made white-on-black) | none (as given). "
+        "Applied to each source's control images; a source without a control column gets it applied to its own images.",
+    )
+    canny_low: int = Field(100, ge=0, le=255)
+    canny_high: int = Field(200, ge=0, le=255)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self):
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low ({self.canny_low}) is above canny_high ({self.canny_high})")
+        return self
 
 
 class DataConfig(Section):
@@ -89,6 +112,7 @@ class DataConfig(Section):
         None, description="Metadata column (e.g. building_id) whose groups stay on one side of the holdout split."
     )
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    control: ControlDataConfig = Field(default_factory=ControlDataConfig)
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
@@ -117,6 +141,31 @@ class LoraConfig(Section):
         description="UNet module names (peft matching): attention by default; add ff.net.0.proj, ff.net.2, conv1, conv2 ...",
     )
     text_encoder: TextEncoderLoraConfig | None = Field(None, description="Also train a LoRA on the text encoder; null = off.")
+
+
+class ControlNetLoraConfig(Section):
+    """A LoRA on the ControlNet instead of training all its weights: smaller, and gentler on a pretrained ControlNet."""
+
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
+
+
+class ControlNetConfig(Section):
+    """Train a ControlNet on paired data (control image -> target): sketch, line or edge map to render."""
+
+    init: str | None = Field(
+        None, description="Start from this ControlNet (Hub id or diffusers folder); null = a copy of the base UNet's encoder."
+    )
+    lora: ControlNetLoraConfig | None = Field(None, description="Train a LoRA on the ControlNet; null = train all its weights.")
+    scale: float = Field(1.0, ge=0.0, description="Conditioning scale in training and validation (sample --control-scale).")
+    unet_lora: bool = Field(
+        False, description="Also train the recipe's `lora:` on the UNet (a style LoRA beside the ControlNet)."
+    )
+    style_lora: str | None = Field(
+        None, description="A LoRA (run folder, .safetensors or Hub id) merged, frozen, into the UNet while the ControlNet trains."
+    )
 
 
 class TrainConfig(Section):
@@ -228,6 +277,7 @@ class Recipe(Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     dreambooth: DreamBoothConfig | None = None
+    controlnet: ControlNetConfig | None = Field(None, description="Train a ControlNet on paired data; null = a LoRA run.")
     hub: HubConfig | None = Field(None, description="Push the adapter and a model card to the Hub at the end; null = don't.")
 
     @model_validator(mode="before")
@@ -248,6 +298,24 @@ class Recipe(Section):
             cache = section.get("cache") if isinstance(section.get("cache"), dict) else {}
             data["data"] = {**section, "cache": {"latents": True, **cache}}
         return data
+
+    @model_validator(mode="after")
+    def _controlnet_alone(self):
+        """DreamBooth teaches a subject to the UNet; a ControlNet run teaches a mapping: one run does one of them."""
+        if self.controlnet and self.dreambooth:
+            raise ValueError("controlnet and dreambooth cannot be combined in one recipe; train them as two runs")
+        if self.controlnet and self.controlnet.unet_lora and self.controlnet.style_lora:
+            raise ValueError("controlnet.unet_lora trains a new UNet LoRA and controlnet.style_lora loads one: choose one")
+        if self.controlnet and self.lora.text_encoder and not self.controlnet.unet_lora:
+            raise ValueError(
+                "lora.text_encoder trains beside a UNet LoRA: in a controlnet run it needs controlnet.unet_lora: true"
+            )
+        return self
+
+    @property
+    def unet_lora_trains(self) -> bool:
+        """A LoRA run trains `lora:` on the UNet; a ControlNet run only with controlnet.unet_lora."""
+        return self.controlnet is None or self.controlnet.unet_lora
 
     @model_validator(mode="before")
     @classmethod

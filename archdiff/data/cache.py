@@ -19,10 +19,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from archdiff.data.samples import Sample, SampleSet, prepared_image, tokenize
+from archdiff.config.schema import DataConfig
+from archdiff.data.samples import Sample, SampleSet, control_tensor, prepared_control, prepared_image, tokenize
 from archdiff.paths import cache_dir
 
 FORMAT_VERSION = 1  # bump when image preparation changes what an entry holds
+CONTROL_VERSION = 1  # bump when an extractor in data/controls.py changes what it draws
 SHARD_ENTRIES = 256
 ENCODE_BATCH = 8
 
@@ -73,8 +75,9 @@ class TensorCache:
 class Caches:
     latents: TensorCache | None
     texts: TensorCache | None
-    encoded: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})
-    reused: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})
+    controls: TensorCache | None = None  # a ControlNet run's control maps, beside its latents
+    encoded: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0, "controls": 0})
+    reused: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0, "controls": 0})
 
     @staticmethod
     def latent_key(sample: Sample, op: str) -> str:
@@ -82,12 +85,20 @@ class Caches:
         return _key(record.content_hash, record.kind, sample.bucket, sample.tile, op)
 
     @staticmethod
+    def control_key(sample: Sample, op: str, cfg: DataConfig) -> str:
+        """The latent key's parts plus the control's own content and the extractor's settings."""
+        record, control = sample.record, cfg.control
+        paired = record.control.digest if record.control else None
+        extractor = (CONTROL_VERSION, control.type, control.canny_low, control.canny_high)
+        return _key("control", record.content_hash, paired, record.kind, sample.bucket, sample.tile, op, *extractor)
+
+    @staticmethod
     def text_key(caption: str) -> str:
         return _key("text", caption)
 
     def report(self) -> str:
         parts = []
-        for what in ("latents", "texts"):
+        for what in ("latents", "texts", "controls"):
             if getattr(self, what) is not None:
                 parts.append(f"{what} {self.encoded[what]} encoded, {self.reused[what]} reused")
         return "cache: " + "; ".join(parts)
@@ -99,17 +110,25 @@ def _store(cache: TensorCache, pending: dict[str, torch.Tensor], final: bool = F
         pending.clear()
 
 
-@torch.no_grad()
-def fill_latents(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
-    """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket."""
-    from archdiff.data.images import possible_augmentations, to_tensor
+def _wanted(sets: list[SampleSet], key) -> dict[str, tuple[SampleSet, Sample, str]]:
+    """Every (sample, augmentation) the sets can ask for, by its cache key."""
+    from archdiff.data.images import possible_augmentations
 
     wanted: dict[str, tuple[SampleSet, Sample, str]] = {}
     for sample_set in sets:
         flip, rotate = sample_set.cfg.random_flip and sample_set.train, sample_set.cfg.rotate_drawings and sample_set.train
         for sample in sample_set.samples:
             for op in possible_augmentations(sample.record.kind, sample.bucket, flip, rotate):
-                wanted.setdefault(Caches.latent_key(sample, op), (sample_set, sample, op))
+                wanted.setdefault(key(sample_set, sample, op), (sample_set, sample, op))
+    return wanted
+
+
+@torch.no_grad()
+def fill_latents(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
+    """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket."""
+    from archdiff.data.images import to_tensor
+
+    wanted = _wanted(sets, lambda sample_set, sample, op: Caches.latent_key(sample, op))
     missing = [(key, *job) for key, job in wanted.items() if key not in cache]
     caches.encoded["latents"], caches.reused["latents"] = len(missing), len(wanted) - len(missing)
     missing.sort(key=lambda job: job[2].bucket)
@@ -129,6 +148,19 @@ def fill_latents(cache: TensorCache, sets: list[SampleSet], components, caches: 
                 pending.update({key: params[i] for i, (key, *_) in enumerate(group)})
             progress.update(len(jobs))
             _store(cache, pending)
+    _store(cache, pending, final=True)
+
+
+def fill_controls(cache: TensorCache, sets: list[SampleSet], caches: Caches) -> None:
+    """Extract every control map the sets can ask for and the cache lacks: with the latents cached, no image is
+    decoded during training, for its control neither."""
+    wanted = _wanted(sets, lambda sample_set, sample, op: Caches.control_key(sample, op, sample_set.cfg))
+    missing = [(key, *job) for key, job in wanted.items() if key not in cache]
+    caches.encoded["controls"], caches.reused["controls"] = len(missing), len(wanted) - len(missing)
+    pending: dict[str, torch.Tensor] = {}
+    for key, sample_set, sample, op in tqdm(missing, desc="cache controls", unit="img", disable=not missing):
+        pending[key] = control_tensor(prepared_control(sample_set.catalog, sample, sample_set.cfg, op))
+        _store(cache, pending)
     _store(cache, pending, final=True)
 
 
@@ -163,9 +195,12 @@ def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, co
     """
     latents = TensorCache(cache_dir() / "latents" / components.fingerprint("vae")) if want_latents else None
     texts = TensorCache(cache_dir() / "text" / components.fingerprint("text_encoder")) if want_texts else None
-    caches = Caches(latents, texts)
+    controls = TensorCache(cache_dir() / "controls") if want_latents and any(s.controls for s in sets) else None
+    caches = Caches(latents, texts, controls)
     if latents is not None:
         fill_latents(latents, sets, components, caches)
+    if controls is not None:
+        fill_controls(controls, [s for s in sets if s.controls], caches)
     if texts is not None:
         fill_texts(texts, sets, components, caches)
     for sample_set in sets:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from archdiff.config.schema import DataConfig
+from archdiff.data.pairs import PairedControl, scan_control
 from archdiff.data.sources import LoadedSource, Skipped, load_source
 from archdiff.errors import UserError
 from archdiff.file_digests import file_stamp
@@ -35,6 +36,7 @@ class ImageRecord:
     kind: str
     content_hash: str
     fields: dict[str, Any] = field(hash=False, compare=False)  # the metadata row, without the image
+    control: PairedControl | None = field(default=None, hash=False, compare=False)  # a ControlNet run's paired control
 
 
 @dataclass
@@ -45,6 +47,9 @@ class Catalog:
 
     def image_bytes(self, record: ImageRecord) -> bytes:
         return read_image_value(self.sources[record.source].dataset[record.row]["image"])
+
+    def control_bytes(self, record: ImageRecord) -> bytes:
+        return read_image_value(record.control.value)
 
 
 def read_image_value(value: dict[str, Any]) -> bytes:
@@ -141,8 +146,9 @@ def _file_stamp(value: dict[str, Any]) -> str | None:
 
 
 def scan_source(
-    source: LoadedSource, index: int, max_pixels: int, progress, scans: ScanCache
+    source: LoadedSource, index: int, max_pixels: int, progress, scans: ScanCache, paired: bool = False
 ) -> tuple[list[ImageRecord], list[Skipped]]:
+    """Every row's image (and, when `paired`, its control image): records to train on and rows skipped with the reason."""
     from archdiff.data.captions import MissingField, base_caption
     from archdiff.data.images import UnreadableImage
 
@@ -161,22 +167,42 @@ def scan_source(
         except (UnreadableImage, OSError) as error:
             skipped.append(Skipped(name, str(error)))
             continue
-        records.append(ImageRecord(index, row_index, name, width, height, _row_kind(source, row, name), digest, fields))
+        control = None
+        if paired:
+            column = source.config.control_column
+            control = scan_control(row[column], name, source.label, (width, height), scans, max_pixels)
+            if control is None:
+                skipped.append(Skipped(name, f"no control image (column '{column}' is empty)"))
+                continue
+        kind = _row_kind(source, row, name)
+        records.append(ImageRecord(index, row_index, name, width, height, kind, digest, fields, control))
     return records, skipped
 
 
-def build_catalog(cfg: DataConfig) -> Catalog:
-    """Load every source and scan every image; refuses a dataset with nothing left to train on."""
+def build_catalog(cfg: DataConfig, controls: bool = False) -> Catalog:
+    """Load every source and scan every image; refuses a dataset with nothing left to train on.
+
+    `controls` (a ControlNet run): each source pairs its images with control images through its control
+    column, or has them extracted from the images by `data.control.type`; a source with neither is refused.
+    """
     from tqdm.auto import tqdm
 
-    sources = [load_source(source, cfg.caption) for source in cfg.sources]
+    sources = [load_source(source, cfg.caption, controls) for source in cfg.sources]
+    paired = [controls and source.config.control_column in source.dataset.column_names for source in sources]
+    for source, has_controls in zip(sources, paired, strict=True):
+        if controls and not has_controls and cfg.control.type == "none":
+            raise UserError(
+                f"data '{source.label}' has no control column '{source.config.control_column}' to pair its images with: "
+                "name the column with the source's control_column, or set data.control.type (lines, canny, drawing) "
+                "to make controls from the images themselves"
+            )
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
     total = sum(len(source.dataset) for source in sources)
     scans = ScanCache.default()
     with tqdm(total=total, desc="scan images", unit="img", leave=False, disable=total < 100) as progress:
         for index, source in enumerate(sources):
-            found, missed = scan_source(source, index, cfg.max_pixels, progress, scans)
+            found, missed = scan_source(source, index, cfg.max_pixels, progress, scans, paired[index])
             records += found
             skipped += missed
     scans.save()

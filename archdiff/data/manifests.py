@@ -30,6 +30,7 @@ class Manifest(Section):
     id: str = Field(pattern=r"^[^/\s]+/[^/\s]+$", description="Hub dataset id, owner/name.")
     split: str = "train"
     image_column: str = "image"
+    control_column: str | None = Field(None, description="The column holding each row's control image (paired sets).")
     kind: Literal["photo", "drawing"]
     columns: list[str] = Field(min_length=1, description="The dataset's columns, so captions can be checked offline.")
     caption: CaptionConfig
@@ -42,6 +43,12 @@ class Manifest(Section):
     def _columns_exist(self):
         if self.image_column not in self.columns:
             raise ValueError(f"image_column '{self.image_column}' is not one of the columns ({', '.join(self.columns)})")
+        if self.control_column is not None and (
+            self.control_column not in self.columns or self.control_column == self.image_column
+        ):
+            raise ValueError(
+                f"control_column '{self.control_column}' is not one of the other columns ({', '.join(self.columns)})"
+            )
         needed = caption_columns(self.caption)
         missing = [name for name in needed if name not in self.columns]
         if missing:

@@ -72,11 +72,11 @@ def crop_geometry(sample: Sample, center: bool, rng: random.Random) -> tuple[tup
     return size, original, crop_offsets(size, sample.bucket, center, rng)
 
 
-def crop_to_bucket(image, sample: Sample, size: tuple[int, int], crop: tuple[int, int]):
+def crop_to_bucket(image, sample: Sample, size: tuple[int, int], crop: tuple[int, int], kind: str | None = None):
     from archdiff.data.images import resize
 
     if size != image.size:
-        image = resize(image, size, sample.record.kind)
+        image = resize(image, size, kind or sample.record.kind)
     top, left = crop
     return image.crop((left, top, left + sample.bucket[0], top + sample.bucket[1]))
 
@@ -88,6 +88,37 @@ def prepared_image(catalog: Catalog, sample: Sample, max_pixels: int, op: str = 
     size, crop = geometry or crop_geometry(sample, center=True, rng=None)[::2]
     image = open_image(catalog.image_bytes(sample.record), max_pixels)
     return apply_augmentation(crop_to_bucket(image, sample, size, crop), op)
+
+
+def prepared_control(catalog: Catalog, sample: Sample, cfg: DataConfig, op: str = "", geometry=None):
+    """The control map a ControlNet trains on beside `prepared_image(... op, geometry)`: the same pixels of the same scene.
+
+    A paired control is scaled to the target's size with the line-keeping drawing filter and cut by the target's
+    bucket crop (or tile); without one the target itself is the source. The extractor runs before the
+    flip or rotation, which then applies to the map exactly as to the target.
+    """
+    from archdiff.data.controls import extract_control
+    from archdiff.data.images import apply_augmentation, open_image, resize
+
+    size, crop = geometry or crop_geometry(sample, center=True, rng=None)[::2]
+    record = sample.record
+    if record.control is None:
+        image = prepared_image(catalog, sample, cfg.max_pixels, "", (size, crop))
+    else:
+        image = open_image(catalog.control_bytes(record), cfg.max_pixels)
+        if sample.tile and image.size != (record.width, record.height):  # a tile is cut from the full-size target
+            image = resize(image, (record.width, record.height), "drawing")
+        image = crop_to_bucket(image, sample, size, crop, kind="drawing")
+    control = extract_control(image, cfg.control.type, canny_low=cfg.control.canny_low, canny_high=cfg.control.canny_high)
+    return apply_augmentation(control, op)
+
+
+def control_tensor(image):
+    """HWC uint8 RGB -> CHW uint8: how controls are cached and batched (a ControlNet reads them in [0, 1])."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def tokenize(tokenizer, captions: list[str]):
@@ -119,6 +150,7 @@ class SampleSet:
         train: bool,
         caches=None,
         tokenizer_2=None,
+        controls: bool = False,
     ):
         self.catalog, self.samples, self.cfg, self.tokenizer, self.seed, self.train = (
             catalog,
@@ -130,6 +162,7 @@ class SampleSet:
         )
         self.caches = caches
         self.tokenizer_2 = tokenizer_2  # SDXL: items also carry `input_ids_2` for the second text encoder
+        self.controls = controls  # a ControlNet run: items also carry `control_values`, the control map as uint8
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -164,6 +197,10 @@ class SampleSet:
             item["latent_params"] = self.caches.latents.get(self.caches.latent_key(sample, op))
         else:
             item["pixel_values"] = to_tensor(prepared_image(self.catalog, sample, self.cfg.max_pixels, op, (size, crop)))
+        if self.controls and self.caches and self.caches.controls:
+            item["control_values"] = self.caches.controls.get(self.caches.control_key(sample, op, self.cfg))
+        elif self.controls:
+            item["control_values"] = control_tensor(prepared_control(self.catalog, sample, self.cfg, op, (size, crop)))
         if self.caches and self.caches.texts:
             item["text_embeddings"] = self.caches.texts.get(self.caches.text_key(caption))
         else:

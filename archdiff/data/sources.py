@@ -47,23 +47,28 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "metadata.jsonl").is_file()) if root.is_dir() else []
 
 
-def load_source(config: SourceConfig, default_caption: CaptionConfig) -> LoadedSource:
-    """Load one source; manifests fill in the Hub id, columns, kind and caption they document."""
+def load_source(config: SourceConfig, default_caption: CaptionConfig, controls: bool = False) -> LoadedSource:
+    """Load one source; manifests fill in the Hub id, columns, kind and caption they document.
+
+    `controls` (a ControlNet run): the control column's files are checked and become an undecoded image column.
+    """
     from archdiff.data.manifests import find_manifest
 
     caption, kind, split, image_column = config.caption or default_caption, config.kind, config.split, config.image_column
     path = Path(config.path).expanduser()
     skipped: list[Skipped] = []
     if path.is_dir():
-        dataset, skipped = _load_local(path, split)
+        dataset, skipped = _load_local(path, split, config.control_column, controls)
         label = str(path)
     elif config.path in bundled_names():
-        dataset, skipped = _load_local(bundled_datasets_dir() / config.path, split)
+        dataset, skipped = _load_local(bundled_datasets_dir() / config.path, split, config.control_column, controls)
         label = config.path
     elif manifest := find_manifest(config.path):
         caption = config.caption or manifest.caption
         kind = config.kind or manifest.kind
         split, image_column = manifest.split, manifest.image_column
+        if manifest.control_column and "control_column" not in config.model_fields_set:
+            config = config.model_copy(update={"control_column": manifest.control_column})
         dataset = _load_hub(manifest.id, split, f"{config.path} ({manifest.id})")
         label = f"{config.path} ({manifest.id})"
     else:
@@ -77,6 +82,8 @@ def load_source(config: SourceConfig, default_caption: CaptionConfig) -> LoadedS
     from datasets import Image
 
     dataset = dataset.cast_column("image", Image(decode=False))
+    if controls and config.control_column in dataset.column_names:
+        dataset = _control_column(dataset, config.control_column, label)
     _check_caption_columns(label, dataset.column_names, caption)
     return LoadedSource(config, label, dataset, caption, kind, skipped)
 
@@ -97,13 +104,23 @@ def _check_caption_columns(label: str, columns: list[str], caption: CaptionConfi
         )
 
 
+def _control_column(dataset: Any, column: str, label: str) -> Any:
+    """The control column as undecoded images, like `image`: file paths (folders) or embedded images (the Hub)."""
+    from datasets import Image
+
+    try:
+        return dataset.cast_column(column, Image(decode=False))
+    except Exception as error:  # noqa: BLE001 - Arrow's cast errors: name the column, not pyarrow's internals
+        raise UserError(f"data '{label}': column '{column}' holds no image files or images ({first_line(error)})") from None
+
+
 # -- local folders ------------------------------------------------------------------------------
 
 SPLIT_FOLDERS = ("train", "test", "validation", "valid", "val", "eval")  # HF imagefolder's split folder names
 CSV_DELIMITERS = ",;\t|"  # Excel writes ';' where the decimal mark is a comma
 
 
-def _load_local(folder: Path, split: str) -> tuple[Any, list[Skipped]]:
+def _load_local(folder: Path, split: str, control_column: str = "control", controls: bool = False) -> tuple[Any, list[Skipped]]:
     """A `save_to_disk` folder, a Hub-style repo folder (parquet/arrow files), or an image folder."""
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         return _load_saved(folder, split), []
@@ -112,7 +129,9 @@ def _load_local(folder: Path, split: str) -> tuple[Any, list[Skipped]]:
     images, skipped = _image_files(folder, split)
     metadata = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
     if not metadata and any((folder / split / name).is_file() for name in METADATA_FILES):
-        dataset, inner = _load_local(folder / split, split)  # the HF layout: train/metadata.jsonl, test/metadata.jsonl
+        dataset, inner = _load_local(
+            folder / split, split, control_column, controls
+        )  # the HF layout: train/metadata.jsonl, test/metadata.jsonl
         outside = [p.relative_to(folder).as_posix() for p in images if p.relative_to(folder).parts[0] != split]
         skipped += [Skipped(name, f"outside the '{split}' folder, whose metadata file lists the images") for name in outside]
         return dataset, skipped + [Skipped(f"{split}/{item.name}", item.reason) for item in inner]
@@ -122,7 +141,7 @@ def _load_local(folder: Path, split: str) -> tuple[Any, list[Skipped]]:
         reasons = "; ".join(f"{item.name}: {item.reason}" for item in skipped[:3])
         raise UserError(f"data folder '{folder}' holds no usable images ({len(skipped)} skipped: {reasons})")
     if metadata:
-        return _load_imagefolder(folder, metadata[0], images, skipped)
+        return _load_imagefolder(folder, metadata[0], images, skipped, control_column, controls)
     dataset, unreadable = _load_sidecar(folder, images)
     return dataset, skipped + unreadable
 
@@ -274,8 +293,14 @@ def _bad_column(table: dict[str, list[Any]], rows: list[tuple[int, dict[str, Any
     return ""
 
 
-def _load_imagefolder(folder: Path, metadata: Path, images: list[Path], skipped: list[Skipped]) -> tuple[Any, list[Skipped]]:
-    """Images listed by metadata.jsonl or metadata.csv (HF imagefolder's format), after checking every row."""
+def _load_imagefolder(
+    folder: Path, metadata: Path, images: list[Path], skipped: list[Skipped], control_column: str, controls: bool
+) -> tuple[Any, list[Skipped]]:
+    """Images listed by metadata.jsonl or metadata.csv (HF imagefolder's format), after checking every row.
+
+    Files the control column names are a row's control images, not unlisted training images."""
+    from archdiff.data.pairs import named_control_files
+
     root = folder.resolve()
     usable = {path.resolve() for path in images}
     already = {item.name for item in skipped}
@@ -299,6 +324,7 @@ def _load_imagefolder(folder: Path, metadata: Path, images: list[Path], skipped:
             continue
         listed.add(path.resolve())
         kept.append((number, row, path))
+    listed |= named_control_files(folder, metadata, kept, control_column, resolve=controls)
     unlisted = [path for path in images if path.resolve() not in listed]
     skipped += [Skipped(path.relative_to(folder).as_posix(), f"not listed in {metadata.name}") for path in unlisted]
     return _rows_dataset(metadata, kept), skipped

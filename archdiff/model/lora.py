@@ -88,3 +88,22 @@ def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), sdxl: bool 
     except save_errors() as error:  # a full disk reaches us as OSError, torch's RuntimeError or SafetensorError
         raise UserError(f"could not save the LoRA to {folder / LORA_WEIGHTS}: {save_error_reason(error)}") from None
     return folder / LORA_WEIGHTS
+
+
+def merge_frozen_lora(unet, spec: str, base) -> None:
+    """A finished LoRA (run folder, .safetensors in diffusers or kohya keys, Hub id) merged into the UNet's weights:
+    the style a ControlNet then trains under, at no cost per step. Its format is read by diffusers' own loader."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from archdiff.sample import LoraSpec
+
+    lora = LoraSpec.parse(spec)
+    folder, weight_name = lora.location()
+    pipeline_class = StableDiffusionXLPipeline if base.family == "sdxl" else StableDiffusionPipeline
+    try:
+        state_dict, alphas = pipeline_class.lora_state_dict(folder, weight_name=weight_name)
+        unet.load_lora_adapter(state_dict, network_alphas=alphas, prefix="unet", adapter_name="style")
+    except Exception as error:  # noqa: BLE001 - a LoRA for another base, a damaged file: one line naming it
+        raise UserError(f"controlnet.style_lora '{spec}' could not be loaded onto this base: {first_line(error)}") from None
+    unet.fuse_lora(lora_scale=lora.scale, adapter_names=["style"])
+    unet.unload_lora()

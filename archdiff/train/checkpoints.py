@@ -27,6 +27,7 @@ from archdiff.run_files import (
 
 ADAPTER_FILE = "adapter.safetensors"
 TEXT_ENCODER_ADAPTER_FILES = ("text_encoder_adapter.safetensors", "text_encoder_2_adapter.safetensors")  # SDXL has two
+CONTROLNET_FILE = "controlnet.safetensors"  # a ControlNet run's trained weights (all of them, or its LoRA's)
 
 # Recipe fields a resumed run may change: they steer logging, saving and sampling, not the maths.
 CHANGEABLE_ON_RESUME = (
@@ -110,7 +111,10 @@ def verify_checkpoint(checkpoint: Path) -> TrainerState:
         state = read_state(checkpoint)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise UserError(f"{checkpoint / CHECKPOINT_STATE} is damaged ({first_line(error)})") from None
-    required = ["optimizer.bin", "scheduler.bin", ADAPTER_FILE]
+    controlnet = state.recipe.get("controlnet")
+    required = ["optimizer.bin", "scheduler.bin"]
+    required += [CONTROLNET_FILE] if controlnet else []
+    required += [ADAPTER_FILE] if not controlnet or controlnet.get("unet_lora") else []
     if (state.recipe.get("lora") or {}).get("text_encoder"):
         required.append(TEXT_ENCODER_ADAPTER_FILES[0])
     missing = [name for name in required if not (checkpoint / name).is_file()]
@@ -177,25 +181,44 @@ def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Pa
         raise UserError(f"cannot resume from {checkpoint}: the recipe changed in {shown}; start a new run instead")
 
 
-def register_adapter_hooks(accelerator, unet, text_encoders: list) -> None:
-    """Save and load only the LoRA tensors through accelerate's state machinery, never the frozen base."""
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
-
+def trained_state_dict(model) -> dict:
+    """What a model trains: its adapter's tensors when it has one (never the frozen base), else all its weights."""
     from archdiff.model.lora import lora_state_dict
 
-    adapters = {ADAPTER_FILE: unet, **dict(zip(TEXT_ENCODER_ADAPTER_FILES, text_encoders, strict=False))}
+    if getattr(model, "peft_config", None):
+        return lora_state_dict(model)
+    return {key: value.contiguous() for key, value in model.state_dict().items()}
+
+
+def load_trained_state(model, tensors: dict) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    if getattr(model, "peft_config", None):
+        set_peft_model_state_dict(model, tensors)
+    else:
+        model.load_state_dict(tensors)
+
+
+def register_adapter_hooks(accelerator, trained: dict[str, list]) -> None:
+    """Save and load only what trains through accelerate's state machinery, never the frozen base.
+
+    `trained` maps "unet", "controlnet" and "text" to the (possibly DDP-wrapped) models that train.
+    """
+    from safetensors.torch import load_file, save_file
+
+    files = {"unet": (ADAPTER_FILE,), "controlnet": (CONTROLNET_FILE,), "text": TEXT_ENCODER_ADAPTER_FILES}
+    saved = {name: model for part, models in trained.items() for name, model in zip(files[part], models, strict=False)}
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            for name, model in adapters.items():
-                adapter = lora_state_dict(accelerator.unwrap_model(model))
-                save_file({k: v.detach().cpu() for k, v in adapter.items()}, os.path.join(output_dir, name))
+            for name, model in saved.items():
+                tensors = trained_state_dict(accelerator.unwrap_model(model))
+                save_file({k: v.detach().cpu() for k, v in tensors.items()}, os.path.join(output_dir, name))
         weights.clear()  # accelerate would otherwise write the whole UNet and text encoder
 
     def load_hook(models, input_dir):
-        for name, model in adapters.items():
-            set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(os.path.join(input_dir, name)))
+        for name, model in saved.items():
+            load_trained_state(accelerator.unwrap_model(model), load_file(os.path.join(input_dir, name)))
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -63,9 +63,10 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
 def evaluate(denoiser: Denoiser, eval_set: EvalSet, *, batch_size: int, autocast: Callable = nullcontext) -> float:
     """Mean unweighted denoising loss on the held-out set, in batches no larger than training's
     (so evaluating never needs more memory than the step itself). `autocast`: the precision training runs in."""
-    unet = denoiser.unet
-    was_training = unet.training
-    unet.eval()
+    models = [model for model in (denoiser.unet, denoiser.controlnet) if model is not None]
+    was_training = [model.training for model in models]
+    for model in models:
+        model.eval()
     total, count = 0.0, 0
     for group in eval_set:
         for start in range(0, len(group.timesteps), batch_size):
@@ -78,5 +79,6 @@ def evaluate(denoiser: Denoiser, eval_set: EvalSet, *, batch_size: int, autocast
             n = len(group.timesteps[window])
             total += loss.item() * n
             count += n
-    unet.train(was_training)
+    for model, mode in zip(models, was_training, strict=True):
+        model.train(mode)
     return total / count

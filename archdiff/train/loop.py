@@ -43,6 +43,7 @@ class TrainContext:
     resume: Path | None = None  # the checkpoint to continue from
     draw_samples: Callable[[int], None] | None = None  # progress grids every validation.every steps (main process)
     class_batches: Any = None  # DreamBooth's class images, one batch beside each instance batch
+    controlnet: Any = None  # a ControlNet run's ControlNet, trained (fully or through its LoRA) instead of the UNet's LoRA
 
 
 @dataclass
@@ -120,16 +121,17 @@ def train_lora(ctx: TrainContext) -> LoopResult:
 
     recipe, accelerator, metrics = ctx.recipe, ctx.accelerator, ctx.metrics
     cfg = recipe.train
-    unet, text_encoders = ctx.components.unet, step_text_encoders(recipe, ctx.components)
+    unet, text_encoders, controlnet = ctx.components.unet, step_text_encoders(recipe, ctx.components), ctx.controlnet
     device = accelerator.device
     loader, sampler = make_loader(ctx)
     train_text = recipe.lora.text_encoder is not None
-    params = [p for p in unet.parameters() if p.requires_grad]
-    groups = [{"params": params}]
+    trained = {**({"unet": [unet]} if recipe.unet_lora_trains else {}), **({"controlnet": [controlnet]} if controlnet else {})}
+    groups = [{"params": [p for model in models for p in model.parameters() if p.requires_grad]} for models in trained.values()]
     if train_text:
+        trained["text"] = text_encoders
         text_params = [p for encoder in text_encoders for p in encoder.parameters() if p.requires_grad]
         groups.append({"params": text_params, "lr": recipe.lora.text_encoder.learning_rate or cfg.learning_rate})
-        params = params + text_params
+    params = [p for group in groups for p in group["params"]]
     optimizer = make_optimizer(groups, recipe)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler,
@@ -137,19 +139,23 @@ def train_lora(ctx: TrainContext) -> LoopResult:
         num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
         num_training_steps=cfg.max_steps * accelerator.num_processes,
     )
-    if train_text:
-        unet, *text_encoders, optimizer, lr_scheduler = accelerator.prepare(unet, *text_encoders, optimizer, lr_scheduler)
-    else:
-        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    trained = [unet, *text_encoders] if train_text else [unet]
-    register_adapter_hooks(accelerator, unet, text_encoders if train_text else [])
-    denoiser = denoiser_for(recipe, ctx.components, unet, text_encoders, device)
+    *prepared, optimizer, lr_scheduler = accelerator.prepare(
+        *(m for models in trained.values() for m in models), optimizer, lr_scheduler
+    )
+    for name, models in trained.items():  # the DDP-wrapped models, in the order they went in
+        trained[name], prepared = prepared[: len(models)], prepared[len(models) :]
+    unet = trained.get("unet", [unet])[0]
+    controlnet = trained.get("controlnet", [controlnet])[0]
+    text_encoders = trained.get("text", text_encoders)
+    register_adapter_hooks(accelerator, trained)
+    denoiser = denoiser_for(recipe, ctx.components, unet, text_encoders, device, controlnet)
 
     def validate() -> float | None:
         if not ctx.eval_set or not accelerator.is_main_process:
             return None
         plain = [accelerator.unwrap_model(model) for model in (unet, *text_encoders)]
-        unwrapped = denoiser_for(recipe, ctx.components, plain[0], plain[1:], device)
+        plain_controlnet = accelerator.unwrap_model(controlnet) if controlnet is not None else None
+        unwrapped = denoiser_for(recipe, ctx.components, plain[0], plain[1:], device, plain_controlnet)
         return evaluate(unwrapped, ctx.eval_set, batch_size=cfg.batch_size, autocast=accelerator.autocast)
 
     step = batches = 0
@@ -189,7 +195,8 @@ def train_lora(ctx: TrainContext) -> LoopResult:
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    for model in trained:
+    trained_models = [model for models in trained.values() for model in models]
+    for model in trained_models:
         model.train()
     with StopRequest() as stop:
         try:
@@ -199,7 +206,7 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                     instances = len(next(iter(batch.values())))
                     extra = collate(ctx.class_batches.batch(batch_bucket(batch), instances, batches))
                     batch = {key: torch.cat([batch[key], extra[key]]) for key in batch}
-                with accelerator.accumulate(*trained):
+                with accelerator.accumulate(*trained_models):
                     with torch.no_grad():
                         latents = batch_latents(batch, ctx.components, device)
                     noise = sample_noise(latents, cfg.noise_offset)

@@ -32,13 +32,14 @@ from archdiff.train.checkpoints import (
     checkpoint_name,
     find_checkpoint,
 )
+from archdiff.train.checks import check_cache_options, check_controlnet_options, check_family_options, check_trackers
 from archdiff.train.dreambooth import ClassBatches, class_data, class_targets, ensure_class_images, instance_data
 
 
 @dataclass
 class RunResult:
     run_dir: Path
-    lora_file: Path | None  # None on ranks other than 0, which write nothing
+    lora_file: Path | None  # the LoRA, or a ControlNet run's RUN/controlnet; None on ranks other than 0, which write nothing
     first_val_loss: float | None
     final_val_loss: float | None
     steps_per_second: float
@@ -53,19 +54,18 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers.training_utils import cast_training_params
     from transformers.utils import logging as transformers_logging
 
     from archdiff.data.cache import build_caches
     from archdiff.data.catalog import build_catalog, split_holdout
     from archdiff.data.samples import SampleSet, data_summary, expand_samples
-    from archdiff.model.base import load_components, resolve_base
-    from archdiff.model.lora import attach_lora, attach_text_encoder_lora
-    from archdiff.model.memory import apply_memory_options, check_memory_options, weight_dtype
+    from archdiff.model.base import resolve_base
+    from archdiff.model.memory import apply_memory_options, check_memory_options
     from archdiff.train.evaluation import build_eval_set
     from archdiff.train.guards import Interrupted
     from archdiff.train.loop import TrainContext, train_lora
     from archdiff.train.step import prediction_type
+    from archdiff.train.validation import validation_controls
 
     # 1. inputs: every check that can fail on user input, before anything is written
     cuda = torch.cuda.is_available()
@@ -74,8 +74,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     base = resolve_base(recipe.base)  # a local base's configs and weight files are checked here, headers only
     check_family_options(recipe, base.family)
     check_cache_options(recipe)
+    check_controlnet_options(recipe, base.source)
     data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
-    catalog = build_catalog(data)
+    catalog = build_catalog(data, controls=recipe.controlnet is not None)
     train_records, holdout_records = split_holdout(catalog.records, data.holdout, data.holdout_group, recipe.train.seed)
     train_samples = expand_samples(train_records, data, train=True)
     holdout_samples = expand_samples(holdout_records, data, train=False)
@@ -107,14 +108,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # before the output folder is touched, so a damaged base or a LoRA that matches nothing destroys nothing
     set_seed(recipe.train.seed)
     transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above an error's one line
-    components = load_components(base)
-    components.place(accelerator.device, weight_dtype(recipe.memory))
-    attach_lora(components.unet, recipe.lora)
-    cast_training_params(components.unet, dtype=torch.float32)
-    if recipe.lora.text_encoder:
-        for encoder in _text_encoders(components, recipe.base):
-            attach_text_encoder_lora(encoder, recipe.lora.text_encoder)
-            cast_training_params(encoder, dtype=torch.float32)
+    components, controlnet = _trainable_models(recipe, base, accelerator.device)
 
     metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
     if main:
@@ -140,6 +134,8 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     if recipe.dreambooth and recipe.dreambooth.class_prompt:
         class_set = _class_set(recipe, data, train_samples, base.source, components, accelerator, run_dir)
     apply_memory_options(components.unet, recipe.memory)  # after the class images, drawn by the plain UNet
+    if controlnet is not None and recipe.memory.gradient_checkpointing:
+        controlnet.enable_gradient_checkpointing()
     if main:
         origin = "the recipe" if recipe.train.prediction_type else "the base's scheduler"
         print(f"target: {prediction_type(recipe, components.noise_scheduler)} (from {origin})")
@@ -147,8 +143,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # 3. data as the model sees it, encoded once into the caches when the recipe asks
     seed = recipe.train.seed
     tokenizer_2 = components.tokenizer_2
-    train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, train=True, tokenizer_2=tokenizer_2)
-    holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, train=False, tokenizer_2=tokenizer_2)
+    paired = controlnet is not None
+    train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, True, None, tokenizer_2, paired)
+    holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, False, None, tokenizer_2, paired)
     sets = [train_set, holdout_set, *([class_set] if class_set else [])]
     if data.cache.latents or data.cache.text:
         with accelerator.main_process_first():
@@ -158,27 +155,32 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
     # 4. train
     eval_set = build_eval_set(holdout_set, recipe, components, accelerator.device) if main else []
-    draw = (lambda step: _progress_grid(recipe, base.source, components, accelerator, run_dir, step)) if main else None
+    controls = validation_controls(recipe, holdout_set if holdout_samples else train_set) if paired and main else []
+    draw = None
+    if main:
+        draw = lambda step: _progress_grid(recipe, base.source, components, controlnet, controls, accelerator, run_dir, step)  # noqa: E731
     trained_text = components.text_encoders if recipe.lora.text_encoder else ()  # frozen encoders may never load
     class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
     context = TrainContext(
-        recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches
+        recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches, controlnet
     )
     started = time.perf_counter()
     try:
         result = train_lora(context)
     except Interrupted:
         if main:
-            save_run_lora(components.unet, recipe, base, run_dir, trained_text, components.sdxl)
+            save_run_models(components.unet, controlnet, recipe, base, run_dir, trained_text, components.sdxl)
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
-    ranks_agree = _ranks_agree(accelerator, [components.unet, *trained_text])
+    trained = [*([components.unet] if recipe.unet_lora_trains else []), *([controlnet] if paired else []), *trained_text]
+    ranks_agree = _ranks_agree(accelerator, trained)
 
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
-    lora_file = save_run_lora(unet, recipe, base, run_dir, trained_text, components.sdxl) if main else None
-    samples = _final_samples(recipe, base.source, components, unet, run_dir, accelerator) if main else []
+    controlnet = accelerator.unwrap_model(controlnet) if paired else None
+    lora_file = save_run_models(unet, controlnet, recipe, base, run_dir, trained_text, components.sdxl) if main else None
+    samples = _final_samples(recipe, base.source, components, unet, controlnet, controls, run_dir, accelerator) if main else []
     accelerator.end_training()
     return RunResult(
         run_dir,
@@ -204,12 +206,60 @@ def _text_encoders(components, base_name: str) -> tuple:
 
 def missing_final_outputs(recipe: Recipe, run_dir: Path) -> list[str]:
     """What a finished run writes after its last checkpoint and does not have (it was killed in between)."""
+    from archdiff.model.controlnet import CONTROLNET_DIR
     from archdiff.run_files import LORA_WEIGHTS, kohya_run_file
 
-    wanted = [run_dir / LORA_WEIGHTS, kohya_run_file(run_dir, recipe.name)]
+    wanted = [run_dir / LORA_WEIGHTS, kohya_run_file(run_dir, recipe.name)] if recipe.unet_lora_trains else []
+    if recipe.controlnet:
+        wanted.append(run_dir / CONTROLNET_DIR / "config.json")
     if recipe.validation.prompts:
         wanted.append(run_dir / SAMPLES_DIR / f"{checkpoint_name(recipe.train.max_steps)}.png")
-    return [path.name for path in wanted if not path.is_file()]
+    return [path.relative_to(run_dir).as_posix() for path in wanted if not path.is_file()]
+
+
+def _trainable_models(recipe: Recipe, base, device):
+    """The base's parts, frozen in the training dtype, with what trains attached in fp32: the UNet's (and text
+    encoders') LoRA, or a ControlNet (built from the plain UNet, before any adapter). Loaded before the output
+    folder is touched, so a damaged base or a LoRA that matches nothing destroys nothing."""
+    import torch
+    from diffusers.training_utils import cast_training_params
+
+    from archdiff.model.base import load_components
+    from archdiff.model.controlnet import load_controlnet
+    from archdiff.model.lora import attach_lora, attach_text_encoder_lora, merge_frozen_lora
+    from archdiff.model.memory import weight_dtype
+
+    components = load_components(base)
+    dtype = weight_dtype(recipe.memory)
+    components.place(device, dtype)
+    controlnet = None
+    if recipe.controlnet:
+        if recipe.controlnet.style_lora:
+            merge_frozen_lora(components.unet, recipe.controlnet.style_lora, base)
+        controlnet = load_controlnet(recipe.controlnet, components.unet).to(device, dtype=dtype)
+        cast_training_params(controlnet, dtype=torch.float32)
+    if recipe.unet_lora_trains:
+        attach_lora(components.unet, recipe.lora)
+        cast_training_params(components.unet, dtype=torch.float32)
+    if recipe.lora.text_encoder:
+        for encoder in _text_encoders(components, recipe.base):
+            attach_text_encoder_lora(encoder, recipe.lora.text_encoder)
+            cast_training_params(encoder, dtype=torch.float32)
+    return components, controlnet
+
+
+def save_run_models(unet, controlnet, recipe: Recipe, base, run_dir: Path, text_encoders, sdxl: bool) -> Path:
+    """What the run trained: the ControlNet in diffusers' format and/or the UNet's LoRA (with its kohya twin).
+
+    Returns the main one: RUN/controlnet for a ControlNet run, else the LoRA file.
+    """
+    from archdiff.model.base import stored_dtype
+    from archdiff.model.controlnet import save_controlnet
+
+    lora_file = save_run_lora(unet, recipe, base, run_dir, text_encoders, sdxl) if recipe.unet_lora_trains else None
+    if controlnet is None:
+        return lora_file
+    return save_controlnet(controlnet, run_dir, stored_dtype(base.source))
 
 
 def save_run_lora(unet, recipe: Recipe, base, run_dir: Path, text_encoders, sdxl: bool) -> Path:
@@ -241,7 +291,7 @@ def _class_set(recipe: Recipe, data, train_samples, source: str, components, acc
 
     from archdiff.data.catalog import build_catalog
     from archdiff.data.samples import SampleSet, expand_samples
-    from archdiff.sample import training_pipeline
+    from archdiff.train.validation import training_pipeline
 
     targets = class_targets([s.bucket for s in train_samples], recipe.dreambooth.class_images, recipe.train.batch_size)
     components.unet.disable_adapters()  # the untouched base draws them (the new LoRA is already attached)
@@ -277,73 +327,23 @@ def tracker_config(recipe: Recipe) -> dict:
     }
 
 
-def check_trackers(recipe: Recipe) -> None:
-    import importlib.util
-
-    if "wandb" in recipe.train.trackers and importlib.util.find_spec("wandb") is None:
-        raise UserError("train.trackers lists wandb, which is not installed: pip install wandb (or drop it from the list)")
-
-
-def check_cache_options(recipe: Recipe) -> None:
-    """A cache holds one crop per image and one embedding per caption: refuse settings that need more."""
-    from archdiff.data.captions import varies_per_step
-
-    data = recipe.data
-    if data.cache.latents and not data.center_crop:
-        raise UserError("data.cache.latents needs data.center_crop: true (a cached latent holds one crop of each image)")
-    captions = [data.caption, *(source.caption for source in data.sources if source.caption)]
-    if data.cache.text and recipe.lora.text_encoder:
-        raise UserError("data.cache.text cannot hold embeddings of a text encoder that trains (lora.text_encoder)")
-    if data.cache.text and any(varies_per_step(caption) for caption in captions):
-        raise UserError(
-            "data.cache.text needs fixed captions: turn off caption.shuffle_tags and caption.field_dropout, or the text cache"
-        )
-
-
-def check_family_options(recipe: Recipe, family: str) -> None:
-    """SDXL trains a UNet LoRA; options built for SD 1.x's single text encoder are refused, not half-applied."""
-    if family != "sdxl":
-        return
-    if recipe.data.cache.text:
-        raise UserError("data.cache.text is not supported on SDXL bases yet (two text encoders); set it to false")
-    if recipe.dreambooth:
-        raise UserError("dreambooth is not supported on SDXL bases yet; use an SD 1.x/2.x base or a plain LoRA recipe")
-    if recipe.memory.mixed_precision == "fp16":
-        raise UserError("memory.mixed_precision=fp16 on SDXL: its VAE overflows to NaN in fp16; use bf16 (or no)")
-
-
-def _log_grid(rows: list[list], accelerator, run_dir: Path, step: int) -> Path:
-    """samples/step-NNNNNN.png, prompts down and seeds across, also sent to the trackers."""
-    import numpy as np
-
-    from archdiff.sample import grid
-
-    sheet = grid([image for row in rows for image in row], columns=len(rows[0]))
-    path = run_dir / SAMPLES_DIR / f"{checkpoint_name(step)}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.log_images({"samples": np.asarray(sheet)[None]}, step=step, dataformats="NHWC")
-        elif tracker.name == "wandb":
-            tracker.log_images({"samples": [sheet]}, step=step)
-    return path
-
-
-def _progress_grid(recipe: Recipe, source: str, components, accelerator, run_dir: Path, step: int) -> None:
-    """A grid of the validation prompts during training; the UNet goes back to training untouched."""
-    from archdiff.sample import validation_rows
+def _progress_grid(recipe: Recipe, source: str, components, controlnet, controls, accelerator, run_dir: Path, step: int) -> None:
+    """A grid of the validation prompts during training; the models go back to training untouched."""
+    from archdiff.train.validation import log_grid, validation_rows
 
     if recipe.validation.prompts:
-        rows = validation_rows(recipe, source, components, accelerator.unwrap_model(components.unet), accelerator.autocast)
-        _log_grid(rows, accelerator, run_dir, step)
+        unet = accelerator.unwrap_model(components.unet)
+        controlnet = accelerator.unwrap_model(controlnet) if controlnet is not None else None
+        rows = validation_rows(recipe, source, components, unet, accelerator.autocast, controlnet, controls)
+        log_grid(rows, accelerator, run_dir, step, controls)
 
 
-def _final_samples(recipe: Recipe, source: str, components, unet, run_dir: Path, accelerator) -> list[Path]:
-    """The validation prompts drawn with the trained adapter: one folder per prompt and the final grid."""
-    from archdiff.sample import save_validation_images, validation_rows
+def _final_samples(recipe: Recipe, source: str, components, unet, controlnet, controls, run_dir: Path, accelerator) -> list[Path]:
+    """The validation prompts drawn with the trained models: one folder per prompt and the final grid."""
+    from archdiff.train.validation import log_grid, save_validation_images, validation_rows
 
     if not recipe.validation.prompts:
         return []
-    rows = validation_rows(recipe, source, components, unet, accelerator.autocast)
-    return [*save_validation_images(recipe, rows, run_dir), _log_grid(rows, accelerator, run_dir, recipe.train.max_steps)]
+    rows = validation_rows(recipe, source, components, unet, accelerator.autocast, controlnet, controls)
+    grid_path = log_grid(rows, accelerator, run_dir, recipe.train.max_steps, controls)
+    return [*save_validation_images(recipe, rows, run_dir), grid_path]

@@ -27,6 +27,8 @@ class Denoiser:
     prediction_type: str  # epsilon or v_prediction
     device: Any
     text_trains: bool = False  # gradients flow into the text encoders (lora.text_encoder)
+    controlnet: Any = None  # a ControlNet run: its residuals steer the UNet from the batch's control maps
+    control_scale: float = 1.0
 
 
 def prediction_type(recipe: Recipe, noise_scheduler) -> str:
@@ -38,9 +40,11 @@ def step_text_encoders(recipe: Recipe, components: Components) -> list:
     return [] if recipe.data.cache.text else list(components.text_encoders)
 
 
-def denoiser_for(recipe: Recipe, components: Components, unet, text_encoders: list, device) -> Denoiser:
+def denoiser_for(recipe: Recipe, components: Components, unet, text_encoders: list, device, controlnet=None) -> Denoiser:
     target = prediction_type(recipe, components.noise_scheduler)
-    return Denoiser(unet, text_encoders, components.noise_scheduler, target, device, recipe.lora.text_encoder is not None)
+    text_trains = recipe.lora.text_encoder is not None
+    scale = recipe.controlnet.scale if recipe.controlnet else 1.0
+    return Denoiser(unet, text_encoders, components.noise_scheduler, target, device, text_trains, controlnet, scale)
 
 
 def batch_latents(batch: dict, components: Components, device, sample: bool = True) -> torch.Tensor:
@@ -98,6 +102,23 @@ def batch_conditioning(batch: dict, text_encoders: list, device, bucket: tuple[i
     return embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(device, embeddings.dtype)}
 
 
+def control_residuals(denoiser: Denoiser, batch: dict, noisy, timesteps, embeddings, added_cond) -> dict:
+    """The ControlNet's additions to the UNet's skip connections and middle block ({} without a ControlNet)."""
+    if denoiser.controlnet is None:
+        return {}
+    control = batch["control_values"].to(noisy.device, non_blocking=True).float() / 255.0  # ControlNets read [0, 1]
+    down, middle = denoiser.controlnet(
+        noisy,
+        timesteps,
+        encoder_hidden_states=embeddings,
+        controlnet_cond=control,
+        conditioning_scale=denoiser.control_scale,
+        added_cond_kwargs=added_cond,
+        return_dict=False,
+    )
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": middle}
+
+
 def denoising_loss(
     denoiser: Denoiser,
     batch: dict,
@@ -121,7 +142,13 @@ def denoising_loss(
         embeddings, added_cond = batch_conditioning(batch, denoiser.text_encoders, denoiser.device, bucket)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = training_target(scheduler, latents, noise, timesteps, denoiser.prediction_type)
-    prediction = denoiser.unet(noisy, timesteps, embeddings, added_cond_kwargs=added_cond).sample
+    prediction = denoiser.unet(
+        noisy,
+        timesteps,
+        embeddings,
+        added_cond_kwargs=added_cond,
+        **control_residuals(denoiser, batch, noisy, timesteps, embeddings, added_cond),
+    ).sample
     weights = None
     if snr_gamma:
         weights = min_snr_weights(compute_snr(scheduler, timesteps), snr_gamma, denoiser.prediction_type)

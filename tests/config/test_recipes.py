@@ -36,7 +36,7 @@ def test_demo_tiny_extends_facade_lora_and_overrides_only_tiny_needs():
 
 
 def test_sdxl_recipe_is_facade_lora_at_1024_and_passes_the_sdxl_checks():
-    from archdiff.train.run import check_cache_options, check_family_options
+    from archdiff.train.checks import check_cache_options, check_family_options
 
     real, sdxl = load_recipe("facade-lora"), load_recipe("sdxl-facade-lora")
     assert sdxl.base == "stabilityai/stable-diffusion-xl-base-1.0" and sdxl.data.resolution == 1024

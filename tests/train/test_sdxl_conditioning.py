@@ -6,7 +6,8 @@ import torch
 from archdiff.config import load_recipe
 from archdiff.errors import UserError
 from archdiff.model.base import load_components, resolve_base
-from archdiff.train.run import check_family_options, run
+from archdiff.train.checks import check_family_options
+from archdiff.train.run import run
 from archdiff.train.step import encode_text_sdxl, sdxl_time_ids
 
 

@@ -1,7 +1,9 @@
 """Building elevations: a facade drawn from a seed, and a caption and metadata that state what is drawn.
 
 Storeys, windows per storey, material, roof, door side and balconies are sampled first; the drawing
-and the text are both made from them, so no caption claims what the pixels do not show.
+and the text are both made from them, so no caption claims what the pixels do not show. The window,
+door and balcony boxes come from one function, so a line drawing of a facade (facade_pairs) traces
+exactly the pixels the render fills.
 """
 
 from __future__ import annotations
@@ -55,20 +57,44 @@ class Facade:
     wall: Box
     storey_height: int
     roof_space: int
+    scale: float = 1.0  # the short side over 256: the pixel sizes of roofs, windows and doors grow with it
+
+    def px(self, pixels: int) -> int:
+        """A size in pixels at 256, at this facade's scale."""
+        return round(pixels * self.scale)
 
 
-def _sample_facade(rng: random.Random) -> Facade:
-    shape = rng.choices(list(FACADE_SHAPE_WEIGHTS), weights=list(FACADE_SHAPE_WEIGHTS.values()))[0]
-    width, height = FACADE_SHAPES[shape]
+@dataclass(frozen=True)
+class Opening:
+    """A window or the door, in the render's pixels; ``balcony`` when one is drawn under the window."""
+
+    box: Box
+    door: bool
+    balcony: bool
+
+
+def _shape_of(width: int, height: int) -> str:
+    return "wide" if width > 1.2 * height else "tall" if height > 1.2 * width else "square"
+
+
+def sample_facade(rng: random.Random, size: tuple[int, int] | None = None) -> Facade:
+    """The parameters of one facade; ``size`` (width, height) fixes the image size, else a shape is drawn at random."""
+    if size is None:
+        shape = rng.choices(list(FACADE_SHAPE_WEIGHTS), weights=list(FACADE_SHAPE_WEIGHTS.values()))[0]
+        width, height = FACADE_SHAPES[shape]
+    else:
+        width, height = size
+        shape = _shape_of(width, height)
+    scale = min(width, height) / 256
     storeys = rng.randint(*STOREY_RANGE[shape])
     ground_y = height - height // 14
     roof_space = height // 7
-    storey_height = min((ground_y - height // 10 - roof_space) // storeys, 58)
+    storey_height = min((ground_y - height // 10 - roof_space) // storeys, round(58 * scale))
     wall_w = int(width * rng.uniform(*WALL_FRACTION[shape]))
     x0 = rng.randint(width // 20, width - width // 20 - wall_w)
     door = rng.choice(DOORS)
     # A central door sits in the middle of M + 1 ground-floor slots, which needs M even.
-    choices = [m for m in range(2, min(8, wall_w // 26) + 1) if door != "centre" or m % 2 == 0]
+    choices = [m for m in range(2, min(8, wall_w // round(26 * scale)) + 1) if door != "centre" or m % 2 == 0]
     return Facade(
         width=width,
         height=height,
@@ -81,6 +107,7 @@ def _sample_facade(rng: random.Random) -> Facade:
         wall=(x0, ground_y - storeys * storey_height, x0 + wall_w, ground_y),
         storey_height=storey_height,
         roof_space=roof_space,
+        scale=scale,
     )
 
 
@@ -94,22 +121,26 @@ def _draw_sky_and_ground(draw: ImageDraw.ImageDraw, f: Facade, rng: random.Rando
     fill(draw, (0, ground_y, f.width, ground_y + 2), (108, 108, 106))
 
 
-def _draw_roof(draw: ImageDraw.ImageDraw, f: Facade, rng: random.Random) -> None:
+def _draw_roof(draw: ImageDraw.ImageDraw, f: Facade, rng: random.Random) -> list[tuple[int, int]]:
+    """Draw the roof; returns its outline (PIL polygon points), for the line drawing of the same facade."""
     x0, y0, x1, _ = f.wall
     colour = rng.choice(ROOF_COLOURS)
     edge = tuple(c // 2 for c in colour)
+    over, thick = f.px(3), f.px(6)
     if f.roof == "flat":
-        fill(draw, (x0 - 3, y0 - 6, x1 + 3, y0), colour)
-        fill(draw, (x0 - 3, y0 - 6, x1 + 3, y0 - 4), edge)
-        return
+        fill(draw, (x0 - over, y0 - thick, x1 + over, y0), colour)
+        fill(draw, (x0 - over, y0 - thick, x1 + over, y0 - f.px(4)), edge)
+        return [(x0 - over, y0 - thick), (x1 + over - 1, y0 - thick), (x1 + over - 1, y0 - 1), (x0 - over, y0 - 1)]
+    over = f.px(6)
     rise = round(f.roof_space * rng.uniform(0.6, 0.95))
     if f.roof == "gable":
-        outline = [(x0 - 6, y0), (x1 + 6, y0), ((x0 + x1) // 2, y0 - rise)]
+        outline = [(x0 - over, y0), (x1 + over, y0), ((x0 + x1) // 2, y0 - rise)]
     else:
-        left, right = (6, rise) if rng.random() < 0.5 else (rise, 6)
-        outline = [(x0 - 6, y0), (x1 + 6, y0), (x1 + 6, y0 - right), (x0 - 6, y0 - left)]
+        left, right = (over, rise) if rng.random() < 0.5 else (rise, over)
+        outline = [(x0 - over, y0), (x1 + over, y0), (x1 + over, y0 - right), (x0 - over, y0 - left)]
     draw.polygon(outline, fill=colour, outline=edge)
-    fill(draw, (x0 - 6, y0 - 3, x1 + 6, y0), edge)
+    fill(draw, (x0 - over, y0 - f.px(3), x1 + over, y0), edge)
+    return outline
 
 
 def _draw_brick(draw: ImageDraw.ImageDraw, box: Box, f: Facade, rng: random.Random) -> None:
@@ -192,65 +223,80 @@ def _draw_window(draw: ImageDraw.ImageDraw, box: Box, frame: RGB) -> None:
     fill(draw, (x0, (y0 + y1) // 2, x1, (y0 + y1) // 2 + 1), frame)
 
 
-def _draw_balcony(draw: ImageDraw.ImageDraw, window: Box, storey_height: int) -> None:
-    """A slab under the window and a railing drawn in front of its lower part."""
+def balcony_box(f: Facade, window: Box) -> Box:
+    """The slab under a window and the railing in front of its lower part, as one box."""
     x0, _, x1, y1 = window
-    rail_top = y1 - round(storey_height * 0.2)
-    fill(draw, (x0 - 4, y1, x1 + 4, y1 + 3), (92, 92, 96))
-    fill(draw, (x0 - 4, rail_top, x1 + 4, rail_top + 1), (40, 40, 45))
-    for x in range(x0 - 4, x1 + 4, 3):
-        fill(draw, (x, rail_top, x + 1, y1), (40, 40, 45))
+    return x0 - f.px(4), y1 - round(f.storey_height * 0.2), x1 + f.px(4), y1 + f.px(3)
+
+
+def _draw_balcony(draw: ImageDraw.ImageDraw, f: Facade, window: Box) -> None:
+    x0, rail_top, x1, bottom = balcony_box(f, window)
+    fill(draw, (x0, window[3], x1, bottom), (92, 92, 96))
+    fill(draw, (x0, rail_top, x1, rail_top + 1), (40, 40, 45))
+    for x in range(x0, x1, 3):
+        fill(draw, (x, rail_top, x + 1, window[3]), (40, 40, 45))
 
 
 def _slot_centres(x0: int, x1: int, n: int) -> list[float]:
     return [x0 + (x1 - x0) * (i + 0.5) / n for i in range(n)]
 
 
-def _draw_openings(draw: ImageDraw.ImageDraw, f: Facade, rng: random.Random) -> None:
-    """Windows on every storey, the door on the ground floor, balconies above it.
+def facade_openings(f: Facade) -> list[Opening]:
+    """Windows on every storey and the door on the ground floor, storey by storey from the ground up.
 
     Upper storeys split the wall into M equal bays; the ground floor uses M + 1
     slots, one for the door, so every storey really has M windows.
     """
     x0, _, x1, y1 = f.wall
     m, sh = f.windows_per_storey, f.storey_height
-    frame = _window_frame(f.material)
     win_h = round(sh * 0.55)
+    openings = []
     for storey in range(f.storeys):
         top = y1 - (storey + 1) * sh + round(sh * 0.22)
         slots = m if storey else m + 1
         door_slot = {"left": 0, "right": m, "centre": m // 2}[f.door] if storey == 0 else None
-        win_w = min(round((x1 - x0) / slots * 0.46), 44)
+        win_w = min(round((x1 - x0) / slots * 0.46), f.px(44))
         for i, cx in enumerate(_slot_centres(x0, x1, slots)):
             if i == door_slot:
-                _draw_door(draw, f, cx, (x1 - x0) / slots, rng)
-                continue
-            window = (round(cx - win_w / 2), top, round(cx + win_w / 2), top + win_h)
-            _draw_window(draw, window, frame)
-            if storey and f.balconies:
-                _draw_balcony(draw, window, sh)
+                door_w = min(round((x1 - x0) / slots * 0.55), f.px(30))
+                box = (round(cx - door_w / 2), y1 - round(sh * 0.8), round(cx + door_w / 2), y1)
+                openings.append(Opening(box, door=True, balcony=False))
+            else:
+                box = (round(cx - win_w / 2), top, round(cx + win_w / 2), top + win_h)
+                openings.append(Opening(box, door=False, balcony=bool(storey) and f.balconies))
+    return openings
 
 
-def _draw_door(draw: ImageDraw.ImageDraw, f: Facade, cx: float, slot_w: float, rng: random.Random) -> None:
-    door_w = min(round(slot_w * 0.55), 30)
-    bottom = f.wall[3]
-    box = (round(cx - door_w / 2), bottom - round(f.storey_height * 0.8), round(cx + door_w / 2), bottom)
+def _draw_openings(draw: ImageDraw.ImageDraw, f: Facade, rng: random.Random) -> None:
+    frame = _window_frame(f.material)
+    for opening in facade_openings(f):
+        if opening.door:
+            _draw_door(draw, opening.box, rng)
+            continue
+        _draw_window(draw, opening.box, frame)
+        if opening.balcony:
+            _draw_balcony(draw, f, opening.box)
+
+
+def _draw_door(draw: ImageDraw.ImageDraw, box: Box, rng: random.Random) -> None:
+    bottom = box[3]
     fill(draw, box, (45, 40, 38))
     fill(draw, (box[0] + 2, box[1] + 2, box[2] - 2, bottom), rng.choice(DOOR_COLOURS))
     fill(draw, (box[2] - 5, (box[1] + bottom) // 2, box[2] - 3, (box[1] + bottom) // 2 + 2), (210, 190, 120))
 
 
-def _render_facade(f: Facade, rng: random.Random) -> Image.Image:
+def render_facade(f: Facade, rng: random.Random) -> tuple[Image.Image, list[tuple[int, int]]]:
+    """The facade's pixels, and its roof outline (the one part of the geometry drawn from the seed while rendering)."""
     image = Image.new("RGB", (f.width, f.height))
     draw = ImageDraw.Draw(image)
     _draw_sky_and_ground(draw, f, rng)
-    _draw_roof(draw, f, rng)
+    roof = _draw_roof(draw, f, rng)
     WALL_PAINTERS[f.material](draw, f.wall, f, rng)
     _draw_openings(draw, f, rng)
-    return image
+    return image, roof
 
 
-def _facade_caption(f: Facade, rng: random.Random) -> str:
+def facade_caption(f: Facade, rng: random.Random) -> str:
     storey_adj = "single-storey" if f.storeys == 1 else f"{f.storeys}-storey"
     material, m = MATERIAL_WORDS[f.material], f.windows_per_storey
     templates = (
@@ -264,7 +310,7 @@ def _facade_caption(f: Facade, rng: random.Random) -> str:
     return rng.choice(templates)
 
 
-def _facade_columns(f: Facade) -> dict:
+def facade_columns(f: Facade) -> dict:
     return {
         "storeys": f.storeys,
         "windows_per_storey": f.windows_per_storey,
@@ -280,9 +326,9 @@ def _facade_columns(f: Facade) -> dict:
 
 def _draw_facade(rng: random.Random) -> tuple[str, dict, Image.Image]:
     """One facade, taking from the seed in a fixed order: its parameters, its pixels, then its caption."""
-    facade = _sample_facade(rng)
-    image = _render_facade(facade, rng)
-    return _facade_caption(facade, rng), _facade_columns(facade), image
+    facade = sample_facade(rng)
+    image, _ = render_facade(facade, rng)
+    return facade_caption(facade, rng), facade_columns(facade), image
 
 
 def generate_facades(out_dir: Path, count: int = 32, seed: int = 0) -> None:

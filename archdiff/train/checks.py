@@ -1,0 +1,72 @@
+"""Checks of a recipe against the machine and the base, run before anything is loaded or written."""
+
+from __future__ import annotations
+
+from archdiff.config import Recipe
+from archdiff.errors import UserError
+
+
+def check_trackers(recipe: Recipe) -> None:
+    import importlib.util
+
+    if "wandb" in recipe.train.trackers and importlib.util.find_spec("wandb") is None:
+        raise UserError("train.trackers lists wandb, which is not installed: pip install wandb (or drop it from the list)")
+
+
+def check_cache_options(recipe: Recipe) -> None:
+    """A cache holds one crop per image and one embedding per caption: refuse settings that need more."""
+    from archdiff.data.captions import varies_per_step
+
+    data = recipe.data
+    if data.cache.latents and not data.center_crop:
+        raise UserError("data.cache.latents needs data.center_crop: true (a cached latent holds one crop of each image)")
+    captions = [data.caption, *(source.caption for source in data.sources if source.caption)]
+    if data.cache.text and recipe.lora.text_encoder:
+        raise UserError("data.cache.text cannot hold embeddings of a text encoder that trains (lora.text_encoder)")
+    if data.cache.text and any(varies_per_step(caption) for caption in captions):
+        raise UserError(
+            "data.cache.text needs fixed captions: turn off caption.shuffle_tags and caption.field_dropout, or the text cache"
+        )
+
+
+def check_family_options(recipe: Recipe, family: str) -> None:
+    """SDXL trains a UNet LoRA; options built for SD 1.x's single text encoder are refused, not half-applied."""
+    if family != "sdxl":
+        return
+    if recipe.data.cache.text:
+        raise UserError("data.cache.text is not supported on SDXL bases yet (two text encoders); set it to false")
+    if recipe.dreambooth:
+        raise UserError("dreambooth is not supported on SDXL bases yet; use an SD 1.x/2.x base or a plain LoRA recipe")
+    if recipe.memory.mixed_precision == "fp16":
+        raise UserError("memory.mixed_precision=fp16 on SDXL: its VAE overflows to NaN in fp16; use bf16 (or no)")
+
+
+def check_controlnet_options(recipe: Recipe, base_source: str) -> None:
+    """A ControlNet to start from must exist and fit the base: checked from the config files, before anything loads."""
+    import json
+    from pathlib import Path
+
+    from archdiff.model.base import component_folder, read_json
+    from archdiff.model.controlnet import check_fits, controlnet_source
+
+    cfg = recipe.controlnet
+    if cfg is None:
+        return
+    if recipe.data.tile_drawings:
+        raise UserError(
+            "data.tile_drawings cuts drawings into tiles their controls do not have: set it to null in a controlnet run"
+        )
+    if cfg.style_lora:
+        from archdiff.sample import LoraSpec
+
+        LoraSpec.parse(cfg.style_lora).local()  # a missing file or an unknown Hub LoRA: one line, before anything loads
+    if cfg.init is None:
+        return
+    source = controlnet_source(cfg.init, "controlnet.init")
+    if Path(source).is_dir():
+        unet_config = json.loads((component_folder(base_source, "unet") / "config.json").read_text(encoding="utf-8"))
+        check_fits(
+            read_json(Path(source) / "config.json", f"controlnet.init '{cfg.init}': config.json"),
+            unet_config,
+            f"controlnet.init '{cfg.init}'",
+        )

@@ -1,0 +1,106 @@
+"""Validation images: the recipe's prompts drawn by the training UNet (and ControlNet) during and after a run.
+
+Grids go to samples/step-NNNNNN.png and the trackers; the final images, one folder per prompt with their
+settings in each PNG, are what `push` shares. A ControlNet run draws each prompt from a held-out control
+image and puts that control first in its row, so the grid shows control | results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from archdiff.config import Recipe
+from archdiff.run_files import SAMPLES_DIR
+from archdiff.sample import generate, grid, save_images
+from archdiff.train.checkpoints import checkpoint_name
+
+
+def training_pipeline(source: str, components, unet, controlnet=None):
+    """The base pipeline around the in-memory (possibly training) UNet, ControlNet and encoders: no second copy."""
+    import diffusers
+
+    parts = {"unet": unet, "vae": components.vae, "text_encoder": components.text_encoder, "tokenizer": components.tokenizer}
+    if components.sdxl:
+        parts |= {"text_encoder_2": components.text_encoder_2, "tokenizer_2": components.tokenizer_2, "add_watermarker": False}
+    else:
+        parts |= {"safety_checker": None, "requires_safety_checker": False}
+    family = "StableDiffusionXL" if components.sdxl else "StableDiffusion"
+    if controlnet is not None:
+        parts["controlnet"] = controlnet
+    pipeline_class = getattr(diffusers, f"{family}{'ControlNet' if controlnet is not None else ''}Pipeline")
+    pipe = pipeline_class.from_pretrained(source, dtype=unet.dtype, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def validation_controls(recipe: Recipe, sample_set) -> list[Image.Image]:
+    """One control per validation prompt, from the held-out images in order (cycling), cut square at the run's size."""
+    from archdiff.data.samples import Sample, prepared_control
+
+    size = recipe.data.resolution
+    samples = sample_set.samples
+    picked = [samples[index % len(samples)] for index in range(len(recipe.validation.prompts))] if samples else []
+    return [prepared_control(sample_set.catalog, Sample(s.record, (size, size)), sample_set.cfg) for s in picked]
+
+
+def validation_rows(recipe: Recipe, source: str, components, unet, autocast, controlnet=None, controls=()) -> list[list]:
+    """The validation prompts drawn by the training models: one row per prompt, one image per seed.
+
+    Under `autocast`, as training runs: with bf16/fp16 the frozen weights are half precision, the LoRA
+    fp32. The pipeline and its activations are freed afterwards, so training gets its memory back.
+    """
+    from diffusers.training_utils import free_memory
+
+    cfg, size = recipe.validation, recipe.data.resolution
+    models = [model for model in (unet, controlnet) if model is not None]
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    pipe = training_pipeline(source, components, unet, controlnet)
+    try:
+        rows = []
+        with autocast():
+            for index, prompt in enumerate(cfg.prompts):
+                guide = {}
+                if controlnet is not None:
+                    guide = {"image": controls[index], "controlnet_conditioning_scale": recipe.controlnet.scale}
+                rows.append(generate(pipe, prompt, cfg.seeds, cfg.steps, cfg.guidance, size, size, **guide))
+        return rows
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+        del pipe
+        free_memory()
+
+
+def save_validation_images(recipe: Recipe, rows: list[list[Image.Image]], run_dir: Path) -> list[Path]:
+    """One folder per validation prompt, with each image's settings in its PNG: what `push` shares."""
+    cfg = recipe.validation
+    paths = []
+    for index, (prompt, images) in enumerate(zip(cfg.prompts, rows, strict=True)):
+        adapter = [f"{run_dir.name}:1"]  # the folder's name only: these images get shared, home paths should not
+        settings = {"prompt": prompt, "base": recipe.base, "lora": adapter, "steps": cfg.steps, "guidance": cfg.guidance}
+        if recipe.controlnet:
+            settings = {**settings, "lora": [], "controlnet": [adapter[0]], "control_type": recipe.data.control.type}
+        paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}")
+    return paths
+
+
+def log_grid(rows: list[list], accelerator, run_dir: Path, step: int, controls=()) -> Path:
+    """samples/step-NNNNNN.png, prompts down and seeds across (a ControlNet run's control first), also sent to the trackers."""
+    import numpy as np
+
+    if controls:
+        rows = [[control, *row] for control, row in zip(controls, rows, strict=True)]
+    sheet = grid([image for row in rows for image in row], columns=len(rows[0]))
+    path = run_dir / SAMPLES_DIR / f"{checkpoint_name(step)}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": np.asarray(sheet)[None]}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({"samples": [sheet]}, step=step)
+    return path
