@@ -15,7 +15,6 @@ from PIL import Image
 
 from archdiff.errors import UserError, first_line
 from archdiff.hub_ids import is_hub_id
-from archdiff.model.controlnet import CONTROLNET_DIR, family_of
 from archdiff.run_files import RECIPE_FILE
 
 CONTROLNET_CLASS = "ControlNetModel"
@@ -34,6 +33,8 @@ class ControlNetSource:
 
     @property
     def family(self) -> str:
+        from archdiff.model.controlnet import family_of
+
         return family_of(self.config)
 
     @property
@@ -78,6 +79,7 @@ def _check_weights(folder: Path, label: str) -> None:
 
 def find_controlnet(text: str) -> ControlNetSource:
     """A training run folder (controlnet/ + recipe.yaml), a ControlNet folder, or a Hub id; checked from its files."""
+    from archdiff.model.controlnet import CONTROLNET_DIR
     from archdiff.runs import read_recipe
 
     path = Path(text).expanduser()
@@ -129,7 +131,7 @@ def _base_unet_config(source: str, name: str) -> dict:
 
 def check_controlnet_fits(controlnet: ControlNetSource, base) -> None:
     """The ControlNet was made for this base's family and text-feature width (SD 1.5 vs SDXL vs SD 2.x)."""
-    from archdiff.model.controlnet import check_fits
+    from archdiff.model.controlnet import check_fits, family_of
 
     unet = _base_unet_config(base.source, base.name)
     family = family_of(unet)
