@@ -10,97 +10,19 @@ import json
 import math
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from archdiff import controlnets
 from archdiff.errors import UserError, first_line
-from archdiff.hub_ids import is_hub_id
-from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE
-from archdiff.runs import read_recipe
+from archdiff.lora_specs import LoraSpec, lora_recipe, run_recipe
+from archdiff.run_files import RECIPE_FILE
 
 VAE_FACTOR = 8  # the VAE halves the size 3 times: image sides are multiples of 8
 MAX_SIDE = 4096  # px per side; far beyond what SD 1.x or SDXL draw well, and already tens of GB of activations
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """One `--lora WHERE[:SCALE]`: a run folder, a .safetensors file (diffusers or kohya keys) or a Hub id."""
-
-    path: Path
-    scale: float = 1.0
-    hub_id: str | None = None  # `user/name` when the spec named no local path: the LoRA is fetched from the Hub
-
-    @classmethod
-    def parse(cls, text: str) -> LoraSpec:
-        path, scale = text, 1.0
-        head, sep, tail = text.rpartition(":")
-        if sep and head:
-            try:
-                path, scale = head, float(tail)
-            except ValueError:
-                pass
-            else:
-                if not math.isfinite(scale):
-                    raise UserError(f"--lora '{text}': the scale '{tail}' is not a finite number (e.g. {head}:0.8)")
-        return cls(Path(path).expanduser(), scale, path if is_hub_id(path) else None)
-
-    def location(self) -> tuple[str, str]:
-        """(folder, file name) for `load_lora_weights`; a Hub LoRA is downloaded (or found in the HF cache) first."""
-        if self.hub_id:
-            return fetch_hub_lora(self.hub_id)
-        if self.path.is_dir():
-            weights = self.path / LORA_WEIGHTS
-            if not weights.is_file():
-                raise UserError(f"--lora '{self.path}' holds no LoRA ({LORA_WEIGHTS} is missing)")
-            return str(self.path), LORA_WEIGHTS
-        if self.path.is_file() and self.path.suffix == ".safetensors":
-            return str(self.path.parent), self.path.name
-        raise UserError(f"--lora '{self.path}' is not a run folder, a .safetensors LoRA file or a Hub id (user/name)")
-
-    def local(self) -> LoraSpec:
-        """This spec with a Hub id replaced by its downloaded file: checked, and fetched once."""
-        folder, weight_name = self.location()
-        return LoraSpec(Path(folder) / weight_name, self.scale)
-
-    @property
-    def label(self) -> str:
-        return f"{self.path}:{self.scale:g}"
-
-
-def fetch_hub_lora(repo_id: str) -> tuple[str, str]:
-    """A Hub LoRA repo's weights: `pytorch_lora_weights.safetensors`, else its only .safetensors file (kohya uploads)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=["*.safetensors"]))
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one line each
-        reason = first_line(exc)
-        raise UserError(f"--lora '{repo_id}' is no local path and could not be fetched from the Hub ({reason})") from None
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
-    if LORA_WEIGHTS in files or len(files) == 1:
-        return str(folder), LORA_WEIGHTS if LORA_WEIGHTS in files else files[0]
-    found = ", ".join(files) or "none"
-    raise UserError(f"--lora '{repo_id}': expected {LORA_WEIGHTS} or a single .safetensors file in the repo (found: {found})")
-
-
-def lora_recipe(folder: Path) -> dict:
-    """A --lora run folder's recipe.yaml, checked: a broken one is one line naming the file."""
-    path = folder / RECIPE_FILE
-    if not path.is_file():
-        raise UserError(f"'{folder}' has no {RECIPE_FILE}, so its base model is unknown; pass --base")
-    return read_recipe(path)
-
-
-def run_recipe(loras: list[LoraSpec]) -> dict:
-    """The first --lora run folder's recipe: it names the base and the size the LoRA was trained at."""
-    for lora in loras:
-        if lora.path.is_dir():
-            return lora_recipe(lora.path)
-    return {}
 
 
 def _whole(value: object, name: str, path: Path) -> int | None:
@@ -222,7 +144,9 @@ def generate(
     return images
 
 
-def init_image_for(path: Path, width: int | None, height: int | None, resolution: int, step: int) -> Image.Image:
+def init_image_for(
+    path: Path, width: int | None, height: int | None, resolution: int, step: int, option: str = "--init-image"
+) -> Image.Image:
     """A sketch or photo to start from, cropped to the bucket of its shape the LoRA trained at (or to --width/--height).
 
     Any image mode (1-bit sketches, palette, CMYK, EXIF-rotated photos) reads upright as RGB; the
@@ -233,11 +157,11 @@ def init_image_for(path: Path, width: int | None, height: int | None, resolution
     from archdiff.data.images import UnreadableImage, open_image, resize
 
     if not path.is_file():
-        raise UserError(f"--init-image '{path}' is not a file")
+        raise UserError(f"{option} '{path}' is not a file")
     try:
         image = open_image(path, max_pixels=DataConfig.model_fields["max_pixels"].default)
     except UnreadableImage as error:
-        raise UserError(f"--init-image '{path}': {error}") from None
+        raise UserError(f"{option} '{path}': {error}") from None
     if width and height:
         target = (width, height)
     else:
@@ -268,19 +192,29 @@ def png_info(settings: dict[str, object]) -> PngInfo:
         lines += f", Lora: {', '.join(settings['lora'])}"
     if "strength" in settings:
         lines += f", Denoising strength: {settings['strength']}"
+    if settings.get("control"):
+        lines += controlnets.a1111_controls(settings)
     info.add_text("parameters", lines)
     return info
 
 
-def save_images(images: list[Image.Image], seeds: list[int], settings: dict[str, object], folder: Path) -> list[Path]:
+def save_images(
+    images: list[Image.Image],
+    seeds: list[int],
+    settings: dict[str, object],
+    folder: Path,
+    per_image: list[dict[str, object]] | None = None,
+    sheet: Image.Image | None = None,
+) -> list[Path]:
+    """Each image with its settings (and its own `per_image` ones) in its PNG, and `sheet` (else a grid) as grid.png."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, (image, seed) in enumerate(zip(images, seeds, strict=True)):
         path = folder / f"{index:02d}-seed{seed}.png"
-        meta = {**settings, "seed": seed, "width": image.width, "height": image.height}
+        meta = {**settings, **(per_image[index] if per_image else {}), "seed": seed, "width": image.width, "height": image.height}
         image.save(path, pnginfo=png_info(meta))
         paths.append(path)
-    grid(images).save(folder / "grid.png")
+    (sheet or grid(images)).save(folder / "grid.png")
     return paths
 
 
@@ -304,8 +238,12 @@ def sample_to_folder(
     init_image: Path | None = None,
     strength: float = 0.6,
     fuse: bool = False,
+    controls: list | None = None,
 ) -> list[Path]:
-    """What `archdiff sample` does: resolve everything, draw `num_images` seeds from `seed`, save."""
+    """What `archdiff sample` does: resolve everything, draw `num_images` seeds from `seed`, save.
+
+    `controls` (controlnets.parse_controls, already checked) steer the drawing with ControlNets.
+    """
     from archdiff.model.base import resolve_base, safetensors_header
     from archdiff.model.lora_fit import check_lora_fits
     from archdiff.outputs import check_output
@@ -313,20 +251,30 @@ def sample_to_folder(
     check_sample_settings(steps=steps, guidance=guidance, num_images=num_images, width=width, height=height, strength=strength)
     output = output or default_output(prompt)
     check_output(output, "--output", folder=True)
+    controls = controls or []
+    if controls and init_image is not None:
+        raise UserError("--control with --init-image is not supported (no ControlNet img2img); use one of them")
     local_loras = [lora.local() for lora in loras]  # every --lora is checked (and fetched) before a model loads
-    recipe = run_recipe(loras)
-    recipe_path = next((lora.path / RECIPE_FILE for lora in loras if lora.path.is_dir()), None)
+    trained = next((control.controlnet for control in controls if control.controlnet.recipe), None)
+    recipe = trained.recipe if trained else run_recipe(loras)  # a ControlNet run names the base and size first
+    recipe_path = (
+        trained.recipe_path if trained else next((lora.path / RECIPE_FILE for lora in loras if lora.path.is_dir()), None)
+    )
     base_name = base or recipe.get("base")
     if not base_name:
-        where = f"{recipe_path} names no base model" if recipe_path else "no --base given and no --lora run folder to name it"
+        where = f"{recipe_path} names no base model" if recipe_path else "no --base given and no run folder to name it"
         raise UserError(f"{where}; pass --base (e.g. --base tiny-sd15)")
     base_name = str(base_name)
     data = recipe.get("data") or {}
     resolution = _whole(data.get("resolution"), "data.resolution", recipe_path)
-    start = None
-    if init_image is not None:
+    start = maps = None
+    if init_image is not None or controls:
         step = _whole((data.get("buckets") or {}).get("step", 64), "data.buckets.step", recipe_path)
-        start = init_image_for(init_image, width, height, resolution or 512, step)
+        if controls:  # sized and extracted here: a bad control image costs no model load
+            maps = controlnets.control_maps(controls, width, height, resolution or 512, step)
+            width, height = maps[0].size
+        else:
+            start = init_image_for(init_image, width, height, resolution or 512, step)
     elif width is None and height is None:
         width = height = resolution
     headers = [safetensors_header(lora.path, f"--lora '{lora.path}'") for lora in local_loras]  # whole files only
@@ -334,15 +282,25 @@ def sample_to_folder(
     for spec, header in zip(loras, headers, strict=True):
         recipe_base = lora_recipe(spec.path).get("base") if spec.path.is_dir() else None
         check_lora_fits(header, f"--lora '{spec.path}'", resolved, str(recipe_base) if recipe_base else None)
+    if controls:
+        for control in controls:
+            controlnets.check_controlnet_fits(control.controlnet, resolved)
     pipe = load_pipeline(resolved.source, local_loras, resolved.family, fuse=fuse)
+    if controls:
+        pipe = controlnets.control_pipeline(pipe, controlnets.load_controlnets(controls, pipe.dtype, pipe.device))
     if start is not None:
         from diffusers import AutoPipelineForImage2Image
 
         pipe = AutoPipelineForImage2Image.from_pipe(pipe)  # same modules, adapters included
         pipe.set_progress_bar_config(disable=True)
     seeds = list(range(seed, seed + num_images))
-    images = generate(pipe, prompt, seeds, steps, guidance, width, height, start, strength)
+    guided = None
+    if controls:
+        guided = controlnets.pipe_arguments(controls, maps)
+    images = generate(pipe, prompt, seeds, steps, guidance, width, height, start, strength, **(guided or {}))
     settings = {"prompt": prompt, "base": base_name, "lora": [lora.label for lora in loras], "steps": steps, "guidance": guidance}
     if start is not None:
         settings.update(init_image=str(init_image), strength=strength)
+    if controls:
+        return controlnets.save_guided(images, seeds, settings, output, controls, maps)
     return save_images(images, seeds, settings, output)

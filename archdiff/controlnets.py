@@ -1,0 +1,366 @@
+"""ControlNet-guided sampling: which ControlNet each `--control` image steers with, checked before any model loads.
+
+A control image (a sketch, a plan, a photo) is sized like an img2img start image, then turned into the map the
+ControlNet was trained on (archdiff.data.controls). The pipeline is diffusers' own ControlNet pipeline built
+around the already-loaded base (`from_pipe`), so LoRAs stay loaded and the images equal what plain diffusers draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from archdiff.errors import UserError, first_line
+from archdiff.hub_ids import is_hub_id
+from archdiff.run_files import RECIPE_FILE
+
+CONTROLNET_CLASS = "ControlNetModel"
+FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+
+
+@dataclass(frozen=True)
+class ControlNetSource:
+    """One `--controlnet`: what `from_pretrained` loads, its config, and the recipe of the run that trained it."""
+
+    label: str  # as the user wrote it
+    source: str  # a local folder or a Hub id
+    config: dict
+    recipe: dict
+    recipe_path: Path | None = None
+
+    @property
+    def family(self) -> str:
+        from archdiff.model.controlnet import family_of
+
+        return family_of(self.config)
+
+    @property
+    def name(self) -> str:
+        """How images name it: the run or folder name, or the Hub id (never a home path)."""
+        return self.label if is_hub_id(self.label) else Path(self.label).expanduser().resolve().name
+
+
+@dataclass(frozen=True)
+class Control:
+    """One `--control IMAGE` with the extractor, ControlNet and weight it is paired with."""
+
+    image: Path
+    control_type: str
+    controlnet: ControlNetSource
+    scale: float
+    canny: tuple[int, int] = (100, 200)  # the run's data.control.canny_low/high: thresholds it trained with
+
+
+def _config(path: Path, label: str) -> dict:
+    from archdiff.model.base import read_json
+
+    config = read_json(path, f"--controlnet '{label}': {path.name}")
+    if not isinstance(config, dict) or config.get("_class_name") != CONTROLNET_CLASS:
+        found = config.get("_class_name", "?") if isinstance(config, dict) else "not a JSON object"
+        raise UserError(
+            f"--controlnet '{label}': {path} is not a ControlNet config (_class_name {found}, not {CONTROLNET_CLASS})"
+        )
+    return config
+
+
+def _check_weights(folder: Path, label: str) -> None:
+    from archdiff.model.base import safetensors_header
+
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not weights:
+        raise UserError(f"--controlnet '{label}': {folder} holds no weights file (an unfinished run or download?)")
+    for path in weights:
+        if path.suffix == ".safetensors":
+            safetensors_header(path, f"--controlnet '{label}': {path.name}")
+
+
+def find_controlnet(text: str) -> ControlNetSource:
+    """A training run folder (controlnet/ + recipe.yaml), a ControlNet folder, or a Hub id; checked from its files."""
+    from archdiff.model.controlnet import CONTROLNET_DIR
+    from archdiff.runs import read_recipe
+
+    path = Path(text).expanduser()
+    if (path / CONTROLNET_DIR).is_dir():
+        folder, recipe_path = path / CONTROLNET_DIR, path / RECIPE_FILE
+        recipe = read_recipe(recipe_path) if recipe_path.is_file() else {}
+    elif (path / "config.json").is_file():
+        folder, recipe, recipe_path = path, {}, None
+    elif is_hub_id(text):
+        return ControlNetSource(text, text, _hub_config(text), {})
+    else:
+        raise UserError(
+            f"--controlnet '{text}' is not a ControlNet run folder (with {CONTROLNET_DIR}/), "
+            "a ControlNet folder (with config.json) or a Hub id (user/name)"
+        )
+    config = _config(folder / "config.json", text)
+    _check_weights(folder, text)
+    return ControlNetSource(text, str(folder), config, recipe, recipe_path if recipe else None)
+
+
+def _hub_config(repo_id: str) -> dict:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one line each
+        raise UserError(
+            f"--controlnet '{repo_id}' is no local path and could not be fetched from the Hub ({first_line(exc)})"
+        ) from None
+    return _config(path, repo_id)
+
+
+def _base_unet_config(source: str, name: str) -> dict:
+    """The base UNet's config.json alone (for a Hub base, not its weights)."""
+    from archdiff.model.base import read_json
+
+    local = Path(source) / "unet" / "config.json"
+    if local.is_file():
+        return read_json(local, f"base '{name}': unet/config.json")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return read_json(Path(hf_hub_download(source, "config.json", subfolder="unet")), f"base '{name}': unet/config.json")
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - offline or unknown: one line
+        raise UserError(f"base '{name}': its unet/config.json could not be fetched ({first_line(exc)})") from None
+
+
+def check_controlnet_fits(controlnet: ControlNetSource, base) -> None:
+    """The ControlNet was made for this base's family and text-feature width (SD 1.5 vs SDXL vs SD 2.x)."""
+    from archdiff.model.controlnet import check_fits, family_of
+
+    unet = _base_unet_config(base.source, base.name)
+    family = family_of(unet)
+    if controlnet.family != family:
+        raise UserError(
+            f"--controlnet '{controlnet.label}' is an {FAMILY_NAMES[controlnet.family]} ControlNet on an "
+            f"{FAMILY_NAMES[family]} base ('{base.name}'); use a ControlNet trained for this base, or pass its --base"
+        )
+    check_fits(controlnet.config, unet, f"--controlnet '{controlnet.label}'")  # text width and blocks (SD 2.x vs 1.5)
+
+
+def _check_type(control_type: str, where: str) -> str:
+    from archdiff.data.controls import CONTROL_TYPES, DEPTH_TYPE
+
+    if control_type == DEPTH_TYPE:  # a neural extractor: its maps are made beforehand, then used as given
+        raise UserError(
+            f"{where}: depth maps are not made while sampling; make one with `archdiff data controls --type depth` "
+            "and pass it with --control-type none"
+        )
+    if control_type not in CONTROL_TYPES:
+        raise UserError(f"{where}: unknown control type '{control_type}'; choose one of: {', '.join(CONTROL_TYPES)}")
+    return control_type
+
+
+def _check_scale(scale: object, where: str) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise UserError(f"{where} must be a finite number, 0 or more (got {scale!r})")
+    return float(scale)
+
+
+def _paired(values: list, count: int, option: str) -> list:
+    if values and len(values) != count:
+        raise UserError(
+            f"{option} given {len(values)} times for {count} --control images; give it once per --control, or not at all"
+        )
+    return values or [None] * count
+
+
+def parse_controls(images: list[Path], types: list[str], controlnets: list[str], scales: list[float]) -> list[Control]:
+    """The repeatable --control options paired by position, with defaults from each ControlNet run's recipe."""
+    if not images:
+        extra = [
+            option
+            for option, values in (("--controlnet", controlnets), ("--control-type", types), ("--control-scale", scales))
+            if values
+        ]
+        if extra:
+            raise UserError(f"{extra[0]} needs a --control image to steer with")
+        return []
+    if not controlnets:
+        raise UserError("--control needs a ControlNet to steer with; pass --controlnet RUN|FOLDER|HUB_ID")
+    if len(controlnets) != len(images):
+        raise UserError(
+            f"{len(images)} --control images but {len(controlnets)} --controlnet; give one --controlnet per --control"
+        )
+    for image in images:
+        if not image.is_file():
+            raise UserError(f"--control '{image}' is not a file")
+    controls = []
+    for image, control_type, where, scale in zip(
+        images,
+        _paired(types, len(images), "--control-type"),
+        controlnets,
+        _paired(scales, len(images), "--control-scale"),
+        strict=True,
+    ):
+        if control_type is not None:
+            _check_type(control_type, "--control-type")
+        if scale is not None:
+            _check_scale(scale, "--control-scale")
+        net = find_controlnet(where)
+        if control_type is None:
+            trained_type = _recipe_value(net, ("data", "control", "type")) or "none"
+            control_type = _check_type(str(trained_type), f"{net.recipe_path}: data.control.type")
+        if scale is None:
+            scale = _check_scale(_recipe_value(net, ("controlnet", "scale"), 1.0), f"{net.recipe_path}: controlnet.scale")
+        canny = tuple(
+            _recipe_value(net, ("data", "control", key), default) for key, default in (("canny_low", 100), ("canny_high", 200))
+        )
+        controls.append(Control(image, control_type, net, scale, canny))
+    return controls
+
+
+def _recipe_value(net: ControlNetSource, keys: tuple[str, ...], default: object = None) -> object:
+    """A nested setting of the ControlNet's run recipe (e.g. data.control.type), or `default` when it is absent."""
+    value: object = net.recipe
+    for depth, key in enumerate(keys):
+        if value is None:
+            return default
+        if not isinstance(value, dict):
+            where = ".".join(keys[:depth])
+            raise UserError(f"{net.recipe_path}: '{where}' is not a mapping of settings; it may be truncated or edited by hand")
+        value = value.get(key)
+    return default if value is None else value
+
+
+def control_maps(controls: list[Control], width: int | None, height: int | None, resolution: int, step: int) -> list[Image.Image]:
+    """Each control image sized like an img2img start (the first one's bucket, or --width/--height), then extracted."""
+    from archdiff.data.controls import extract_control
+    from archdiff.sample import init_image_for
+
+    maps = []
+    for control in controls:
+        sized = init_image_for(control.image, width, height, resolution, step, option="--control")
+        width, height = sized.size  # every later control takes the first one's size: one image size per draw
+        low, high = control.canny
+        maps.append(extract_control(sized, control.control_type, canny_low=low, canny_high=high))
+    return maps
+
+
+def control_pipeline(base_pipe, controlnet):
+    """The ControlNet pipeline of the base's family around `base_pipe`'s modules (LoRAs included): no second copy.
+
+    `controlnet` is one ControlNetModel or a list of them (diffusers then combines them as a MultiControlNet).
+    """
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+
+    kind = (
+        StableDiffusionXLControlNetPipeline
+        if isinstance(base_pipe, StableDiffusionXLPipeline)
+        else StableDiffusionControlNetPipeline
+    )
+    pipe = kind.from_pipe(base_pipe, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_controlnets(controls: list[Control], dtype, device):
+    """One ControlNetModel per control (a ControlNet named twice loads once); a single one stays unwrapped."""
+    from diffusers import ControlNetModel
+
+    from archdiff.sample import _quiet_loading
+
+    loaded = {}
+    for control in controls:
+        net = control.controlnet
+        if net.source not in loaded:
+            try:
+                with _quiet_loading():
+                    loaded[net.source] = ControlNetModel.from_pretrained(net.source, dtype=dtype).to(device)
+            except Exception as exc:  # noqa: BLE001 - a damaged or partial ControlNet: one line naming it
+                raise UserError(f"--controlnet '{net.label}' could not be loaded: {first_line(exc)}") from None
+    models = [loaded[control.controlnet.source] for control in controls]
+    return models[0] if len(models) == 1 else models
+
+
+def pipe_arguments(controls: list[Control], maps: list[Image.Image]) -> dict:
+    """What the ControlNet pipeline takes besides the prompt: one image and scale, or lists of them."""
+    scales = [control.scale for control in controls]
+    if len(maps) == 1:
+        return {"image": maps[0], "controlnet_conditioning_scale": scales[0]}
+    return {"image": maps, "controlnet_conditioning_scale": scales}
+
+
+def adherence(controls: list[Control], maps: list[Image.Image], images: list[Image.Image]) -> list[list[float]]:
+    """How well each image follows each of its controls: F1 of the image's own control map against the one used."""
+    from archdiff.data.controls import control_f1
+
+    pairs = list(zip(controls, maps, strict=True))
+    return [
+        [round(control_f1(m, image, c.control_type, canny_low=c.canny[0], canny_high=c.canny[1]), 4) for c, m in pairs]
+        for image in images
+    ]
+
+
+def adherence_lines(controls: list[Control], scores: list[list[float]]) -> list[str]:
+    """One printed line per control: `control adherence (F1, lines): 0.41 0.38`."""
+    lines = []
+    for index, control in enumerate(controls):
+        which = f" of {control.image.name}" if len(controls) > 1 else ""
+        values = " ".join(f"{row[index]:.2f}" for row in scores)
+        lines.append(f"control adherence{which} (F1, {control.control_type}): {values}")
+    return lines
+
+
+def control_settings(controls: list[Control]) -> dict[str, object]:
+    """The PNG text chunks of the controls (file names only: sample images get shared)."""
+    return {
+        "control": [control.image.name for control in controls],
+        "control_type": [control.control_type for control in controls],
+        "controlnet": [control.controlnet.name for control in controls],
+        "control_scale": [control.scale for control in controls],
+    }
+
+
+def a1111_controls(settings: dict[str, object]) -> str:
+    """The `ControlNet N: "Module: ..., Model: ..., Weight: ..."` entries of A1111's ControlNet extension."""
+    entries = zip(settings["control_type"], settings["controlnet"], settings["control_scale"], settings["control"], strict=True)
+    text = "".join(
+        f', ControlNet {i}: "Module: {kind}, Model: {model}, Weight: {scale}, Image: {image}"'
+        for i, (kind, model, scale, image) in enumerate(entries)
+    )
+    if "control_f1" in settings:
+        text += f", Control F1: {' '.join(f'{score:.3f}' for score in settings['control_f1'])}"
+    return text
+
+
+def side_by_side(control: Image.Image | list[Image.Image], images: list[Image.Image]) -> Image.Image:
+    """One row: the control map(s), then the images drawn from them (control | results), at the images' height."""
+    controls = control if isinstance(control, list) else [control]
+    height = images[0].height
+    tiles = [c.convert("RGB").resize((max(1, round(c.width * height / c.height)), height)) for c in controls] + list(images)
+    sheet = Image.new("RGB", (sum(tile.width for tile in tiles), height), "white")
+    left = 0
+    for tile in tiles:
+        sheet.paste(tile, (left, 0))
+        left += tile.width
+    return sheet
+
+
+def save_control_maps(maps: list[Image.Image], folder: Path) -> list[Path]:
+    """control-00.png, ...: the maps the ControlNet actually saw, beside the images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"control-{index:02d}.png" for index in range(len(maps))]
+    for path, control in zip(paths, maps, strict=True):
+        control.save(path)
+    return paths
+
+
+def save_guided(
+    images: list[Image.Image], seeds: list[int], settings: dict, folder: Path, controls: list[Control], maps: list[Image.Image]
+) -> list[Path]:
+    """The images with their control settings and adherence in each PNG, the maps used, and a control | results grid."""
+    from archdiff.sample import save_images
+
+    scores = adherence(controls, maps, images)
+    for line in adherence_lines(controls, scores):
+        print(line)
+    per_image = [{"control_f1": row} for row in scores]
+    paths = save_images(images, seeds, settings | control_settings(controls), folder, per_image, side_by_side(maps, images))
+    save_control_maps(maps, folder)
+    return paths
