@@ -14,33 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from archdiff.errors import UserError, first_line
-from archdiff.hub_ids import is_hub_id
-from archdiff.run_files import RECIPE_FILE
-
-CONTROLNET_CLASS = "ControlNetModel"
-FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
-
-
-@dataclass(frozen=True)
-class ControlNetSource:
-    """One `--controlnet`: what `from_pretrained` loads, its config, and the recipe of the run that trained it."""
-
-    label: str  # as the user wrote it
-    source: str  # a local folder or a Hub id
-    config: dict
-    recipe: dict
-    recipe_path: Path | None = None
-
-    @property
-    def family(self) -> str:
-        from archdiff.model.controlnet import family_of
-
-        return family_of(self.config)
-
-    @property
-    def name(self) -> str:
-        """How images name it: the run or folder name, or the Hub id (never a home path)."""
-        return self.label if is_hub_id(self.label) else Path(self.label).expanduser().resolve().name
+from archdiff.model.controlnet import ControlNetSource, find_controlnet
 
 
 @dataclass(frozen=True)
@@ -52,95 +26,6 @@ class Control:
     controlnet: ControlNetSource
     scale: float
     canny: tuple[int, int] = (100, 200)  # the run's data.control.canny_low/high: thresholds it trained with
-
-
-def _config(path: Path, label: str) -> dict:
-    from archdiff.model.base import read_json
-
-    config = read_json(path, f"--controlnet '{label}': {path.name}")
-    if not isinstance(config, dict) or config.get("_class_name") != CONTROLNET_CLASS:
-        found = config.get("_class_name", "?") if isinstance(config, dict) else "not a JSON object"
-        raise UserError(
-            f"--controlnet '{label}': {path} is not a ControlNet config (_class_name {found}, not {CONTROLNET_CLASS})"
-        )
-    return config
-
-
-def _check_weights(folder: Path, label: str) -> None:
-    from archdiff.model.base import safetensors_header
-
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    if not weights:
-        raise UserError(f"--controlnet '{label}': {folder} holds no weights file (an unfinished run or download?)")
-    for path in weights:
-        if path.suffix == ".safetensors":
-            safetensors_header(path, f"--controlnet '{label}': {path.name}")
-
-
-def find_controlnet(text: str) -> ControlNetSource:
-    """A training run folder (controlnet/ + recipe.yaml), a ControlNet folder, or a Hub id; checked from its files."""
-    from archdiff.model.controlnet import CONTROLNET_DIR
-    from archdiff.runs import read_recipe
-
-    path = Path(text).expanduser()
-    if (path / CONTROLNET_DIR).is_dir():
-        folder, recipe_path = path / CONTROLNET_DIR, path / RECIPE_FILE
-        recipe = read_recipe(recipe_path) if recipe_path.is_file() else {}
-    elif (path / "config.json").is_file():
-        folder, recipe, recipe_path = path, {}, None
-    elif is_hub_id(text):
-        return ControlNetSource(text, text, _hub_config(text), {})
-    else:
-        raise UserError(
-            f"--controlnet '{text}' is not a ControlNet run folder (with {CONTROLNET_DIR}/), "
-            "a ControlNet folder (with config.json) or a Hub id (user/name)"
-        )
-    config = _config(folder / "config.json", text)
-    _check_weights(folder, text)
-    return ControlNetSource(text, str(folder), config, recipe, recipe_path if recipe else None)
-
-
-def _hub_config(repo_id: str) -> dict:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        path = Path(hf_hub_download(repo_id, "config.json"))
-    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: one line each
-        raise UserError(
-            f"--controlnet '{repo_id}' is no local path and could not be fetched from the Hub ({first_line(exc)})"
-        ) from None
-    return _config(path, repo_id)
-
-
-def _base_unet_config(source: str, name: str) -> dict:
-    """The base UNet's config.json alone (for a Hub base, not its weights)."""
-    from archdiff.model.base import read_json
-
-    local = Path(source) / "unet" / "config.json"
-    if local.is_file():
-        return read_json(local, f"base '{name}': unet/config.json")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return read_json(Path(hf_hub_download(source, "config.json", subfolder="unet")), f"base '{name}': unet/config.json")
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - offline or unknown: one line
-        raise UserError(f"base '{name}': its unet/config.json could not be fetched ({first_line(exc)})") from None
-
-
-def check_controlnet_fits(controlnet: ControlNetSource, base) -> None:
-    """The ControlNet was made for this base's family and text-feature width (SD 1.5 vs SDXL vs SD 2.x)."""
-    from archdiff.model.controlnet import check_fits, family_of
-
-    unet = _base_unet_config(base.source, base.name)
-    family = family_of(unet)
-    if controlnet.family != family:
-        raise UserError(
-            f"--controlnet '{controlnet.label}' is an {FAMILY_NAMES[controlnet.family]} ControlNet on an "
-            f"{FAMILY_NAMES[family]} base ('{base.name}'); use a ControlNet trained for this base, or pass its --base"
-        )
-    check_fits(controlnet.config, unet, f"--controlnet '{controlnet.label}'")  # text width and blocks (SD 2.x vs 1.5)
 
 
 def _check_type(control_type: str, where: str) -> str:

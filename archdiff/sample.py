@@ -245,6 +245,7 @@ def sample_to_folder(
     `controls` (controlnets.parse_controls, already checked) steer the drawing with ControlNets.
     """
     from archdiff.model.base import resolve_base, safetensors_header
+    from archdiff.model.controlnet import check_controlnet_fits
     from archdiff.model.lora_fit import check_lora_fits
     from archdiff.outputs import check_output
 
@@ -284,7 +285,7 @@ def sample_to_folder(
         check_lora_fits(header, f"--lora '{spec.path}'", resolved, str(recipe_base) if recipe_base else None)
     if controls:
         for control in controls:
-            controlnets.check_controlnet_fits(control.controlnet, resolved)
+            check_controlnet_fits(control.controlnet, resolved)
     pipe = load_pipeline(resolved.source, local_loras, resolved.family, fuse=fuse)
     if controls:
         pipe = controlnets.control_pipeline(pipe, controlnets.load_controlnets(controls, pipe.dtype, pipe.device))

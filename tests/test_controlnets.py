@@ -15,15 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from archdiff.controlnets import (
-    a1111_controls,
-    check_controlnet_fits,
-    control_settings,
-    find_controlnet,
-    parse_controls,
-    side_by_side,
-)
+from archdiff.controlnets import a1111_controls, control_settings, parse_controls, side_by_side
 from archdiff.errors import UserError
+from archdiff.model.controlnet import check_controlnet_fits, find_controlnet
 from archdiff.sample import png_info, sample_to_folder
 
 ZERO_CONVS_SCALE = 3.0  # the random weights' size: with 0.1 the control moved pixels by ~1e-4, with 3 by ~5e-3

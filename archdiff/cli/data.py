@@ -18,15 +18,15 @@ def _columns(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def _bundled_row(folder: Path) -> tuple[str, ...]:
-    """Name, image count, kinds (from metadata.jsonl; rows without one train as photo) and size on disk."""
-    from archdiff.data.sources import IMAGE_SUFFIXES
+    """Name, training images (metadata.jsonl's rows), kinds (rows without one train as photo; `+ controls` for
+    paired sets) and size on disk."""
     from archdiff.units import human_size
 
     files = [p for p in folder.rglob("*") if p.is_file()]
-    images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in files)
-    lines = (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
-    kinds = sorted({json.loads(line).get("kind") or "photo" for line in lines if line.strip()})
-    return (folder.name, str(images), ", ".join(kinds), human_size(sum(p.stat().st_size for p in files)))
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    kinds = ", ".join(sorted({row.get("kind") or "photo" for row in rows}))
+    paired = " + controls" if any(row.get("control") for row in rows) else ""
+    return (folder.name, str(len(rows)), kinds + paired, human_size(sum(p.stat().st_size for p in files)))
 
 
 @app.command("list")

@@ -132,7 +132,7 @@ def _row(record: ImageRecord, catalog: Catalog, image_name: str, control_name: s
 def _draw_sheet(pairs: list[tuple[str, Image.Image, Image.Image, str]], title: str, path: Path) -> None:
     """Image | control thumbnails side by side, with each image's name and extraction size."""
     from archdiff.data.inspect.labels import GAP, LINE_HEIGHT, fit_text, label_font
-    from archdiff.data.inspect.sheet import CELL, FRAME, TITLE_HEIGHT, TITLE_SIZE, _thumbnail
+    from archdiff.data.inspect.sheet import CELL, FRAME, TITLE_HEIGHT, TITLE_SIZE, thumbnail
 
     pair_width = 2 * CELL + GAP // 2
     row_height = CELL + 2 * LINE_HEIGHT + GAP
@@ -148,7 +148,7 @@ def _draw_sheet(pairs: list[tuple[str, Image.Image, Image.Image, str]], title: s
         left = GAP + (slot % columns) * (pair_width + GAP)
         top = TITLE_HEIGHT + (slot // columns) * row_height
         for offset, picture, picture_kind in ((0, image, kind), (CELL + GAP // 2, control, "drawing")):
-            sheet.paste(_thumbnail(picture, picture_kind), (left + offset, top))
+            sheet.paste(thumbnail(picture, picture_kind), (left + offset, top))
             draw.rectangle((left + offset - 1, top - 1, left + offset + CELL, top + CELL), outline=FRAME)
         draw.text((left, top + CELL + 4), fit_text(name, font, pair_width), fill="black", font=font)
         size = f"{image.width}x{image.height}  {kind}"

@@ -95,7 +95,7 @@ def merge_frozen_lora(unet, spec: str, base) -> None:
     the style a ControlNet then trains under, at no cost per step. Its format is read by diffusers' own loader."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from archdiff.sample import LoraSpec
+    from archdiff.lora_specs import LoraSpec
 
     lora = LoraSpec.parse(spec)
     folder, weight_name = lora.location()

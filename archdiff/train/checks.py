@@ -41,32 +41,24 @@ def check_family_options(recipe: Recipe, family: str) -> None:
         raise UserError("memory.mixed_precision=fp16 on SDXL: its VAE overflows to NaN in fp16; use bf16 (or no)")
 
 
-def check_controlnet_options(recipe: Recipe, base_source: str) -> None:
-    """A ControlNet to start from must exist and fit the base: checked from the config files, before anything loads."""
-    import json
-    from pathlib import Path
-
-    from archdiff.model.base import component_folder, read_json
-    from archdiff.model.controlnet import check_fits, controlnet_source
+def check_controlnet_options(recipe: Recipe, base):
+    """A ControlNet to start from must exist and fit the base (checked from its config, before anything loads);
+    returns it, None for a ControlNet made from the base's UNet."""
+    from archdiff.model.controlnet import check_controlnet_fits, find_controlnet
 
     cfg = recipe.controlnet
     if cfg is None:
-        return
+        return None
     if recipe.data.tile_drawings:
         raise UserError(
             "data.tile_drawings cuts drawings into tiles their controls do not have: set it to null in a controlnet run"
         )
     if cfg.style_lora:
-        from archdiff.sample import LoraSpec
+        from archdiff.lora_specs import LoraSpec
 
         LoraSpec.parse(cfg.style_lora).local()  # a missing file or an unknown Hub LoRA: one line, before anything loads
     if cfg.init is None:
-        return
-    source = controlnet_source(cfg.init, "controlnet.init")
-    if Path(source).is_dir():
-        unet_config = json.loads((component_folder(base_source, "unet") / "config.json").read_text(encoding="utf-8"))
-        check_fits(
-            read_json(Path(source) / "config.json", f"controlnet.init '{cfg.init}': config.json"),
-            unet_config,
-            f"controlnet.init '{cfg.init}'",
-        )
+        return None
+    init = find_controlnet(cfg.init, "controlnet.init")
+    check_controlnet_fits(init, base)
+    return init

@@ -74,7 +74,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     base = resolve_base(recipe.base)  # a local base's configs and weight files are checked here, headers only
     check_family_options(recipe, base.family)
     check_cache_options(recipe)
-    check_controlnet_options(recipe, base.source)
+    controlnet_init = check_controlnet_options(recipe, base)
     data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
     catalog = build_catalog(data, controls=recipe.controlnet is not None)
     train_records, holdout_records = split_holdout(catalog.records, data.holdout, data.holdout_group, recipe.train.seed)
@@ -108,7 +108,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # before the output folder is touched, so a damaged base or a LoRA that matches nothing destroys nothing
     set_seed(recipe.train.seed)
     transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above an error's one line
-    components, controlnet = _trainable_models(recipe, base, accelerator.device)
+    components, controlnet = _trainable_models(recipe, base, controlnet_init, accelerator.device)
 
     metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
     if main:
@@ -217,7 +217,7 @@ def missing_final_outputs(recipe: Recipe, run_dir: Path) -> list[str]:
     return [path.relative_to(run_dir).as_posix() for path in wanted if not path.is_file()]
 
 
-def _trainable_models(recipe: Recipe, base, device):
+def _trainable_models(recipe: Recipe, base, controlnet_init, device):
     """The base's parts, frozen in the training dtype, with what trains attached in fp32: the UNet's (and text
     encoders') LoRA, or a ControlNet (built from the plain UNet, before any adapter). Loaded before the output
     folder is touched, so a damaged base or a LoRA that matches nothing destroys nothing."""
@@ -236,7 +236,7 @@ def _trainable_models(recipe: Recipe, base, device):
     if recipe.controlnet:
         if recipe.controlnet.style_lora:
             merge_frozen_lora(components.unet, recipe.controlnet.style_lora, base)
-        controlnet = load_controlnet(recipe.controlnet, components.unet).to(device, dtype=dtype)
+        controlnet = load_controlnet(recipe.controlnet, components.unet, controlnet_init).to(device, dtype=dtype)
         cast_training_params(controlnet, dtype=torch.float32)
     if recipe.unet_lora_trains:
         attach_lora(components.unet, recipe.lora)

@@ -33,5 +33,7 @@ def test_two_processes_train_one_controlnet(tmp_path, tiny_base):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("processes: 2, ControlNet weights identical on every rank") == 1
     checkpoints = complete_checkpoints(tmp_path / "out")
-    assert [sorted(p.name for p in c.iterdir() if p.suffix == ".safetensors") for c in checkpoints] == [["controlnet.safetensors"]] * 2
+    assert [sorted(p.name for p in c.iterdir() if p.suffix == ".safetensors") for c in checkpoints] == [
+        ["controlnet.safetensors"]
+    ] * 2
     assert (tmp_path / "out" / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()

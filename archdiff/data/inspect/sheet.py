@@ -24,7 +24,7 @@ LETTERBOX = (236, 236, 236)  # grey behind thumbnails, so white paper shows wher
 FRAME = (200, 200, 200)
 
 
-def _thumbnail(image: Image.Image, kind: str) -> Image.Image:
+def thumbnail(image: Image.Image, kind: str) -> Image.Image:
     """The image scaled (up or down) to fit a CELL square, centred on a letterbox."""
     from archdiff.data.images import resize
 
@@ -62,7 +62,7 @@ def contact_sheet(report: Report, path: Path, count: int = 24) -> Path:
         left = GAP + (slot % COLUMNS) * (CELL + GAP)
         top = TITLE_HEIGHT + (slot // COLUMNS) * ROW_HEIGHT
         image = open_image(catalog.image_bytes(record), report.config.max_pixels)
-        sheet.paste(_thumbnail(image, record.kind), (left, top))
+        sheet.paste(thumbnail(image, record.kind), (left, top))
         draw.rectangle((left - 1, top - 1, left + CELL, top + CELL), outline=FRAME)  # white paper on a white sheet
         bucket = report.buckets[index]
         caption = wrap_text(report.captions[index] or "(empty caption)", font, CELL, CAPTION_LINES)
