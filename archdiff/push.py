@@ -1,7 +1,7 @@
-"""`archdiff push`: share a finished run on the Hugging Face Hub as a LoRA repo with a model card.
+"""`archdiff push`: share a finished run on the Hugging Face Hub as a LoRA or ControlNet repo with a model card.
 
-Only an allowlist leaves the run folder (the LoRA, the card, the resolved recipe, the final samples): a run
-folder may also hold a .env, tokens or notes, and nothing decides by name what to leave out. The card itself
+Only an allowlist leaves the run folder (the LoRA, the ControlNet, the card, the resolved recipe, the final
+samples): a run folder may also hold a .env, tokens or notes, and nothing decides by name what to leave out. The card itself
 is written by `archdiff.model_card`. Stdlib + yaml here; huggingface_hub is imported inside the functions
 that use it, so `archdiff --help` stays instant.
 """
@@ -15,7 +15,8 @@ import yaml
 
 from archdiff.errors import UserError
 from archdiff.hub_ids import is_repo_id
-from archdiff.model_card import CARD_FILE, final_samples, inside_run, public_name, write_card
+from archdiff.model.controlnet import CONTROLNET_DIR
+from archdiff.model_card import CARD_FILE, CONTROLNET_FILES, final_samples, inside_run, public_name, run_weights, write_card
 from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE
 
 
@@ -27,11 +28,20 @@ class Pushed:
 
 
 def upload_plan(run_dir: Path) -> list[tuple[str, Path]]:
-    """(path in repo, local file) for everything that may leave the run folder: the LoRA, the card, the resolved
-    recipe, the final sample grid and the final per-prompt images. Never anything else, and never a link that
-    leads out of the run folder, whatever its name."""
-    names = [name for name in (LORA_WEIGHTS, CARD_FILE, RECIPE_FILE) if inside_run(run_dir, name)]
-    return [(name, run_dir / name) for name in (*names, *final_samples(run_dir))]
+    """(path in repo, local file) for everything that may leave the run folder: the LoRA, the ControlNet, the card,
+    the resolved recipe, the final sample grid and the final per-prompt images. Never anything else, and never a link
+    that leads out of the run folder, whatever its name.
+
+    RUN/controlnet/{config.json, diffusion_pytorch_model.safetensors} go to the repo ROOT, not to controlnet/: that is
+    how published ControlNets are laid out (lllyasviel/control_v11p_sd15_*, diffusers/controlnet-*-sdxl-1.0), so
+    `ControlNetModel.from_pretrained(repo)` needs no subfolder, and `archdiff sample --controlnet REPO` and
+    `controlnet.init: REPO` (which load a Hub id's root) take the pushed repo as it is. Nothing else in the repo is
+    named config.json, and the LoRA beside it is loaded by its file name."""
+    from archdiff.runs import read_recipe
+
+    names = [*run_weights(read_recipe(run_dir / RECIPE_FILE)), CARD_FILE, RECIPE_FILE]
+    names = [name for name in names if inside_run(run_dir, name)] + final_samples(run_dir)
+    return [(name.removeprefix(f"{CONTROLNET_DIR}/"), run_dir / name) for name in names]
 
 
 def retry_command(run_dir: Path, repo: str, private: bool) -> str:
@@ -48,11 +58,14 @@ def push_run(
         raise UserError(f"run folder '{run_dir}' does not exist")
     if not is_repo_id(repo):
         raise UserError(f"--repo '{repo}' is not a Hub repo id; write it as USER/NAME (e.g. jane/facade-lora)")
-    if not inside_run(run_dir, LORA_WEIGHTS):
-        raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing); push the folder of a finished run")
+    if not inside_run(run_dir, LORA_WEIGHTS) and not (run_dir / CONTROLNET_DIR).exists():
+        raise UserError(
+            f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing) and no ControlNet ({CONTROLNET_DIR}/); "
+            "push the folder of a finished run"
+        )
     if not (run_dir / RECIPE_FILE).is_file():
         raise UserError(f"'{run_dir}' has no {RECIPE_FILE}, which the model card is written from; push a run folder")
-    _check_run_files(run_dir)
+    what = _check_run_files(run_dir)
     retry = retry_command(run_dir, repo, private)
     if not dry_run:
         token = token or hub_token(f"then retry: {retry}")
@@ -60,19 +73,34 @@ def push_run(
     files = upload_plan(run_dir)
     if dry_run:
         return Pushed(files, None, kept)
-    return Pushed(files, _upload(files, repo, private, token, retry), kept)
+    return Pushed(files, _upload(files, repo, private, token, retry, what), kept)
 
 
-def _check_run_files(run_dir: Path) -> None:
-    """The recipe the card is written from, and the LoRA that goes up: a broken one is one line naming the file."""
-    from archdiff.model.base import safetensors_header
+def _check_run_files(run_dir: Path) -> str:
+    """The recipe the card is written from, and the weights that go up (headers only): a broken or missing one is one
+    line naming the file, before anything is written or sent. Returns what goes up, for the commit message."""
+    from archdiff.model.base import read_json, safetensors_header
     from archdiff.runs import read_recipe
 
     recipe_path = run_dir / RECIPE_FILE
     recipe = read_recipe(recipe_path)
     if not recipe.get("base") or not isinstance(recipe["base"], str):
         raise UserError(f"{recipe_path} names no base model, which the model card needs")
-    safetensors_header(run_dir / LORA_WEIGHTS, str(run_dir / LORA_WEIGHTS))
+    weights = run_weights(recipe)
+    for name in weights:
+        if not inside_run(run_dir, name):
+            raise UserError(
+                f"'{run_dir}' has no {name}, which its {RECIPE_FILE} says the run made; push the folder of a finished run"
+            )
+    if recipe.get("controlnet"):
+        config = run_dir / CONTROLNET_DIR / CONTROLNET_FILES[0]
+        settings = read_json(config, str(config))
+        if not isinstance(settings, dict) or settings.get("_class_name") != "ControlNetModel":
+            raise UserError(f"{config} is not a diffusers ControlNet config (its _class_name is not ControlNetModel)")
+    for name in weights:
+        if name.endswith(".safetensors"):
+            safetensors_header(run_dir / name, str(run_dir / name))
+    return " and ".join(["ControlNet"] * bool(recipe.get("controlnet")) + ["LoRA"] * (LORA_WEIGHTS in weights))
 
 
 def hub_token(hint: str) -> str:
@@ -88,7 +116,7 @@ def hub_token(hint: str) -> str:
     return token
 
 
-def _upload(files: list[tuple[str, Path]], repo: str, private: bool, token: str, retry: str) -> str:
+def _upload(files: list[tuple[str, Path]], repo: str, private: bool, token: str, retry: str, what: str) -> str:
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(token=token)
@@ -98,7 +126,7 @@ def _upload(files: list[tuple[str, Path]], repo: str, private: bool, token: str,
     ]
     try:
         url = api.create_repo(repo, private=private, exist_ok=True)
-        api.create_commit(repo, operations, commit_message="Upload LoRA, model card and samples with archdiff")
+        api.create_commit(repo, operations, commit_message=f"Upload {what}, model card and samples with archdiff")
     except Exception as error:  # noqa: BLE001 - HTTP, network or a refused card: the user gets one line either way
         raise UserError(f"pushing to {repo} failed: {_reason(error, token)}; retry with: {retry}") from None
     return str(url)

@@ -35,6 +35,7 @@ class RunSummary:
     elapsed: float | None  # seconds of training, summed over resumed sessions; None: not logged
     checkpoints: list[int] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)
+    controlnet: str | None = None  # a ControlNet run's control type and what it trained; None for a LoRA run
 
     @property
     def finished(self) -> bool:
@@ -68,7 +69,23 @@ def summarize(run_dir: Path) -> RunSummary:
         elapsed=_training_seconds(rows),
         checkpoints=[checkpoint_step(c) for c in complete_checkpoints(run_dir)],
         files={entry.name: _disk_size(entry) for entry in sorted(run_dir.iterdir())},
+        controlnet=_controlnet_line(recipe),
     )
+
+
+def _controlnet_line(recipe: dict[str, Any]) -> str | None:
+    """A ControlNet run in a few words: the control map it takes (what `sample --control-type` must make) and what trained."""
+    net = recipe.get("controlnet")
+    if not net:
+        return None
+    control = (recipe.get("data") or {}).get("control")
+    kind = control.get("type", "none") if isinstance(control, dict) else "unknown"
+    line = (
+        f"{kind} control, scale {net.get('scale', 1.0)}, " + ("a LoRA on it" if net.get("lora") else "all weights") + " trained"
+    )
+    if net.get("unet_lora"):
+        line += ", with a UNet LoRA"
+    return line + (f", over the style LoRA {net['style_lora']}" if net.get("style_lora") else "")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -77,7 +94,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return MetricsLog.read_if_exists(run_dir / METRICS_FILE)
 
 
-RECIPE_SECTIONS = ("data", "train", "lora", "validation", "dreambooth", "memory", "hub")
+RECIPE_SECTIONS = ("data", "train", "lora", "validation", "dreambooth", "controlnet", "memory", "hub")
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
@@ -115,6 +132,8 @@ def _disk_size(path: Path) -> int:
 def format_summary(s: RunSummary) -> str:
     """The summary as aligned `label  value` lines, ending with what to do next if the run is not finished."""
     lines: list[tuple[str, str]] = [("run", f"{s.name} ({s.run_dir})"), ("base", s.base or "unknown (no recipe.yaml)")]
+    if s.controlnet:
+        lines.append(("controlnet", s.controlnet))
     recipe = s.run_dir / RECIPE_FILE
     if s.steps_done is None:
         lines.append(("status", f"no metrics logged yet (nothing in {METRICS_FILE})"))

@@ -326,3 +326,227 @@ def test_shared_recipe_names_local_folders_by_their_last_part(tmp_path: Path) ->
     shared = yaml.safe_load(shareable_recipe(tmp_path / "recipe.yaml"))
     assert shared["output"] == "runs/villa" and shared["base"] == "my-sd15"
     assert [source["path"] for source in shared["data"]["sources"]] == ["photos", "facades", "user/hub-set"]
+
+
+# ControlNet runs (issue 15): the ControlNet goes to the repo root, the card names its control type and shows the grid.
+
+CONTROLNET_REPO = "jane/facade-controlnet"
+CONTROLNET_FILES = {"config.json", "diffusion_pytorch_model.safetensors"}  # RUN/controlnet/* at the repo root
+
+
+def _train_controlnet(folder: Path, *settings: str) -> Path:
+    """demo-controlnet for 4 steps, one prompt and one seed (tiny-sd15, CPU, ~30 s)."""
+    from archdiff.config import load_recipe
+    from archdiff.train.run import run
+
+    overrides = ["train.max_steps=4", "train.val_every=4", "validation.prompts=[a facade]", "validation.seeds=[0]"]
+    return run(load_recipe("demo-controlnet", [f"output={folder}", *overrides, "validation.steps=2", *settings])).run_dir
+
+
+@pytest.fixture(scope="module")
+def controlnet_run(tmp_path_factory, tiny_base) -> Path:
+    return _train_controlnet(tmp_path_factory.mktemp("controlnet") / "run")
+
+
+@pytest.fixture(scope="module")
+def controlnet_lora_run(tmp_path_factory, tiny_base) -> Path:
+    """A ControlNet trained with a UNet style LoRA beside it (controlnet.unet_lora)."""
+    return _train_controlnet(tmp_path_factory.mktemp("controlnet-lora") / "run", "controlnet.unet_lora=true")
+
+
+@pytest.fixture
+def cn_run(controlnet_run: Path, tmp_path: Path) -> Path:
+    """A copy of the ControlNet run with a .env, a token file and notes planted in it."""
+    run = tmp_path / "cn-run"
+    shutil.copytree(controlnet_run, run)
+    (run / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    (run / "token").write_text(TOKEN)
+    (run / "notes.txt").write_text("try canny next\n")
+    return run
+
+
+def controlnet_allowlist(run: Path, lora: bool = False) -> set[str]:
+    return allowlist(run) - {LORA_WEIGHTS} | CONTROLNET_FILES | ({LORA_WEIGHTS} if lora else set())
+
+
+def set_recipe(run: Path, **changes) -> None:
+    """Change nested recipe settings, e.g. set_recipe(run, **{"data.control.type": "canny"})."""
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        section = recipe
+        for parent in parents:
+            section = section[parent]
+        section[last] = value
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def test_controlnet_push_puts_the_controlnet_at_the_repo_root_with_its_card(cn_run: Path, hub: FakeHub, tmp_path: Path) -> None:
+    expected = controlnet_allowlist(cn_run)
+    result = archdiff("push", str(cn_run), "--repo", CONTROLNET_REPO, "--dry-run", cwd=tmp_path, hub=hub)
+    assert result.returncode == 0, result.stderr
+    assert {line.split()[0] for line in result.stdout.strip().splitlines()[:-1]} == expected
+    assert hub.requests == []
+
+    result = archdiff("push", str(cn_run), "--repo", CONTROLNET_REPO, cwd=tmp_path, hub=hub)
+    assert result.returncode == 0, result.stderr
+    files = hub.committed_files()
+    assert set(files) == expected
+    for name in CONTROLNET_FILES:
+        assert files[name] == (cn_run / "controlnet" / name).read_bytes(), name
+    header = json.loads(hub.named("commit")[0].body.splitlines()[0])["value"]
+    assert header["summary"] == "Upload ControlNet, model card and samples with archdiff"
+    assert TOKEN not in result.stdout + result.stderr and files_holding_token(cn_run) == {".env", "token"}
+
+    card = ModelCard(files["README.md"].decode())
+    assert {"controlnet", "diffusers", "text-to-image", "architecture", "stable-diffusion"} <= set(card.data.tags)
+    assert "lora" not in card.data.tags and card.data.license == "apache-2.0" and card.data.base_model is None
+    assert "Control type `drawing`: white lines on black" in card.text
+    assert "`archdiff sample --control-type drawing`" in card.text
+    assert "![Control and results after 4 steps](samples/step-000004.png)" in card.text
+    assert "control (first column)" in card.text and "samples/step-000004.png" in files
+    assert f'ControlNetModel.from_pretrained("{CONTROLNET_REPO}", dtype=torch.float16)' in card.text
+    assert "StableDiffusionControlNetPipeline.from_pretrained(" in card.text and "load_lora_weights" not in card.text
+    command = (
+        f"archdiff sample 'a facade' --base tiny-sd15 --controlnet {CONTROLNET_REPO} --control sketch.png --control-type drawing"
+    )
+    assert command + "\n" in card.text
+    assert str(tmp_path) not in card.content
+
+
+@pytest.mark.parametrize("which", ["controlnet_run", "controlnet_lora_run"], ids=["controlnet", "controlnet+unet-lora"])
+def test_card_diffusers_code_runs_on_the_pushed_files(which: str, request, tiny_base: str, tmp_path: Path) -> None:
+    """The card's diffusers code, run as written (CPU and float32 instead of CUDA and float16) in a fresh interpreter
+    that never imports archdiff, on a folder laid out as the repo: it loads the ControlNet (and LoRA) and draws."""
+    from PIL import Image
+
+    from archdiff.push import push_run
+
+    run = tmp_path / "run"
+    shutil.copytree(request.getfixturevalue(which), run)
+    repo = tmp_path / "repo"
+    for name, path in push_run(run, CONTROLNET_REPO, dry_run=True).files:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, repo / name)
+    assert (LORA_WEIGHTS in {p.name for p in repo.iterdir()}) == (which == "controlnet_lora_run")
+    card = (repo / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    for written, local in [
+        (json.dumps(CONTROLNET_REPO), json.dumps(str(repo))),
+        ('"tiny-sd15"', json.dumps(tiny_base)),
+        ("torch.float16", "torch.float32"),
+        ('.to("cuda")', ""),
+    ]:
+        assert written in code, written
+        code = code.replace(written, local)
+    work = tmp_path / "work"
+    work.mkdir()
+    with Image.open(repo / "samples" / "step-000004.png") as grid:
+        grid.crop((0, 0, 64, 64)).save(work / "control.png")  # the grid's first column: a control map
+    check = (
+        "\nimport sys\nassert not [m for m in sys.modules if m.startswith('archdiff')]\nprint(sorted(pipe.get_list_adapters()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code + check], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == ("['unet']" if which == "controlnet_lora_run" else "[]")
+    with Image.open(work / "sample.png") as image:
+        assert image.size == (64, 64)
+
+
+def test_controlnet_with_unet_lora_pushes_both(controlnet_lora_run: Path, tmp_path: Path) -> None:
+    from archdiff.push import push_run
+
+    run = tmp_path / "run"
+    shutil.copytree(controlnet_lora_run, run)
+    pushed = push_run(run, CONTROLNET_REPO, dry_run=True)
+    assert {name for name, _ in pushed.files} == controlnet_allowlist(run, lora=True)
+    card = ModelCard.load(run / "README.md")
+    assert {"controlnet", "lora"} <= set(card.data.tags)
+    assert f'pipe.load_lora_weights("{CONTROLNET_REPO}", weight_name="{LORA_WEIGHTS}")' in card.text
+    assert f"--control-type drawing --lora {CONTROLNET_REPO}\n" in card.text
+    assert "| UNet LoRA | rank 16, alpha 16.0 |" in card.text
+
+
+def test_an_earlier_runs_weights_left_in_the_folder_do_not_go_up(cn_run: Path, run: Path) -> None:
+    """What a run made comes from its recipe: a folder reused with --overwrite may still hold the other kind's weights."""
+    from archdiff.push import push_run
+
+    shutil.copyfile(cn_run / "controlnet" / "diffusion_pytorch_model.safetensors", cn_run / LORA_WEIGHTS)
+    assert {name for name, _ in push_run(cn_run, CONTROLNET_REPO, dry_run=True).files} == controlnet_allowlist(cn_run)
+    assert "lora" not in ModelCard.load(cn_run / "README.md").data.tags
+
+    shutil.copytree(cn_run / "controlnet", run / "controlnet")
+    assert {name for name, _ in push_run(run, REPO, dry_run=True).files} == allowlist(run)
+    card = ModelCard.load(run / "README.md")
+    assert "controlnet" not in card.data.tags and "from diffusers import StableDiffusionPipeline\n" in card.text
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncated-weights", "controlnet/diffusion_pytorch_model.safetensors is truncated or damaged"),
+        ("no-config", "has no controlnet/config.json, which its recipe.yaml says the run made"),
+        ("not-a-controlnet-config", "is not a diffusers ControlNet config"),
+        ("unet-lora-missing", f"has no {LORA_WEIGHTS}, which its recipe.yaml says the run made"),
+        ("controlnet-not-a-mapping", "'controlnet' is not a mapping of settings"),
+    ],
+)
+def test_a_damaged_controlnet_run_is_one_line_before_anything_uploads(
+    cn_run: Path, hub: FakeHub, tmp_path: Path, damage: str, expected: str
+) -> None:
+    weights, config = cn_run / "controlnet" / "diffusion_pytorch_model.safetensors", cn_run / "controlnet" / "config.json"
+    if damage == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "no-config":
+        config.unlink()
+    elif damage == "not-a-controlnet-config":
+        config.write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    elif damage == "unet-lora-missing":
+        set_recipe(cn_run, **{"controlnet.unet_lora": True})
+    else:
+        set_recipe(cn_run, controlnet=5)
+    message = one_error_line(archdiff("push", str(cn_run), "--repo", CONTROLNET_REPO, cwd=tmp_path, hub=hub))
+    assert expected in message
+    assert hub.requests == [] and not (cn_run / "README.md").exists(), "refused before the card is written or a byte sent"
+
+
+@pytest.mark.parametrize(
+    ("control", "scale", "says"),
+    [
+        ("canny", 0.8, "runs `cv2.Canny(image, 50, 150)` on it (needs OpenCV"),
+        ("lines", 1.0, "white straight line segments on black (MLSD style)"),
+        ("none", 1.0, "control images used as given"),
+    ],
+)
+def test_card_names_the_control_type_and_scale(cn_run: Path, control: str, scale: float, says: str) -> None:
+    set_recipe(cn_run, **{"data.control.type": control, "data.control.canny_low": 50, "data.control.canny_high": 150})
+    set_recipe(cn_run, **{"controlnet.scale": scale})
+    text = model_card(cn_run, CONTROLNET_REPO).text
+    assert f"Control type `{control}`: " in text and says in text
+    assert f"--control-type {control}" + (f" --control-scale {scale}" if scale != 1.0 else "") + "\n" in text
+    assert f"controlnet_conditioning_scale={scale}," in text and f"| Conditioning scale | {scale} |" in text
+
+
+@pytest.mark.parametrize(
+    ("base", "sdxl_config", "pipeline", "license_"),
+    [
+        ("stabilityai/stable-diffusion-xl-base-1.0", True, "StableDiffusionXLControlNetPipeline", "openrail++"),
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", False, "StableDiffusionControlNetPipeline", "creativeml-openrail-m"),
+        ("someone/own-finetune", True, "StableDiffusionXLControlNetPipeline", "other"),
+    ],
+)
+def test_controlnet_card_names_the_pipeline_of_its_base(
+    cn_run: Path, base: str, sdxl_config: bool, pipeline: str, license_: str
+) -> None:
+    """Offline, a Hub base's family comes from the ControlNet's own config (SDXL's text_time conditioning)."""
+    config = cn_run / "controlnet" / "config.json"
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps(settings | {"addition_embed_type": "text_time" if sdxl_config else None}))
+    set_recipe(cn_run, base=base)
+    card = model_card(cn_run, CONTROLNET_REPO)
+    assert f"from diffusers import ControlNetModel, {pipeline}\n" in card.text
+    assert f'{pipeline}.from_pretrained("{base}", controlnet=controlnet' in card.text
+    assert f"--base {base} --controlnet {CONTROLNET_REPO}" in card.text
+    assert ("stable-diffusion-xl" in card.data.tags) == sdxl_config
+    assert card.data.base_model == base and card.data.license == license_

@@ -227,3 +227,26 @@ def test_real_run_summarizes_as_finished(demo_run, tmp_path):
     assert summary.elapsed is not None and summary.elapsed > 0
     assert summary.files["pytorch_lora_weights.safetensors"] == demo_run.lora_file.stat().st_size
     assert plot_losses(read_metrics(demo_run.run_dir), tmp_path / "demo.png", "demo").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"scale": 0.8, "lora": None, "unet_lora": True}, "drawing control, scale 0.8, all weights trained, with a UNet LoRA"),
+        (
+            {"scale": 1.0, "lora": {"rank": 8}, "style_lora": "runs/style"},
+            "drawing control, scale 1.0, a LoRA on it trained, over the style LoRA runs/style",
+        ),
+    ],
+)
+def test_controlnet_run_shows_its_control_type_and_what_trained(tmp_path, settings, expected):
+    run = make_run(tmp_path / "cn", metric_rows(MAX_STEPS))
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe | {"data": {"control": {"type": "drawing"}}, "controlnet": settings}))
+    lines = format_summary(summarize(run)).splitlines()
+    assert [line.split(None, 1)[1] for line in lines if line.startswith("controlnet ")] == [expected]
+    assert lines.index(next(line for line in lines if line.startswith("controlnet "))) == 2, "right under the base"
+
+    lora_run = make_run(tmp_path / "lora", metric_rows(MAX_STEPS))
+    assert summarize(lora_run).controlnet is None
+    assert not any(line.startswith("controlnet") for line in format_summary(summarize(lora_run)).splitlines())
