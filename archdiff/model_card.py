@@ -21,8 +21,7 @@ import yaml
 from archdiff.errors import UserError
 from archdiff.hub_ids import is_hub_id
 from archdiff.model.base import TINY_PREFIX
-from archdiff.model.controlnet import CONTROLNET_DIR
-from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE, SAMPLES_DIR, write_text_atomic
+from archdiff.run_files import CONTROLNET_DIR, LORA_WEIGHTS, RECIPE_FILE, SAMPLES_DIR, write_text_atomic
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard

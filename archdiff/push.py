@@ -15,9 +15,8 @@ import yaml
 
 from archdiff.errors import UserError
 from archdiff.hub_ids import is_repo_id
-from archdiff.model.controlnet import CONTROLNET_DIR
 from archdiff.model_card import CARD_FILE, CONTROLNET_FILES, final_samples, inside_run, public_name, run_weights, write_card
-from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE
+from archdiff.run_files import CONTROLNET_DIR, LORA_WEIGHTS, RECIPE_FILE
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"  # checkpoints/step-000250
 CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 LOGS_DIR = "logs"  # TensorBoard / W&B
-RUN_ENTRIES = (LORA_WEIGHTS, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE, CHECKPOINTS_DIR, LOGS_DIR)
+CONTROLNET_DIR = "controlnet"  # a ControlNet run's result: config.json + diffusion_pytorch_model.safetensors
+RUN_ENTRIES = (LORA_WEIGHTS, CONTROLNET_DIR, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE, CHECKPOINTS_DIR, LOGS_DIR)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -53,11 +54,13 @@ def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
 
 
 def claim_run_dir(folder: Path) -> None:
-    """Create the run folder for a new run: an earlier run's metrics, checkpoints, logs and samples go
-    (so `--resume latest` can never pick up another run's state); files archdiff did not write stay."""
+    """Create the run folder for a new run: an earlier run's metrics, checkpoints, logs, samples and trained weights
+    go (so `--resume latest` can never pick up another run's state, nor `--lora RUN` another run's LoRA); files
+    archdiff did not write stay."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / METRICS_FILE).unlink(missing_ok=True)
-    for entry in (CHECKPOINTS_DIR, LOGS_DIR, SAMPLES_DIR):
+    (folder / LORA_WEIGHTS).unlink(missing_ok=True)
+    for entry in (CHECKPOINTS_DIR, LOGS_DIR, SAMPLES_DIR, CONTROLNET_DIR):
         shutil.rmtree(folder / entry, ignore_errors=True)
 
 

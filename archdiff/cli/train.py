@@ -82,6 +82,9 @@ def train(
         typer.echo(
             f"held-out loss: {result.first_val_loss:.4f} -> {result.final_val_loss:.4f} ({ratio:.2f}x the untrained model's)"
         )
+    if result.final_blank_control_loss is not None and result.final_val_loss is not None:
+        gain = 1 - result.final_val_loss / result.final_blank_control_loss
+        typer.echo(f"with blank controls: {result.final_blank_control_loss:.4f} (the control lowers held-out loss by {gain:.1%})")
     trained = "ControlNet" if resolved.controlnet else "LoRA"
     if result.processes > 1:
         same = "identical on every rank" if result.ranks_agree else "DIFFERENT across ranks (a DDP sync problem)"

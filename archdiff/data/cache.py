@@ -76,8 +76,8 @@ class Caches:
     latents: TensorCache | None
     texts: TensorCache | None
     controls: TensorCache | None = None  # a ControlNet run's control maps, beside its latents
-    encoded: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0, "controls": 0})
-    reused: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0, "controls": 0})
+    encoded: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})  # and "controls" when cached
+    reused: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})
 
     @staticmethod
     def latent_key(sample: Sample, op: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -18,6 +18,7 @@ from archdiff.model.base import Components
 from archdiff.train.objective import sample_noise, stratified_timesteps
 from archdiff.train.step import Denoiser, batch_bucket, batch_latents, denoising_loss
 
+BLANK_CONTROL_LOSS = "val_loss_blank_control"  # metrics.jsonl column of ControlNet runs
 EVAL_TIMESTEPS_PER_IMAGE = 8
 EVAL_SEED_OFFSET = 1_000_003
 _ENCODED = ("pixel_values", "latent_params")  # held as latents instead: no need to keep the images
@@ -57,6 +58,14 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
         kept = {key: value.repeat_interleave(k, dim=0) for key, value in examples.items() if key not in _ENCODED}
         eval_set.append(EvalBatch(kept, batch_bucket(examples), latents, noise, timesteps))
     return eval_set
+
+
+def blank_controls(eval_set: EvalSet) -> EvalSet:
+    """The held-out set with every control image black: a ControlNet that uses its control does worse on it."""
+    return [
+        replace(group, batch={**group.batch, "control_values": torch.zeros_like(group.batch["control_values"])})
+        for group in eval_set
+    ]
 
 
 @torch.no_grad()

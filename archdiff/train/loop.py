@@ -23,7 +23,7 @@ from archdiff.data.samples import SampleSet, collate
 from archdiff.model.base import Components
 from archdiff.run_files import MetricsLog
 from archdiff.train.checkpoints import TrainerState, read_state, register_adapter_hooks, save_checkpoint
-from archdiff.train.evaluation import EvalSet, evaluate
+from archdiff.train.evaluation import BLANK_CONTROL_LOSS, EvalSet, blank_controls, evaluate
 from archdiff.train.guards import Interrupted, NanGuard, StopRequest, stop_requested
 from archdiff.train.objective import sample_noise, sample_timesteps
 from archdiff.train.step import batch_bucket, batch_latents, denoiser_for, denoising_loss, step_text_encoders
@@ -52,6 +52,7 @@ class LoopResult:
     final_val_loss: float | None
     steps_trained: int  # in this process's run: fewer than max_steps after a resume
     startup: float = 0.0  # seconds from the process's start to the first step
+    final_blank_control_loss: float | None = None  # a ControlNet run's val_loss with its controls blanked
 
 
 def peak_memory_mb(device) -> float:
@@ -150,13 +151,18 @@ def train_lora(ctx: TrainContext) -> LoopResult:
     register_adapter_hooks(accelerator, trained)
     denoiser = denoiser_for(recipe, ctx.components, unet, text_encoders, device, controlnet)
 
-    def validate() -> float | None:
+    def validate() -> dict[str, float]:
+        """val_loss; a ControlNet run also measures it with every control blanked: the gap is what the control is worth."""
         if not ctx.eval_set or not accelerator.is_main_process:
-            return None
+            return {}
         plain = [accelerator.unwrap_model(model) for model in (unet, *text_encoders)]
         plain_controlnet = accelerator.unwrap_model(controlnet) if controlnet is not None else None
         unwrapped = denoiser_for(recipe, ctx.components, plain[0], plain[1:], device, plain_controlnet)
-        return evaluate(unwrapped, ctx.eval_set, batch_size=cfg.batch_size, autocast=accelerator.autocast)
+        losses = {"val_loss": evaluate(unwrapped, ctx.eval_set, batch_size=cfg.batch_size, autocast=accelerator.autocast)}
+        if controlnet is not None:
+            blank = blank_controls(ctx.eval_set)
+            losses[BLANK_CONTROL_LOSS] = evaluate(unwrapped, blank, batch_size=cfg.batch_size, autocast=accelerator.autocast)
+        return losses
 
     step = batches = 0
     if ctx.resume is not None:
@@ -165,12 +171,13 @@ def train_lora(ctx: TrainContext) -> LoopResult:
         step, batches = state.step, state.batches
         first_val_loss = next((row["val_loss"] for row in MetricsLog.read_if_exists(metrics.path) if row["step"] == 0), None)
     else:
-        first_val_loss = validate()
+        first = validate()
+        first_val_loss = first.get("val_loss")
     startup = time.monotonic() - archdiff.STARTED
     if ctx.resume is None:
-        metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], val_loss=first_val_loss, elapsed=0.0, startup=startup)
-        if first_val_loss is not None:
-            accelerator.log({"val_loss": first_val_loss}, step=0)  # the trackers' curves start from the untrained model
+        metrics.write(step=0, loss=None, lr=lr_scheduler.get_last_lr()[0], **_losses_row(first), elapsed=0.0, startup=startup)
+        if first:
+            accelerator.log(first, step=0)  # the trackers' curves start from the untrained model
     if step >= cfg.max_steps:
         return LoopResult(first_val_loss, None, 0, startup)
     if accelerator.is_main_process:
@@ -186,7 +193,7 @@ def train_lora(ctx: TrainContext) -> LoopResult:
 
     started, start_step = time.perf_counter(), step
     running_loss, running_count = torch.zeros((), device=device), 0
-    val_loss = None
+    losses: dict[str, float] = {}
     bar = tqdm(
         total=cfg.max_steps,
         initial=step,
@@ -232,13 +239,13 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                 bar.update(1)
                 last = step == cfg.max_steps
                 is_val_step = step % cfg.val_every == 0 or last
-                val_loss = validate() if is_val_step else None
+                losses = validate() if is_val_step else {}
                 if step % cfg.log_every == 0 or is_val_step:
                     guard.check()
                     mean_loss = accelerator.gather(running_loss).mean().item() / running_count
                     running_loss.zero_()
                     running_count = 0
-                    _log(ctx, bar, step, mean_loss, lr_scheduler.get_last_lr()[0], val_loss, time.perf_counter() - started, last)
+                    _log(ctx, bar, step, mean_loss, lr_scheduler.get_last_lr()[0], losses, time.perf_counter() - started, last)
                 if ctx.draw_samples and recipe.validation.every and step % recipe.validation.every == 0 and not last:
                     guard.check()
                     ctx.draw_samples(step)
@@ -246,7 +253,8 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                     checkpoint()
                 if last:
                     guard.check()
-                    return LoopResult(first_val_loss, val_loss, step - start_step, startup)
+                    final = losses.get("val_loss")
+                    return LoopResult(first_val_loss, final, step - start_step, startup, losses.get(BLANK_CONTROL_LOSS))
                 if stop_requested(stop, accelerator, step, cfg.log_every):
                     raise Interrupted(step, checkpoint(), stop.signal_number, accelerator.is_main_process)
         except KeyboardInterrupt:  # a second Ctrl-C: stop without a new checkpoint
@@ -256,9 +264,15 @@ def train_lora(ctx: TrainContext) -> LoopResult:
     raise AssertionError("the bucket sampler never ends")
 
 
-def _log(ctx: TrainContext, bar, step: int, loss: float, lr: float, val_loss: float | None, elapsed: float, last: bool) -> None:
+def _losses_row(losses: dict[str, float]) -> dict[str, float | None]:
+    """Held-out losses as metrics.jsonl columns: val_loss always (null when not measured), the others when measured."""
+    return {"val_loss": None, **losses}
+
+
+def _log(ctx: TrainContext, bar, step: int, loss: float, lr: float, losses: dict[str, float], elapsed: float, last: bool) -> None:
     """One row of metrics.jsonl (with the peak memory at the end), the trackers and the progress bar."""
     peak = {"peak_memory_mb": round(peak_memory_mb(ctx.accelerator.device), 1)} if last else {}
-    ctx.metrics.write(step=step, loss=loss, lr=lr, val_loss=val_loss, elapsed=elapsed, **peak)
-    ctx.accelerator.log({"loss": loss, "lr": lr, **({"val_loss": val_loss} if val_loss is not None else {})}, step=step)
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **({"val": f"{val_loss:.4f}"} if val_loss is not None else {}))
+    ctx.metrics.write(step=step, loss=loss, lr=lr, **_losses_row(losses), elapsed=elapsed, **peak)
+    ctx.accelerator.log({"loss": loss, "lr": lr, **losses}, step=step)
+    shown = {"val": f"{losses['val_loss']:.4f}"} if "val_loss" in losses else {}
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **shown)

@@ -14,6 +14,7 @@ from archdiff.config import Recipe, dump_recipe
 from archdiff.errors import UserError, first_line
 from archdiff.outputs import check_output
 from archdiff.run_files import (
+    CONTROLNET_DIR,
     DATA_FILE,
     LOGS_DIR,
     METRICS_FILE,
@@ -48,6 +49,7 @@ class RunResult:
     processes: int = 1
     ranks_agree: bool = True  # every process ended with the same LoRA weights
     main: bool = True  # the process that writes files and reports
+    final_blank_control_loss: float | None = None  # a ControlNet run's held-out loss with its controls blanked
 
 
 def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> RunResult:
@@ -193,6 +195,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         accelerator.num_processes,
         ranks_agree,
         main,
+        result.final_blank_control_loss,
     )
 
 
@@ -206,7 +209,6 @@ def _text_encoders(components, base_name: str) -> tuple:
 
 def missing_final_outputs(recipe: Recipe, run_dir: Path) -> list[str]:
     """What a finished run writes after its last checkpoint and does not have (it was killed in between)."""
-    from archdiff.model.controlnet import CONTROLNET_DIR
     from archdiff.run_files import LORA_WEIGHTS, kohya_run_file
 
     wanted = [run_dir / LORA_WEIGHTS, kohya_run_file(run_dir, recipe.name)] if recipe.unet_lora_trains else []
