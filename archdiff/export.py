@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from archdiff.errors import UserError, first_line
-from archdiff.run_files import LORA_WEIGHTS, RECIPE_FILE, kohya_run_file, move_into_place, staging_dir
+from archdiff.run_files import CONTROLNET_DIR, LORA_WEIGHTS, RECIPE_FILE, kohya_run_file, move_into_place, staging_dir
 
 FORMATS = ("kohya", "diffusers", "peft", "fused")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -201,6 +201,11 @@ def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float
     if fmt == "kohya" and output is not None and output.suffix != ".safetensors":
         raise UserError(f"--output for a kohya file must end in .safetensors (got '{output}')")
     weights = run_dir / LORA_WEIGHTS
+    if not weights.is_file() and (run_dir / CONTROLNET_DIR / "config.json").is_file():
+        raise UserError(
+            f"'{run_dir}' is a ControlNet run without a LoRA: {run_dir / CONTROLNET_DIR} is already a diffusers ControlNet, "
+            "which diffusers, ComfyUI and A1111 load as it is (nothing to export)"
+        )
     if not weights.is_file():
         raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing): pass a finished run folder")
     header = safetensors_header(weights, str(weights))  # whole files, a sound recipe, a writable output and a LoRA

@@ -331,21 +331,23 @@ def tracker_config(recipe: Recipe) -> dict:
 
 def _progress_grid(recipe: Recipe, source: str, components, controlnet, controls, accelerator, run_dir: Path, step: int) -> None:
     """A grid of the validation prompts during training; the models go back to training untouched."""
-    from archdiff.train.validation import log_grid, validation_rows
+    from archdiff.train.validation import log_adherence, log_grid, validation_rows
 
     if recipe.validation.prompts:
         unet = accelerator.unwrap_model(components.unet)
         controlnet = accelerator.unwrap_model(controlnet) if controlnet is not None else None
         rows = validation_rows(recipe, source, components, unet, accelerator.autocast, controlnet, controls)
         log_grid(rows, accelerator, run_dir, step, controls)
+        log_adherence(recipe, rows, controls, accelerator, step)
 
 
 def _final_samples(recipe: Recipe, source: str, components, unet, controlnet, controls, run_dir: Path, accelerator) -> list[Path]:
     """The validation prompts drawn with the trained models: one folder per prompt and the final grid."""
-    from archdiff.train.validation import log_grid, save_validation_images, validation_rows
+    from archdiff.train.validation import log_adherence, log_grid, save_validation_images, validation_rows
 
     if not recipe.validation.prompts:
         return []
     rows = validation_rows(recipe, source, components, unet, accelerator.autocast, controlnet, controls)
     grid_path = log_grid(rows, accelerator, run_dir, recipe.train.max_steps, controls)
-    return [*save_validation_images(recipe, rows, run_dir), grid_path]
+    scores = log_adherence(recipe, rows, controls, accelerator, recipe.train.max_steps)
+    return [*save_validation_images(recipe, rows, run_dir, scores), grid_path]

@@ -75,16 +75,38 @@ def validation_rows(recipe: Recipe, source: str, components, unet, autocast, con
         free_memory()
 
 
-def save_validation_images(recipe: Recipe, rows: list[list[Image.Image]], run_dir: Path) -> list[Path]:
-    """One folder per validation prompt, with each image's settings in its PNG: what `push` shares."""
+def control_adherence(recipe: Recipe, rows: list[list[Image.Image]], controls) -> list[list[float]]:
+    """Each validation image's control F1 against the control it was drawn from (archdiff sample prints the same)."""
+    from archdiff.data.controls import control_f1
+
+    cfg = recipe.data.control
+    return [
+        [round(control_f1(control, image, cfg.type, canny_low=cfg.canny_low, canny_high=cfg.canny_high), 4) for image in row]
+        for control, row in zip(controls, rows, strict=True)
+    ]
+
+
+def log_adherence(recipe: Recipe, rows: list[list[Image.Image]], controls, accelerator, step: int) -> list[list[float]]:
+    """A ControlNet run's mean control F1 over the validation images, to the trackers beside the grid."""
+    scores = control_adherence(recipe, rows, controls) if controls else []
+    if scores:
+        flat = [score for row in scores for score in row]
+        accelerator.log({"control_f1": sum(flat) / len(flat)}, step=step)
+    return scores
+
+
+def save_validation_images(recipe: Recipe, rows: list[list[Image.Image]], run_dir: Path, scores=()) -> list[Path]:
+    """One folder per validation prompt, with each image's settings (and control F1) in its PNG: what `push` shares."""
     cfg = recipe.validation
     paths = []
     for index, (prompt, images) in enumerate(zip(cfg.prompts, rows, strict=True)):
         adapter = [f"{run_dir.name}:1"]  # the folder's name only: these images get shared, home paths should not
         settings = {"prompt": prompt, "base": recipe.base, "lora": adapter, "steps": cfg.steps, "guidance": cfg.guidance}
+        per_image = None
         if recipe.controlnet:
-            settings = {**settings, "lora": [], "controlnet": [adapter[0]], "control_type": recipe.data.control.type}
-        paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}")
+            settings = {**settings, "lora": [], "controlnet": [adapter[0]], "control_type": [recipe.data.control.type]}
+            per_image = [{"control_f1": [score]} for score in scores[index]]  # lists, as `archdiff sample` writes them
+        paths += save_images(images, cfg.seeds, settings, run_dir / SAMPLES_DIR / f"prompt{index:02d}", per_image)
     return paths
 
 

@@ -110,6 +110,8 @@ def test_the_run_folder_holds_a_diffusers_controlnet_and_a_control_result_grid(c
     assert grid.size == (64 * 4, 64)  # the control, then one image per seed (0, 1, 2)
     control = grid.crop((0, 0, 64, 64)).convert("L")
     assert set(control.getdata()) <= {0, 255} and 0 < sum(v == 255 for v in control.getdata()) < 64 * 32  # white lines on black
+    chunks = Image.open(run_dir / "samples" / "prompt00" / "00-seed0.png").text
+    assert json.loads(chunks["control_type"]) == ["drawing"] and 0.0 <= json.loads(chunks["control_f1"])[0] <= 1.0  # adherence
 
 
 PLAIN_DIFFUSERS = textwrap.dedent(
@@ -188,3 +190,11 @@ def test_a_killed_controlnet_run_resumes_bit_for_bit(tmp_path):
     expected, got = load_file(tmp_path / "whole" / CONTROLNET_WEIGHTS), load_file(killed / CONTROLNET_WEIGHTS)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_export_says_a_controlnet_needs_no_export(controlnet_run):
+    from archdiff.errors import UserError
+    from archdiff.export import export_run
+
+    with pytest.raises(UserError, match=r"is a ControlNet run without a LoRA: .*controlnet is already a diffusers ControlNet"):
+        export_run(controlnet_run.run_dir, "kohya")
