@@ -84,7 +84,7 @@ def train(
         )
     if result.final_blank_control_loss is not None and result.final_val_loss is not None:
         gain = 1 - result.final_val_loss / result.final_blank_control_loss
-        typer.echo(f"with blank controls: {result.final_blank_control_loss:.4f} (the control lowers held-out loss by {gain:.1%})")
+        typer.echo(f"with blank controls: {result.final_blank_control_loss:.4f} (the control lowers held-out loss by {gain:.2%})")
     trained = "ControlNet" if resolved.controlnet else "LoRA"
     if result.processes > 1:
         same = "identical on every rank" if result.ranks_agree else "DIFFERENT across ranks (a DDP sync problem)"
