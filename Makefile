@@ -34,8 +34,11 @@ demo: install
 	@echo "training samples: runs/demo-tiny/samples/"
 	@echo "your sample:      runs/demo-tiny/sample/grid.png"
 
+# Two pytest-xdist workers, one test file at a time each: the tests are single-threaded, and a module's fixtures are
+# built once. (Session fixtures are built once per worker.) `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test: dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: dev
 	$(BIN)/ruff check archdiff tests

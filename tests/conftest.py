@@ -10,9 +10,11 @@ from pathlib import Path
 # are only bit-identical at a fixed thread count.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
-if "ARCHDIFF_CACHE" not in os.environ:  # a private cache, removed when the session's interpreter exits
+# A private cache, removed when the session's interpreter exits. pytest-xdist workers inherit the environment of
+# the process that started them: each makes its own cache rather than build the tiny models into a shared one.
+if os.environ.get("ARCHDIFF_CACHE", "") in ("", os.environ.get("ARCHDIFF_TEST_OWN_CACHE")):
     _SESSION_CACHE = tempfile.TemporaryDirectory(prefix="archdiff-test-cache-")
-    os.environ["ARCHDIFF_CACHE"] = _SESSION_CACHE.name
+    os.environ["ARCHDIFF_CACHE"] = os.environ["ARCHDIFF_TEST_OWN_CACHE"] = _SESSION_CACHE.name
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
 import pytest  # noqa: E402

@@ -1,21 +1,44 @@
-"""Fixtures of the command-line tests: one archdiff cache per session, with tiny-sd15 built once."""
+"""Fixtures of the command-line tests: one archdiff cache per session, and each finished run they need trained once.
+
+A `archdiff train` subprocess spends ~15 s of CPU importing torch and diffusers before it trains a step, so every
+run the test modules share is trained here once per session; a test that damages a run works on its own copy.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
-from hostile import TRAIN_DEMO, run_archdiff
+from hostile import FINISHED_SD15, TRAIN_DEMO, run_archdiff
 
 
 @pytest.fixture(scope="session")
-def archdiff_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session: tiny-sd15 is built (~5 s) once here, not inside whichever test runs first."""
+def archdiff_cache(tmp_path_factory: pytest.TempPathFactory, tiny_base: str) -> Path:
+    """The CLI tests' own cache, holding the session's tiny-sd15 (built once by tests/conftest.py) at the same place."""
     cache = tmp_path_factory.mktemp("archdiff-cache")
-    work = tmp_path_factory.mktemp("warm-up")
-    (work / "empty").mkdir()
-    run_archdiff(work, cache, *TRAIN_DEMO, "--base", "tiny-sd15", "--data", "empty")
+    shutil.copytree(tiny_base, cache / Path(tiny_base).relative_to(os.environ["ARCHDIFF_CACHE"]))
     return cache
+
+
+def _train(root: Path, cache: Path, name: str, *args: str) -> Path:
+    result = run_archdiff(root, cache, *args, "-o", str(root / name), timeout=600)
+    assert result.returncode == 0, result.stderr
+    return root / name
+
+
+@pytest.fixture(scope="session")
+def finished_sd15(tmp_path_factory: pytest.TempPathFactory, archdiff_cache: Path) -> Path:
+    """A finished tiny-sd15 run of FINISHED_SD15 (a checkpoint at every step). Shared: copy it before changing it."""
+    return _train(tmp_path_factory.mktemp("finished"), archdiff_cache, "sd15", *FINISHED_SD15)
+
+
+@pytest.fixture(scope="session")
+def finished_sdxl(tmp_path_factory: pytest.TempPathFactory, archdiff_cache: Path) -> Path:
+    """A finished two-step tiny-sdxl run. Shared: copy it before changing it."""
+    args = [*TRAIN_DEMO, "--max-steps", "2", "--set", "validation.prompts=[]", "--base", "tiny-sdxl"]
+    return _train(tmp_path_factory.mktemp("finished"), archdiff_cache, "sdxl", *args)
 
 
 @pytest.fixture

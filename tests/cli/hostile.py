@@ -10,6 +10,20 @@ import sys
 from pathlib import Path
 
 TRAIN_DEMO = ["train", "--recipe", "demo-tiny"]
+# The shared finished SD 1.5 run (tests/cli/conftest.py's `finished_sd15`): three steps, a checkpoint and a metrics
+# line at each; resuming it takes these same arguments.
+FINISHED_STEPS = 3
+FINISHED_SD15 = [
+    *TRAIN_DEMO,
+    "--max-steps",
+    str(FINISHED_STEPS),
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "validation.prompts=[]",
+    "--set",
+    "train.log_every=1",
+]
 
 
 def run_archdiff(

@@ -12,25 +12,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hostile import TRAIN_DEMO, run_archdiff, tree_digest, user_error
+from hostile import TRAIN_DEMO, tree_digest, user_error
 
 NO_MODELS = ("torch", "diffusers", "transformers", "peft", "accelerate")
 WEIGHTS = "pytorch_lora_weights.safetensors"
 NOT_WRITABLE = "/sys/archdiff-hostile-out"  # not writable even for root (sysfs)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory, archdiff_cache: Path) -> dict[str, Path]:
-    """Two-step runs on tiny-sd15 and tiny-sdxl, made once for this module; tests copy them before breaking one."""
-    root = tmp_path_factory.mktemp("hostile-runs")
-    runs = {}
-    for family in ("sd15", "sdxl"):
-        out = root / family
-        args = [*TRAIN_DEMO, "-o", str(out), "--max-steps", "2", "--set", "validation.prompts=[]", "--base", f"tiny-{family}"]
-        result = run_archdiff(root, archdiff_cache, *args, timeout=600)
-        assert result.returncode == 0, result.stderr
-        runs[family] = out
-    return runs
+@pytest.fixture
+def finished(finished_sd15: Path, finished_sdxl: Path) -> dict[str, Path]:
+    """Finished runs on tiny-sd15 and tiny-sdxl, trained once per session (tests/cli/conftest.py); copy one before breaking it."""
+    return {"sd15": finished_sd15, "sdxl": finished_sdxl}
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """`archdiff train` against damaged inputs, through the real entry point: one `archdiff: error:` line and exit
 code 2 where it must stop, a named fallback where it can carry on, and an earlier run's files intact either way.
 
-One finished 3-step run (a checkpoint at every step) is trained once per module; each test works on a copy.
+The finished 3-step run (a checkpoint at every step) is trained once per session (tests/cli/conftest.py's
+`finished_sd15`, shared with test_hostile_outputs.py); each test that changes it works on a copy.
 """
 
 from __future__ import annotations
@@ -13,32 +14,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile import TRAIN_DEMO, run_archdiff, tree_digest, user_error
+from hostile import FINISHED_SD15, FINISHED_STEPS, tree_digest, user_error
 from safetensors.torch import load_file
 
-STEPS = 3
-TINY = [
-    *TRAIN_DEMO,
-    "--max-steps",
-    str(STEPS),
-    "--set",
-    "train.checkpoint_every=1",
-    "--set",
-    "validation.prompts=[]",
-    "--set",
-    "train.log_every=1",
-]
+STEPS = FINISHED_STEPS
+TINY = FINISHED_SD15  # resuming the finished run takes the arguments that trained it
 LORA = "pytorch_lora_weights.safetensors"
 KOHYA = "demo-tiny.safetensors"
 NEWEST = "checkpoints/step-000003"
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory, archdiff_cache: Path) -> Path:
-    work = tmp_path_factory.mktemp("finished")
-    done = run_archdiff(work, archdiff_cache, *TINY, "-o", str(work / "run"))
-    assert done.returncode == 0, done.stderr
-    return work / "run"
+@pytest.fixture
+def finished(finished_sd15: Path) -> Path:
+    """The session's finished run, read only: what a copy must end up equal to."""
+    return finished_sd15
 
 
 @pytest.fixture
@@ -47,7 +36,7 @@ def earlier(finished: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(finished, tmp_path / "run"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tiny_folder(archdiff_cache: Path) -> Path:
     """The tiny-sd15 pipeline folder the session built, to copy and damage."""
     (index,) = archdiff_cache.rglob("sd15/model_index.json")
