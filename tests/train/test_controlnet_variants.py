@@ -2,6 +2,8 @@
 under it, a trained ControlNet to start from, cached controls, and controls extracted from unpaired targets.
 Every run is a few steps of demo-controlnet, in process."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -64,30 +66,54 @@ def lora_run(tmp_path_factory, tiny_base):
     return controlnet_run(output, 10, "controlnet.lora={rank: 4, alpha: 4}", "train.checkpoint_every=5")
 
 
-def test_a_controlnet_lora_checkpoints_only_its_lora_and_saves_the_merged_plain_controlnet(lora_run, tiny_base):
+ZERO_CONVOLUTIONS = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")
+
+
+def test_a_fresh_controlnet_lora_checkpoints_its_lora_and_zero_convolutions_and_saves_a_plain_merged_controlnet(
+    lora_run, tiny_base
+):
+    """A ControlNet made from the UNet starts with zero convolutions on every output: a LoRA upstream of them gets no
+    gradient, so they (and the control's embedding) train in full beside it; nothing else of the ControlNet is stored."""
     from diffusers import ControlNetModel
 
     run_dir = lora_run.run_dir
     final = load_file(run_dir / "checkpoints" / "step-000010" / "controlnet.safetensors")
-    assert final and all(".lora_A." in key or ".lora_B." in key for key in final)
+    lora = {key: value for key, value in final.items() if ".lora_A." in key or ".lora_B." in key}
+    beside = {key: value for key, value in final.items() if key not in lora}
+    assert lora and beside and all(key.startswith(ZERO_CONVOLUTIONS) for key in beside)
     assert load_file(run_dir / "checkpoints" / "step-000005" / "controlnet.safetensors").keys() == final.keys()
     saved = load_file(run_dir / CONTROLNET_WEIGHTS)
     assert not any("lora" in key for key in saved)
-    expected = merged(base_controlnet_state(tiny_base), final, scale=4 / 4)
+    base = base_controlnet_state(tiny_base)
+    expected = {**merged(base, lora, scale=4 / 4), **beside}
     assert saved.keys() == expected.keys()
     for key in saved:
         torch.testing.assert_close(saved[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert any(not torch.equal(saved[key], base[key]) for key in lora_keys_as_weights(lora)), "the LoRA learnt"
     plain = ControlNetModel.from_pretrained(run_dir / "controlnet")  # plain diffusers, no peft adapter
     assert not getattr(plain, "peft_config", None)
 
 
+def lora_keys_as_weights(lora: dict) -> list[str]:
+    return [key.removesuffix(".lora_A.weight") + ".weight" for key in lora if key.endswith(".lora_A.weight")]
+
+
 def test_a_controlnet_lora_learns_from_a_fresh_controlnet(lora_run, tiny_base):
-    """A ControlNet made from the UNet starts with zero convolutions on every output; a LoRA on its attention
-    layers alone can never move them (its gradient is zero), so the run must train something that can."""
     saved = load_file(lora_run.run_dir / CONTROLNET_WEIGHTS)
     base = base_controlnet_state(tiny_base)
     assert any(not torch.equal(saved[key], base[key]) for key in saved), "the saved ControlNet is the untrained one"
     assert lora_run.final_val_loss < lora_run.first_val_loss
+
+
+def test_a_fresh_controlnet_lora_resumes_bit_for_bit(lora_run, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(lora_run.run_dir, tmp_path / "run"))
+    shutil.rmtree(copy / "checkpoints" / "step-000010")
+    shutil.rmtree(copy / "controlnet")
+    run(load_recipe(str(copy / "recipe.yaml"), [f"output={copy}"]), resume="latest")
+    expected, got = load_file(lora_run.run_dir / CONTROLNET_WEIGHTS), load_file(copy / CONTROLNET_WEIGHTS)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[key], got[key]) for key in expected)
 
 
 def test_a_controlnet_lora_on_a_trained_controlnet_learns_and_checkpoints_only_its_lora(full_run, tmp_path):
