@@ -161,6 +161,9 @@ def load_controlnet(cfg: ControlNetConfig, unet, init: ControlNetSource | None):
         raise UserError(
             f"controlnet.lora.target_modules [{names}] matched nothing in the ControlNet ({first_line(error)})"
         ) from None
+    if init is None:  # from_unet's output convolutions start at zero, and a LoRA upstream of them gets no gradient
+        for part in (controlnet.controlnet_cond_embedding, controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            part.requires_grad_(True)
     return controlnet
 
 

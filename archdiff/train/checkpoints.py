@@ -182,11 +182,13 @@ def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Pa
 
 
 def trained_state_dict(model) -> dict:
-    """What a model trains: its adapter's tensors when it has one (never the frozen base), else all its weights."""
+    """What a model trains: its adapter's tensors when it has one (never the frozen base) and any other weight that
+    trains beside it (a fresh ControlNet's zero convolutions), else all its weights."""
     from archdiff.model.lora import lora_state_dict
 
     if getattr(model, "peft_config", None):
-        return lora_state_dict(model)
+        beside = {key: p.detach().contiguous() for key, p in model.named_parameters() if p.requires_grad and "lora_" not in key}
+        return {**lora_state_dict(model), **beside}
     return {key: value.contiguous() for key, value in model.state_dict().items()}
 
 
@@ -194,7 +196,10 @@ def load_trained_state(model, tensors: dict) -> None:
     from peft.utils import set_peft_model_state_dict
 
     if getattr(model, "peft_config", None):
-        set_peft_model_state_dict(model, tensors)
+        set_peft_model_state_dict(model, {key: value for key, value in tensors.items() if "lora_" in key})
+        beside = {key: value for key, value in tensors.items() if "lora_" not in key}
+        if beside:
+            model.load_state_dict(beside, strict=False)
     else:
         model.load_state_dict(tensors)
 
