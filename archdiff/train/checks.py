@@ -54,11 +54,21 @@ def check_controlnet_options(recipe: Recipe, base):
             "data.tile_drawings cuts drawings into tiles their controls do not have: set it to null in a controlnet run"
         )
     if cfg.style_lora:
-        from archdiff.lora_specs import LoraSpec
-
-        LoraSpec.parse(cfg.style_lora).local()  # a missing file or an unknown Hub LoRA: one line, before anything loads
+        _check_style_lora(cfg.style_lora, base)
     if cfg.init is None:
         return None
     init = find_controlnet(cfg.init, "controlnet.init")
     check_controlnet_fits(init, base)
     return init
+
+
+def _check_style_lora(spec: str, base) -> None:
+    """The style LoRA exists, is whole and was trained for this base's family: checked from its header and run folder."""
+    from archdiff.lora_specs import LoraSpec, lora_recipe
+    from archdiff.model.base import safetensors_header
+    from archdiff.model.lora_fit import check_lora_fits
+
+    lora, label = LoraSpec.parse(spec), f"controlnet.style_lora '{spec}'"
+    header = safetensors_header(lora.local().path, label)  # a missing file or an unknown Hub LoRA: one line
+    recipe_base = lora_recipe(lora.path).get("base") if lora.path.is_dir() else None
+    check_lora_fits(header, label, base, str(recipe_base) if recipe_base else None)

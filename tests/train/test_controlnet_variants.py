@@ -192,7 +192,7 @@ def test_a_style_lora_of_the_other_family_is_refused_in_one_line(tmp_path):
     output = tmp_path / "run"
     with pytest.raises(UserError) as refused:
         controlnet_run(output, 2, f"controlnet.style_lora={sdxl}")
-    assert "controlnet.style_lora" in str(refused.value) and "\n" not in str(refused.value)
+    assert "controlnet.style_lora" in str(refused.value) and "SDXL" in str(refused.value) and "\n" not in str(refused.value)
     assert not output.exists()
 
 
