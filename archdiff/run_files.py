@@ -20,6 +20,7 @@ from archdiff.errors import UserError, first_line
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
+BLANK_CONTROL_LOSS = "val_loss_blank_control"  # its column of a ControlNet run's held-out loss with blank controls
 SAMPLES_DIR = "samples"
 DATA_FILE = "data.txt"  # which images went to which bucket, and which were skipped and why
 CHECKPOINTS_DIR = "checkpoints"

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from archdiff.errors import UserError
-from archdiff.run_files import METRICS_FILE, RECIPE_FILE, MetricsLog, checkpoint_step, complete_checkpoints
+from archdiff.run_files import BLANK_CONTROL_LOSS, METRICS_FILE, RECIPE_FILE, MetricsLog, checkpoint_step, complete_checkpoints
 from archdiff.units import human_duration, human_size
 
 FINAL_LOSS_WINDOW = 5  # one logged loss is noisy; the mean of the last few says where training ended
@@ -36,6 +36,7 @@ class RunSummary:
     checkpoints: list[int] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)
     controlnet: str | None = None  # a ControlNet run's control type and what it trained; None for a LoRA run
+    last_blank_control_loss: float | None = None  # a ControlNet run's last val_loss with its controls blanked
 
     @property
     def finished(self) -> bool:
@@ -68,6 +69,9 @@ def summarize(run_dir: Path) -> RunSummary:
         final_loss=sum(losses[-FINAL_LOSS_WINDOW:]) / len(losses[-FINAL_LOSS_WINDOW:]) if losses else None,
         elapsed=_training_seconds(rows),
         checkpoints=[checkpoint_step(c) for c in complete_checkpoints(run_dir)],
+        last_blank_control_loss=next(
+            (row[BLANK_CONTROL_LOSS] for row in reversed(rows) if row.get(BLANK_CONTROL_LOSS) is not None), None
+        ),
         files={entry.name: _disk_size(entry) for entry in sorted(run_dir.iterdir())},
         controlnet=_controlnet_line(recipe),
     )
@@ -158,6 +162,9 @@ def format_summary(s: RunSummary) -> str:
         ratio = f" ({s.best_val_loss / s.first_val_loss:.2f}x the first)" if s.first_val_loss else ""
         best = f"best {s.best_val_loss:.4f} at step {s.best_val_step}{ratio}"
         lines.append(("val_loss", f"first {s.first_val_loss:.4f}, {best}, last {s.last_val_loss:.4f}"))
+    if s.last_blank_control_loss is not None and s.last_val_loss is not None:
+        gain = 1 - s.last_val_loss / s.last_blank_control_loss
+        lines.append(("blank control", f"last {s.last_blank_control_loss:.4f} (the control lowers val_loss by {gain:.2%})"))
     if s.checkpoints:
         lines.append(("checkpoints", ", ".join(str(step) for step in s.checkpoints)))
     width = max(len(label) for label, _ in lines)

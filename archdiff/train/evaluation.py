@@ -18,7 +18,6 @@ from archdiff.model.base import Components
 from archdiff.train.objective import sample_noise, stratified_timesteps
 from archdiff.train.step import Denoiser, batch_bucket, batch_latents, denoising_loss
 
-BLANK_CONTROL_LOSS = "val_loss_blank_control"  # metrics.jsonl column of ControlNet runs
 EVAL_TIMESTEPS_PER_IMAGE = 8
 EVAL_SEED_OFFSET = 1_000_003
 _ENCODED = ("pixel_values", "latent_params")  # held as latents instead: no need to keep the images

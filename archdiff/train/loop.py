@@ -21,9 +21,9 @@ from archdiff.config.schema import Recipe
 from archdiff.data.buckets import BucketBatchSampler
 from archdiff.data.samples import SampleSet, collate
 from archdiff.model.base import Components
-from archdiff.run_files import MetricsLog
+from archdiff.run_files import BLANK_CONTROL_LOSS, MetricsLog
 from archdiff.train.checkpoints import TrainerState, read_state, register_adapter_hooks, save_checkpoint
-from archdiff.train.evaluation import BLANK_CONTROL_LOSS, EvalSet, blank_controls, evaluate
+from archdiff.train.evaluation import EvalSet, blank_controls, evaluate
 from archdiff.train.guards import Interrupted, NanGuard, StopRequest, stop_requested
 from archdiff.train.objective import sample_noise, sample_timesteps
 from archdiff.train.step import batch_bucket, batch_latents, denoiser_for, denoising_loss, step_text_encoders
