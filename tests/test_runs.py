@@ -250,3 +250,14 @@ def test_controlnet_run_shows_its_control_type_and_what_trained(tmp_path, settin
     lora_run = make_run(tmp_path / "lora", metric_rows(MAX_STEPS))
     assert summarize(lora_run).controlnet is None
     assert not any(line.startswith("controlnet") for line in format_summary(summarize(lora_run)).splitlines())
+
+
+def test_a_controlnet_runs_blank_control_loss_is_shown_beside_val_loss(tmp_path):
+    rows = metric_rows(MAX_STEPS)
+    for row in rows:
+        if row["val_loss"] is not None:
+            row["val_loss_blank_control"] = round(row["val_loss"] * 1.25, 6)
+    summary = summarize(make_run(tmp_path / "cn", rows))
+    assert summary.last_blank_control_loss == pytest.approx(0.375)
+    assert "blank control  last 0.3750 (the control lowers val_loss by 20.00%)" in format_summary(summary)
+    assert summarize(make_run(tmp_path / "lora", metric_rows(MAX_STEPS))).last_blank_control_loss is None
