@@ -148,14 +148,14 @@ def load_controlnets(controls: list[Control], dtype, device):
     """One ControlNetModel per control (a ControlNet named twice loads once); a single one stays unwrapped."""
     from diffusers import ControlNetModel
 
-    from archdiff.sample import _quiet_loading
+    from archdiff.sample import quiet_loading
 
     loaded = {}
     for control in controls:
         net = control.controlnet
         if net.source not in loaded:
             try:
-                with _quiet_loading():
+                with quiet_loading():
                     loaded[net.source] = ControlNetModel.from_pretrained(net.source, dtype=dtype).to(device)
             except Exception as exc:  # noqa: BLE001 - a damaged or partial ControlNet: one line naming it
                 raise UserError(f"--controlnet '{net.label}' could not be loaded: {first_line(exc)}") from None

@@ -68,7 +68,7 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", devi
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
     try:
-        with _quiet_loading():
+        with quiet_loading():
             if family == "sdxl":
                 pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
             else:
@@ -82,7 +82,7 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", devi
     for index, lora in enumerate(loras):
         name, (where, weight_name) = f"lora{index}", lora.location()
         try:
-            with _quiet_loading():
+            with quiet_loading():
                 pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=name)
         except Exception as exc:  # noqa: BLE001 - a wrong file, a LoRA for another base, an unreachable Hub: one line each
             reason = first_line(exc)
@@ -97,7 +97,7 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", devi
 
 
 @contextmanager
-def _quiet_loading():
+def quiet_loading():
     """No loading bars, and no log of a failed load (diffusers logs every size mismatch before raising): a failure
     is reported as one line from the exception, and a success says what it wrote."""
     from diffusers.utils import logging as diffusers_logging

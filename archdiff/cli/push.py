@@ -16,7 +16,7 @@ def push(
         False, "--new-card", help="Write a fresh model card even over a RUN/README.md edited by hand (by default it is kept)."
     ),
 ) -> None:
-    """Upload a run's LoRA or ControlNet, model card and samples to the Hub.
+    """Upload a run's LoRA or ControlNet, card and samples to the Hub.
 
     Only the LoRA, README.md (the model card), recipe.yaml and the final samples are pushed.
     The token comes from HF_TOKEN or `hf auth login`.

@@ -44,7 +44,7 @@ def sample(
     height: int = typer.Option(None, "--height", help="Height in pixels, a multiple of 8 (default: the run's resolution)."),
     output: Path = typer.Option(None, "--output", "-o", help="Folder for the images (default: samples/<time>-<prompt>)."),
 ) -> None:
-    """Draw images with a base model and LoRAs (also img2img, and ControlNet-guided).
+    """Draw images with a base model, LoRAs and ControlNets.
 
     With --init-image, start from that image (img2img). With --control (and --controlnet, paired by position), follow
     its lines; several make a multi-ControlNet. Without --base, a --controlnet or --lora run folder's recipe names the base.

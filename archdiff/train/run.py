@@ -211,12 +211,13 @@ def missing_final_outputs(recipe: Recipe, run_dir: Path) -> list[str]:
     """What a finished run writes after its last checkpoint and does not have (it was killed in between)."""
     from archdiff.run_files import LORA_WEIGHTS, kohya_run_file
 
-    wanted = [run_dir / LORA_WEIGHTS, kohya_run_file(run_dir, recipe.name)] if recipe.unet_lora_trains else []
-    if recipe.controlnet:
-        wanted.append(run_dir / CONTROLNET_DIR / "config.json")
+    files = [run_dir / LORA_WEIGHTS, kohya_run_file(run_dir, recipe.name)] if recipe.unet_lora_trains else []
     if recipe.validation.prompts:
-        wanted.append(run_dir / SAMPLES_DIR / f"{checkpoint_name(recipe.train.max_steps)}.png")
-    return [path.relative_to(run_dir).as_posix() for path in wanted if not path.is_file()]
+        files.append(run_dir / SAMPLES_DIR / f"{checkpoint_name(recipe.train.max_steps)}.png")
+    wanted = {path.name: path for path in files}
+    if recipe.controlnet:
+        wanted[f"{CONTROLNET_DIR}/"] = run_dir / CONTROLNET_DIR / "config.json"
+    return [label for label, path in wanted.items() if not path.is_file()]
 
 
 def _trainable_models(recipe: Recipe, base, controlnet_init, device):

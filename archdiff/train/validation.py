@@ -13,7 +13,7 @@ from PIL import Image
 
 from archdiff.config import Recipe
 from archdiff.run_files import SAMPLES_DIR
-from archdiff.sample import generate, grid, save_images
+from archdiff.sample import generate, grid, quiet_loading, save_images
 from archdiff.train.checkpoints import checkpoint_name
 
 
@@ -30,7 +30,8 @@ def training_pipeline(source: str, components, unet, controlnet=None):
     if controlnet is not None:
         parts["controlnet"] = controlnet
     pipeline_class = getattr(diffusers, f"{family}{'ControlNet' if controlnet is not None else ''}Pipeline")
-    pipe = pipeline_class.from_pretrained(source, dtype=unet.dtype, **parts)
+    with quiet_loading():  # its loading bar would sit in the middle of the training bar
+        pipe = pipeline_class.from_pretrained(source, dtype=unet.dtype, **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
