@@ -1,0 +1,1 @@
+"""Judging trained checkpoints: the metric maths (and, later, the `archdiff eval` command built on it)."""
