@@ -8,6 +8,7 @@ Deterministic: the same image always gives the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -93,3 +94,21 @@ def line_geometry(image: Image.Image) -> LineGeometry:
         horizontal_error_deg=_weighted_mean(off_horizontal[near_horizontal], lengths[near_horizontal]),
         segments=len(segments),
     )
+
+
+def mean_geometry(results: Sequence[LineGeometry]) -> dict[str, float | None]:
+    """One row of a report from many images: fractions averaged over all of them (an image without lines counts as
+    0, it is not straight), each error over the images that have such segments (None if none has: random tiny models
+    draw noise, which has no lines)."""
+    if not results:
+        raise ValueError("mean_geometry needs at least one image's LineGeometry")
+
+    def mean(values: list[float]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    return {
+        "straight_fraction": mean([r.straight_fraction for r in results]),
+        "upright_fraction": mean([r.upright_fraction for r in results]),
+        "vertical_error_deg": mean([r.vertical_error_deg for r in results if r.vertical_error_deg is not None]),
+        "horizontal_error_deg": mean([r.horizontal_error_deg for r in results if r.horizontal_error_deg is not None]),
+    }

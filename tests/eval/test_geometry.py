@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from archdiff.eval.geometry import LineGeometry, line_geometry
+from archdiff.eval.geometry import LineGeometry, line_geometry, mean_geometry
 from archdiff.paths import bundled_datasets_dir
 
 WHITE = (255, 255, 255)
@@ -134,3 +134,25 @@ def test_a_real_facade_photo_rotated_by_5_degrees_is_5_degrees_off():
     assert upright.vertical_error_deg < 1.0 and upright.upright_fraction > 0.8
     assert tilted.vertical_error_deg == pytest.approx(5.0, abs=1.0)
     assert tilted.upright_fraction < 0.2
+
+
+def test_mean_geometry_averages_fractions_over_all_images_and_errors_over_those_with_lines():
+    upright, tilted, blank = (
+        LineGeometry(1.0, 1.0, 0.0, 0.5, 10),
+        LineGeometry(0.5, 0.0, 3.0, None, 4),
+        LineGeometry(0.0, 0.0, None, None, 0),
+    )
+    assert mean_geometry([upright, tilted, blank]) == {
+        "straight_fraction": pytest.approx(1.5 / 3),
+        "upright_fraction": pytest.approx(1 / 3),
+        "vertical_error_deg": pytest.approx(1.5),
+        "horizontal_error_deg": pytest.approx(0.5),
+    }
+    assert mean_geometry([blank]) == {
+        "straight_fraction": 0.0,
+        "upright_fraction": 0.0,
+        "vertical_error_deg": None,
+        "horizontal_error_deg": None,
+    }
+    with pytest.raises(ValueError):
+        mean_geometry([])
