@@ -44,10 +44,10 @@ def check_control_request(control_type: str, canny_low: int = 100, canny_high: i
     if not 0 <= canny_low <= canny_high <= 255:
         raise UserError(f"canny thresholds must satisfy 0 <= low <= high <= 255 (got low={canny_low}, high={canny_high})")
     if control_type in ("lines", "canny"):
-        _cv2()
+        opencv()
 
 
-def _cv2():
+def opencv():
     """OpenCV, imported late (it is optional and slow to import), or a UserError saying how to install it."""
     if importlib.util.find_spec("cv2") is None:
         raise UserError("'lines' and 'canny' control maps need OpenCV: pip install 'archdiff[controls]'")
@@ -56,7 +56,7 @@ def _cv2():
     return cv2
 
 
-def _grey(image: Image.Image) -> np.ndarray:
+def grey_array(image: Image.Image) -> np.ndarray:
     """uint8 luminance of any PIL mode; transparency becomes white paper (as in training)."""
     from archdiff.data.images import to_rgb
 
@@ -192,7 +192,7 @@ def _drawing(image: Image.Image) -> np.ndarray:
     Polarity comes from the majority: the paper is whichever side of Otsu's threshold holds most pixels,
     so a white-on-black sketch is not inverted into a white sheet.
     """
-    grey = _grey(image)
+    grey = grey_array(image)
     if int(grey.max()) - int(grey.min()) < MIN_CONTRAST:
         return np.zeros(grey.shape, dtype=bool)  # blank paper
     if (grey > _otsu(grey)).mean() < 0.5:
@@ -208,25 +208,30 @@ def _drawing(image: Image.Image) -> np.ndarray:
     return _dilate(skeleton, _disk_offsets(width))
 
 
+def line_segments(grey: np.ndarray, min_fraction: float) -> np.ndarray:
+    """(N, 4) float64 x1, y1, x2, y2 of OpenCV's LSD segments at least `min_fraction` of the image's diagonal long."""
+    found = opencv().createLineSegmentDetector().detect(grey)[0]
+    if found is None:
+        return np.zeros((0, 4))
+    segments = found.reshape(-1, 4).astype(np.float64)
+    lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
+    return segments[lengths >= min_fraction * float(np.hypot(*grey.shape))]
+
+
 def _lines(image: Image.Image) -> np.ndarray:
     """Straight segments found by OpenCV's LSD, short ones dropped, drawn as white strokes."""
-    cv2 = _cv2()
-    grey = _grey(image)
+    cv2 = opencv()
+    grey = grey_array(image)
     height, width = grey.shape
     canvas = np.zeros((height, width), dtype=np.uint8)
-    found = cv2.createLineSegmentDetector().detect(grey)[0]
-    if found is None:
-        return canvas.astype(bool)
-    shortest = MIN_SEGMENT_FRACTION * float(np.hypot(width, height))
-    for x1, y1, x2, y2 in found.reshape(-1, 4).tolist():
-        if np.hypot(x2 - x1, y2 - y1) >= shortest:
-            cv2.line(canvas, (round(x1), round(y1)), (round(x2), round(y2)), 255, 1, cv2.LINE_8)
+    for x1, y1, x2, y2 in line_segments(grey, MIN_SEGMENT_FRACTION).tolist():
+        cv2.line(canvas, (round(x1), round(y1)), (round(x2), round(y2)), 255, 1, cv2.LINE_8)
     # widened here rather than by cv2's thickness, which draws 3 px for 2: the same strokes as `drawing`
     return _dilate(canvas > 0, _disk_offsets(stroke_width((width, height))))
 
 
 def _canny(image: Image.Image, low: int, high: int) -> np.ndarray:
-    return _cv2().Canny(_grey(image), low, high) > 0
+    return opencv().Canny(grey_array(image), low, high) > 0
 
 
 def _structure(image: Image.Image, control_type: str, low: int, high: int) -> np.ndarray:
@@ -269,7 +274,7 @@ def control_f1(
     of another size is first resized to the control's.
     """
     check_control_request("canny" if control_type == "none" else control_type, canny_low, canny_high)
-    reference = _grey(control) > 127
+    reference = grey_array(control) > 127
     if generated.size != control.size:
         from archdiff.data.images import to_rgb
 

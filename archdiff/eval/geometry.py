@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from archdiff.data.controls import _cv2, _grey, match_tolerance
+from archdiff.data.controls import grey_array, line_segments, match_tolerance, opencv
 
 LONG_SEGMENT_FRACTION = 0.04  # at 2% a sinusoidally warped facade kept 94% of its straight_fraction, at 4% 17-67%
 NEAR_AXIS_DEG = 20.0  # a segment within this of vertical (horizontal) counts as meant to be vertical (horizontal)
@@ -47,23 +47,13 @@ class LineGeometry:
         return asdict(self)
 
 
-def long_segments(grey: np.ndarray) -> np.ndarray:
-    """(N, 4) float64 x1, y1, x2, y2 of the LSD segments at least `LONG_SEGMENT_FRACTION` of the diagonal long."""
-    found = _cv2().createLineSegmentDetector().detect(grey)[0]
-    if found is None:
-        return np.zeros((0, 4))
-    segments = found.reshape(-1, 4).astype(np.float64)
-    lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
-    return segments[lengths >= LONG_SEGMENT_FRACTION * float(np.hypot(*grey.shape))]
-
-
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float | None:
     return float((values * weights).sum() / weights.sum()) if weights.sum() > 0 else None
 
 
 def _straight_fraction(grey: np.ndarray, segments: np.ndarray) -> float:
     """Share of Canny edge pixels within `match_tolerance` px of a long segment (both sides of a stroke count)."""
-    cv2 = _cv2()
+    cv2 = opencv()
     edges = cv2.Canny(grey, CANNY_LOW, CANNY_HIGH) > 0
     if not edges.any() or not len(segments):
         return 0.0
@@ -78,8 +68,8 @@ def _straight_fraction(grey: np.ndarray, segments: np.ndarray) -> float:
 
 def line_geometry(image: Image.Image) -> LineGeometry:
     """Straightness and uprightness of the image's long lines (see `LineGeometry` for each number's meaning)."""
-    grey = _grey(image)
-    segments = long_segments(grey)
+    grey = grey_array(image)
+    segments = line_segments(grey, LONG_SEGMENT_FRACTION)
     dx, dy = segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1]
     lengths = np.hypot(dx, dy)
     angle = np.degrees(np.arctan2(dy, dx)) % 180.0  # undirected: 0 horizontal, 90 vertical
