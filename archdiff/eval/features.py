@@ -1,7 +1,8 @@
 """Metric models for `archdiff eval`: load CLIP and DINOv2 (Hub id or local folder) and turn images and prompts into features.
 
 Extraction is batched and without gradients, so memory is bounded by `batch_size` images, never by how many there
-are; features come back as float32 CPU tensors (N, D) for archdiff.eval.metrics. Preprocessing always uses the
+are (`images` is any iterable of PIL images in any mode, a generator included); features come back as float32 CPU
+tensors (N, D) for archdiff.eval.metrics. Preprocessing always uses the
 PIL image processors: the features then do not change with torchvision installed or not.
 """
 
