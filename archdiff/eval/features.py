@@ -50,9 +50,9 @@ def _check_source(name: str, what: str) -> None:
         raise UserError(f"{what} '{name}' {found} and is no Hub model id (owner/name)")
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
-    from archdiff.model.base import _hub_reachable
+    from archdiff.model.base import hub_reachable
 
-    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
         raise UserError(
             f"{what} '{name}' is not downloaded and the Hugging Face Hub is not reachable (offline); "
             "give a local model folder, or download it once online"

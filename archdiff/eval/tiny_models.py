@@ -19,10 +19,10 @@ _TINY_VISION = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads"
 
 def _write_atomically(folder: Path, build) -> Path:
     """`build(staging)` writes the model; a crash never leaves half a model under `folder`."""
-    from archdiff.model.tiny import _quiet_progress_bars
+    from archdiff.model.tiny import quiet_progress_bars
 
     folder = Path(folder)
-    with staging_dir(folder.parent) as staging, _quiet_progress_bars():
+    with staging_dir(folder.parent) as staging, quiet_progress_bars():
         build(staging)
         if folder.exists():
             shutil.rmtree(folder)
@@ -34,12 +34,12 @@ def _clip(folder: Path) -> None:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer, CLIPVisionConfig
 
-    from archdiff.model.tiny import _text_config, write_tokenizer_files
+    from archdiff.model.tiny import tiny_text_config, write_tokenizer_files
 
     torch.manual_seed(0)
     write_tokenizer_files(folder)
     tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-    text_config = _text_config(tokenizer, 32)  # projection_dim 32, like the vision side
+    text_config = tiny_text_config(tokenizer, 32)  # projection_dim 32, like the vision side
     vision_config = CLIPVisionConfig(
         image_size=TINY_IMAGE_SIZE, patch_size=8, projection_dim=32, intermediate_size=64, **_TINY_VISION
     )

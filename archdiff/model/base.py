@@ -64,7 +64,7 @@ def _family(model_index: Any, name: str) -> str:
     return _PIPELINE_FAMILIES[pipeline_class]
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
     from huggingface_hub import constants
 
     host = urlparse(constants.ENDPOINT).hostname or ""
@@ -82,7 +82,7 @@ def _hub_model_index(repo_id: str) -> dict[str, Any]:
     cached = try_to_load_from_cache(repo_id, "model_index.json")
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text())
-    if constants.HF_HUB_OFFLINE or not _hub_reachable():
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
         raise UserError(
             f"base '{repo_id}' is not a local folder and the Hugging Face Hub is not reachable from here; {_OFFLINE_HINT}"
         )

@@ -102,7 +102,7 @@ _SD_SCHEDULE = {
 }
 
 
-def _text_config(tokenizer, hidden_size: int, real: str | None = None):
+def tiny_text_config(tokenizer, hidden_size: int, real: str | None = None):
     """A 2-layer CLIP text encoder config over the tiny tokenizer's vocabulary, or a real encoder's layout."""
     from transformers import CLIPTextConfig
 
@@ -181,7 +181,7 @@ def _sd_pipeline(folder: Path, family: str, full: bool):
     torch.manual_seed(0)
     write_tokenizer_files(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
-    text_encoder = CLIPTextModel(_text_config(tokenizer, 32, real=("openclip-h" if sd2 else "clip-l") if full else None))
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizer, 32, real=("openclip-h" if sd2 else "clip-l") if full else None))
     unet = _unet(family, full, cross_attention_dim=text_encoder.config.hidden_size, use_linear_projection=sd2)
     vae = _vae(family, full)
     scheduler = DDPMScheduler(**_SD_SCHEDULE, prediction_type=prediction_type, clip_sample=False)
@@ -209,8 +209,8 @@ def _sdxl_pipeline(folder: Path, family: str, full: bool):
     for name in ("tokenizer", "tokenizer_2"):
         write_tokenizer_files(folder / name)
         tokenizers.append(CLIPTokenizer.from_pretrained(folder / name, model_max_length=77))
-    text_encoder = CLIPTextModel(_text_config(tokenizers[0], 32, real="clip-l" if full else None))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizers[1], 48, real="openclip-bigg" if full else None))
+    text_encoder = CLIPTextModel(tiny_text_config(tokenizers[0], 32, real="clip-l" if full else None))
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_text_config(tokenizers[1], 48, real="openclip-bigg" if full else None))
     time_embed_dim = _SDXL_TIME_EMBED_DIM["full" if full else "tiny"]
     unet = _unet(
         family,
@@ -250,7 +250,7 @@ def random_pipeline(folder: Path, family: str, size: str):
 
 
 @contextmanager
-def _quiet_progress_bars():
+def quiet_progress_bars():
     """Saving a few-MB model is instant: its "Writing model shards" bars would only clutter the output."""
     from transformers.utils import logging as transformers_logging
 
@@ -276,7 +276,7 @@ def build_random_pipeline(folder: Path, family: str = "sd15", size: str = "tiny"
             for part in pipe.components.values():
                 if isinstance(part, torch.nn.Module):
                     part.half()
-        with _quiet_progress_bars() if size == "tiny" else nullcontext():
+        with quiet_progress_bars() if size == "tiny" else nullcontext():
             pipe.save_pretrained(staging)
         if folder.exists():
             shutil.rmtree(folder)
