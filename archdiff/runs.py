@@ -163,7 +163,7 @@ def format_summary(s: RunSummary) -> str:
         best = f"best {s.best_val_loss:.4f} at step {s.best_val_step}{ratio}"
         lines.append(("val_loss", f"first {s.first_val_loss:.4f}, {best}, last {s.last_val_loss:.4f}"))
     if s.last_blank_control_loss is not None and s.last_val_loss is not None:
-        gain = 1 - s.last_val_loss / s.last_blank_control_loss
+        gain = round(1 - s.last_val_loss / s.last_blank_control_loss, 4) + 0.0  # no "-0.00%"
         lines.append(("blank control", f"last {s.last_blank_control_loss:.4f} (the control lowers val_loss by {gain:.2%})"))
     if s.checkpoints:
         lines.append(("checkpoints", ", ".join(str(step) for step in s.checkpoints)))

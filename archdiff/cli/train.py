@@ -83,7 +83,7 @@ def train(
             f"held-out loss: {result.first_val_loss:.4f} -> {result.final_val_loss:.4f} ({ratio:.2f}x the untrained model's)"
         )
     if result.final_blank_control_loss is not None and result.final_val_loss is not None:
-        gain = 1 - result.final_val_loss / result.final_blank_control_loss
+        gain = round(1 - result.final_val_loss / result.final_blank_control_loss, 4) + 0.0  # no "-0.00%"
         typer.echo(f"with blank controls: {result.final_blank_control_loss:.4f} (the control lowers held-out loss by {gain:.2%})")
     trained = "ControlNet" if resolved.controlnet else "LoRA"
     if result.processes > 1:

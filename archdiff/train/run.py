@@ -146,8 +146,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     seed = recipe.train.seed
     tokenizer_2 = components.tokenizer_2
     paired = controlnet is not None
-    train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, True, None, tokenizer_2, paired)
-    holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, False, None, tokenizer_2, paired)
+    both = {"tokenizer_2": tokenizer_2, "controls": paired}
+    train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, train=True, **both)
+    holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, train=False, **both)
     sets = [train_set, holdout_set, *([class_set] if class_set else [])]
     if data.cache.latents or data.cache.text:
         with accelerator.main_process_first():
