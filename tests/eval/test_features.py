@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from conftest import REPO
 from PIL import Image
 
 from archdiff.errors import UserError
 from archdiff.eval.features import clip_image_embeds, clip_text_embeds, dino_features, load_clip, load_dino
 
+REPO = Path(__file__).resolve().parents[2]  # not `from conftest import`: under xdist another conftest may answer
 PROMPTS = ["a brick facade with arched windows", "a glass office tower", "a timber house", "a concrete stair " * 40]
 
 
