@@ -90,12 +90,13 @@ def prepared_image(catalog: Catalog, sample: Sample, max_pixels: int, op: str = 
     return apply_augmentation(crop_to_bucket(image, sample, size, crop), op)
 
 
-def prepared_control(catalog: Catalog, sample: Sample, cfg: DataConfig, op: str = "", geometry=None):
+def prepared_control(catalog: Catalog, sample: Sample, cfg: DataConfig, op: str = "", geometry=None, target=None):
     """The control map a ControlNet trains on beside `prepared_image(... op, geometry)`: the same pixels of the same scene.
 
     A paired control is scaled to the target's size with the line-keeping drawing filter and cut by the target's
-    bucket crop (or tile); without one the target itself is the source. The extractor runs before the
-    flip or rotation, which then applies to the map exactly as to the target.
+    bucket crop (or tile); without one the target itself is the source (`target`: that bucket-sized image, unflipped,
+    when the caller has it, so it is not decoded twice). The extractor runs before the flip or rotation, which
+    then applies to the map exactly as to the target.
     """
     from archdiff.data.controls import extract_control
     from archdiff.data.images import apply_augmentation, open_image, resize
@@ -103,7 +104,7 @@ def prepared_control(catalog: Catalog, sample: Sample, cfg: DataConfig, op: str 
     size, crop = geometry or crop_geometry(sample, center=True, rng=None)[::2]
     record = sample.record
     if record.control is None:
-        image = prepared_image(catalog, sample, cfg.max_pixels, "", (size, crop))
+        image = target or prepared_image(catalog, sample, cfg.max_pixels, "", (size, crop))
     else:
         image = open_image(catalog.control_bytes(record), cfg.max_pixels)
         if sample.tile and image.size != (record.width, record.height):  # a tile is cut from the full-size target
@@ -184,7 +185,7 @@ class SampleSet:
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         import torch
 
-        from archdiff.data.images import to_tensor
+        from archdiff.data.images import apply_augmentation, to_tensor
 
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[index]
@@ -193,14 +194,17 @@ class SampleSet:
         op = self.augmentation(sample, rng)
         caption = self.caption(sample, rng if self.train else None)
         item = {"original_size": torch.tensor(original), "crop_top_left": torch.tensor(crop)}
+        target = None
         if self.caches and self.caches.latents:
             item["latent_params"] = self.caches.latents.get(self.caches.latent_key(sample, op))
         else:
-            item["pixel_values"] = to_tensor(prepared_image(self.catalog, sample, self.cfg.max_pixels, op, (size, crop)))
+            target = prepared_image(self.catalog, sample, self.cfg.max_pixels, "", (size, crop))  # decoded once for both
+            item["pixel_values"] = to_tensor(apply_augmentation(target, op))
         if self.controls and self.caches and self.caches.controls:
             item["control_values"] = self.caches.controls.get(self.caches.control_key(sample, op, self.cfg))
         elif self.controls:
-            item["control_values"] = control_tensor(prepared_control(self.catalog, sample, self.cfg, op, (size, crop)))
+            control = prepared_control(self.catalog, sample, self.cfg, op, (size, crop), target)
+            item["control_values"] = control_tensor(control)
         if self.caches and self.caches.texts:
             item["text_embeddings"] = self.caches.texts.get(self.caches.text_key(caption))
         else:
