@@ -59,3 +59,13 @@ class FileDigests:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(alive, indent=0))
         self.changed = False
+
+
+def folder_digest(folder: Path, salt: str = "") -> str:
+    """A folder's identity from its files' contents (not its subfolders): what a model folder holds, hashed once per change."""
+    digests = FileDigests.default()
+    digest = hashlib.sha256(salt.encode())
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(f"{path.name}|{digests.of(path)}".encode())
+    digests.save()
+    return digest.hexdigest()[:20]

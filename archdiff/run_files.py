@@ -28,6 +28,7 @@ CHECKPOINT_PREFIX = "step-"  # checkpoints/step-000250
 CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint folder without it is incomplete
 LOGS_DIR = "logs"  # TensorBoard / W&B
 CONTROLNET_DIR = "controlnet"  # a ControlNet run's result: config.json + diffusion_pytorch_model.safetensors
+EVAL_DIR = "eval"  # `archdiff eval`: report.json, report.html, the drawn images and each checkpoint's LoRA
 RUN_ENTRIES = (LORA_WEIGHTS, CONTROLNET_DIR, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE, CHECKPOINTS_DIR, LOGS_DIR)
 
 
@@ -55,13 +56,13 @@ def refuse_earlier_run(folder: Path, overwrite: bool) -> None:
 
 
 def claim_run_dir(folder: Path) -> None:
-    """Create the run folder for a new run: an earlier run's metrics, checkpoints, logs, samples and trained weights
-    go (so `--resume latest` can never pick up another run's state, nor `--lora RUN` another run's LoRA); files
-    archdiff did not write stay."""
+    """Create the run folder for a new run: an earlier run's metrics, checkpoints, logs, samples, evaluation and trained
+    weights go (so `--resume latest` can never pick up another run's state, nor `--lora RUN` another run's LoRA, nor
+    `eval` another run's images); files archdiff did not write stay."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / METRICS_FILE).unlink(missing_ok=True)
     (folder / LORA_WEIGHTS).unlink(missing_ok=True)
-    for entry in (CHECKPOINTS_DIR, LOGS_DIR, SAMPLES_DIR, CONTROLNET_DIR):
+    for entry in (CHECKPOINTS_DIR, LOGS_DIR, SAMPLES_DIR, CONTROLNET_DIR, EVAL_DIR):
         shutil.rmtree(folder / entry, ignore_errors=True)
 
 

@@ -228,12 +228,48 @@ class MemoryConfig(Section):
     compile: bool = Field(False, description="torch.compile the UNet: slower start, faster steps (mostly on CUDA).")
 
 
+# What `archdiff eval` can measure (archdiff/eval/scores.py computes them); the cheap ones also during training.
+EvalMetric = Literal["clip_score", "fd_dino", "kid_dino", "diversity", "vendi", "geometry", "control_f1"]
+ValidationMetric = Literal["clip_score", "diversity", "vendi", "geometry"]
+
+
 class ValidationConfig(Section):
     prompts: list[str] = Field(default_factory=list)
     every: int | None = Field(None, ge=1, description="Also draw a prompt x seed grid into samples/ every N steps.")
     seeds: list[int] = Field(default_factory=lambda: [0])
     steps: int = Field(25, ge=1)
     guidance: float = Field(7.5, ge=0.0)
+    metrics: list[ValidationMetric] = Field(
+        default_factory=list,
+        description="Score each validation grid (clip_score, diversity, vendi, geometry) into metrics.jsonl and the trackers, "
+        "with eval.clip / eval.dino.",
+    )
+
+    @model_validator(mode="after")
+    def _diversity_needs_seeds(self):
+        wanted = {"diversity", "vendi"} & set(self.metrics)
+        if wanted and len(set(self.seeds)) < 2:
+            raise ValueError(f"validation.metrics {sorted(wanted)} compare a prompt's images across seeds: give 2 or more seeds")
+        return self
+
+
+class EvalConfig(Section):
+    """`archdiff eval`: the metric models and how many images each checkpoint draws (the command's options override)."""
+
+    clip: str = Field("openai/clip-vit-large-patch14", description="CLIP model for CLIP score: Hub id, folder, or tiny-clip.")
+    dino: str = Field("facebook/dinov2-base", description="DINOv2 model for FD, KID and diversity: Hub id, folder, or tiny-dino.")
+    metrics: list[EvalMetric] = Field(
+        default_factory=lambda: ["clip_score", "fd_dino", "kid_dino", "diversity", "vendi", "geometry", "control_f1"],
+        min_length=1,
+        description="What to measure; control_f1 only applies to ControlNet runs.",
+    )
+    num_images: int = Field(64, ge=1, le=100_000, description="Images per checkpoint, drawn from the held-out captions.")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1, description="Seeds each caption is drawn with.")
+    steps: int = Field(25, ge=1)
+    guidance: float = Field(7.5, ge=0.0)
+    select: Literal["fd_dino", "kid_dino", "clip_score", "control_f1"] = Field(
+        "fd_dino", description="The metric that names the best checkpoint (export --checkpoint best)."
+    )
 
 
 class DreamBoothConfig(Section):
@@ -276,6 +312,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     dreambooth: DreamBoothConfig | None = None
     controlnet: ControlNetConfig | None = Field(None, description="Train a ControlNet on paired data; null = a LoRA run.")
     hub: HubConfig | None = Field(None, description="Push the adapter and a model card to the Hub at the end; null = don't.")

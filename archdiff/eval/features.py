@@ -16,8 +16,6 @@ from typing import Any
 from archdiff.errors import UserError, first_line
 from archdiff.hub_ids import is_hub_id
 
-DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # CLIP score's usual model (torchmetrics' and most papers')
-DEFAULT_DINO = "facebook/dinov2-base"  # FD in DINOv2 space tracks human judgement better than Inception's FID
 BATCH_SIZE = 16
 PROGRESS_MIN_IMAGES = 64  # fewer images are done in a blink: no bar
 
@@ -27,13 +25,40 @@ _DINO_TYPES = ("dinov2", "dinov2_with_registers")
 
 @dataclass(frozen=True)
 class MetricModel:
-    """A loaded metric network, in eval mode on `device`, with its PIL image processor (and CLIP's tokenizer)."""
+    """A loaded metric network, in eval mode on `device`, with its PIL image processor (and CLIP's tokenizer).
+
+    `digest` identifies its files (a report says which weights measured it, not only which name).
+    """
 
     name: str
     network: Any
     processor: Any
     device: str
     tokenizer: Any = None
+    digest: str = ""
+
+
+TINY_METRIC_MODELS = {"tiny-clip": "clip", "tiny-dino": "dino"}  # built offline into the cache, like tiny-sd15
+
+
+def _built_tiny(name: str) -> str:
+    """`tiny-clip` / `tiny-dino`: the random tiny model's folder in the cache, built on first use."""
+    from archdiff.eval.tiny_models import build_tiny_clip, build_tiny_dino
+    from archdiff.paths import cache_dir
+
+    kind = TINY_METRIC_MODELS[name]
+    folder = cache_dir() / "tiny" / kind
+    if not (folder / "config.json").is_file():
+        (build_tiny_clip if kind == "clip" else build_tiny_dino)(folder)
+    return str(folder)
+
+
+def _model_folder(name: str) -> Path:
+    """Where a loaded model's files are: the folder itself, or the Hub snapshot transformers read."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = Path(name).expanduser()
+    return path if path.is_dir() else Path(try_to_load_from_cache(name, "config.json")).parent
 
 
 def _check_source(name: str, what: str) -> None:
@@ -64,30 +89,34 @@ def _load(name: str, what: str, model_types: tuple[str, ...], network_class: str
     import transformers
     from transformers.utils import logging as transformers_logging
 
-    _check_source(name, what)
+    source = _built_tiny(name) if name in TINY_METRIC_MODELS and not Path(name).exists() else name
+    _check_source(source, what)
     transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above archdiff's own
     try:
-        config = transformers.AutoConfig.from_pretrained(name)
+        config = transformers.AutoConfig.from_pretrained(source)
         if config.model_type not in model_types:
             raise ValueError(f"it is a {config.model_type} model, not {' or '.join(model_types)}")
-        network = getattr(transformers, network_class).from_pretrained(name)
-        processor = transformers.AutoImageProcessor.from_pretrained(name, backend="pil")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name) if with_tokenizer else None
+        network = getattr(transformers, network_class).from_pretrained(source)
+        processor = transformers.AutoImageProcessor.from_pretrained(source, backend="pil")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source) if with_tokenizer else None
     except Exception as error:  # noqa: BLE001 - bad folder, failed download, wrong kind: the same fix for the user
         raise UserError(f"{what} '{name}' could not be loaded ({first_line(error)})") from None
     finally:
         transformers_logging.enable_progress_bar()
+    from archdiff.file_digests import folder_digest
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return MetricModel(name, network.eval().to(device), processor, device, tokenizer)
+    return MetricModel(name, network.eval().to(device), processor, device, tokenizer, folder_digest(_model_folder(source)))
 
 
-def load_clip(name: str = DEFAULT_CLIP) -> MetricModel:
-    """A transformers CLIP model (Hub id or folder) with its tokenizer, for CLIP score; one-line UserError if it cannot load."""
+def load_clip(name: str) -> MetricModel:
+    """A transformers CLIP model (Hub id, folder or tiny-clip) with its tokenizer, for CLIP score; one-line UserError
+    if it cannot load."""
     return _load(name, "CLIP model", _CLIP_TYPES, "CLIPModel", with_tokenizer=True)
 
 
-def load_dino(name: str = DEFAULT_DINO) -> MetricModel:
-    """A transformers DINOv2 model (Hub id or folder), for Fréchet/kernel distance and diversity."""
+def load_dino(name: str) -> MetricModel:
+    """A transformers DINOv2 model (Hub id, folder or tiny-dino), for Fréchet/kernel distance and diversity."""
     return _load(name, "DINOv2 model", _DINO_TYPES, "AutoModel", with_tokenizer=False)
 
 

@@ -6,7 +6,6 @@ local folder or a Hub id, so the tiny model tests the same loading code a real r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 from dataclasses import dataclass, field
@@ -234,14 +233,9 @@ class Components:
 
         Each file's digest is remembered by path, size and mtime, so only a changed file is read again.
         """
-        from archdiff.file_digests import FileDigests
+        from archdiff.file_digests import folder_digest
 
-        digests = FileDigests.default()
-        digest = hashlib.sha256(str(self.dtype).encode())
-        for path in sorted(p for p in component_folder(self.source, subfolder).iterdir() if p.is_file()):
-            digest.update(f"{path.name}|{digests.of(path)}".encode())
-        digests.save()
-        return digest.hexdigest()[:20]
+        return folder_digest(component_folder(self.source, subfolder), salt=str(self.dtype))
 
 
 def component_folder(source: str, subfolder: str) -> Path:
