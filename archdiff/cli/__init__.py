@@ -8,7 +8,7 @@ import traceback
 import typer
 
 from archdiff import __version__
-from archdiff.cli import bench, data, export, models, push, recipes, runs, sample, train
+from archdiff.cli import bench, data, eval, export, models, push, recipes, runs, sample, train
 from archdiff.errors import UserError, first_line
 
 # rich_markup_mode=None: plain help, because rendering it with rich costs ~0.2 s of imports on every `--help`.
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.command("train")(train.train)
 app.command("sample")(sample.sample)
+app.command("eval")(eval.eval_command)
 app.command("export")(export.export)
 app.command("bench")(bench.bench)
 app.command("tiny-model")(models.tiny_model)

@@ -41,6 +41,7 @@ CHANGEABLE_ON_RESUME = (
     "train.checkpoint_limit",
     "train.trackers",
     "validation.",
+    "eval.",
     "data.num_workers",
     "hub",
 )

@@ -1,0 +1,149 @@
+"""Drawing `archdiff eval`'s images, each once: RUN/eval/images/<row>/<key>.png, keyed by what made it.
+
+The key covers the prompt, seed, size, sampling settings, the weights (the checkpoint's files, or the base's name) and
+the control image, so a second `eval` (another metric, more checkpoints) draws only what it has not drawn, and nothing
+stale is ever reused. Each PNG is written under a temporary name and renamed: a Ctrl-C loses at most the image being
+drawn, and the PNG carries the same settings `archdiff sample` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from archdiff.eval.plan import Job
+
+IMAGES_DIR = "images"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: the base alone (`lora` None) or a checkpoint's LoRA folder (checkpoint_loras)."""
+
+    name: str  # "base" or "step-000100"
+    step: int | None
+    lora: Path | None
+    weights_id: str  # what the images depend on: the base's name, or the checkpoint files' digest
+
+
+@dataclass(frozen=True)
+class DrawSettings:
+    base_name: str
+    base_source: str
+    family: str
+    steps: int
+    guidance: float
+
+
+def image_key(job: Job, row: Row, settings: DrawSettings, control_id: str | None) -> str:
+    spec = {
+        "prompt": job.prompt,
+        "seed": job.seed,
+        "size": [job.width, job.height],
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "base": settings.base_name,
+        "weights": row.weights_id,
+        "control": control_id,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def image_paths(
+    eval_dir: Path, rows: list[Row], jobs: list[Job], settings: DrawSettings, control_ids=None
+) -> dict[str, list[Path]]:
+    """Where each row's images are (drawn or not): one path per job, in job order."""
+    ids = control_ids or [None] * len(jobs)
+    return {
+        row.name: [
+            eval_dir / IMAGES_DIR / row.name / f"{image_key(job, row, settings, cid)}.png"
+            for job, cid in zip(jobs, ids, strict=True)
+        ]
+        for row in rows
+    }
+
+
+def draw_missing(rows: list[Row], jobs: list[Job], paths: dict[str, list[Path]], settings: DrawSettings) -> tuple[int, int]:
+    """Draw every image not on disk yet, one pipeline for all rows (each checkpoint's LoRA switched in as an adapter).
+
+    Returns (drawn, reused). The pipeline is loaded only when something is missing.
+    """
+    from tqdm.auto import tqdm
+
+    missing = {row.name: [i for i, path in enumerate(paths[row.name]) if not path.is_file()] for row in rows}
+    total = sum(len(indices) for indices in missing.values())
+    reused = sum(len(p) for p in paths.values()) - total
+    if not total:
+        return 0, reused
+    pipe = _pipeline(settings)
+    with tqdm(total=total, desc="draw", unit="img") as bar:
+        for row in rows:  # the base first (see eval/run.py): no adapter has been loaded yet
+            if not missing[row.name]:
+                continue
+            bar.set_postfix_str(row.name)
+            with _adapter(pipe, row):
+                for index in missing[row.name]:
+                    _draw_one(pipe, jobs[index], row, settings, paths[row.name][index])
+                    bar.update()
+    return total, reused
+
+
+def _pipeline(settings: DrawSettings):
+    from archdiff.sample import load_pipeline
+
+    return load_pipeline(settings.base_source, [], settings.family)
+
+
+class _adapter:
+    """A checkpoint's LoRA loaded as an adapter for the row's images and deleted after (the base row loads none)."""
+
+    def __init__(self, pipe, row: Row):
+        self.pipe, self.row = pipe, row
+
+    def __enter__(self):
+        from archdiff.errors import UserError, first_line
+        from archdiff.run_files import LORA_WEIGHTS
+        from archdiff.sample import quiet_loading
+
+        if self.row.lora is not None:
+            try:
+                with quiet_loading():
+                    self.pipe.load_lora_weights(str(self.row.lora), weight_name=LORA_WEIGHTS, adapter_name=self.row.name)
+            except Exception as error:  # noqa: BLE001 - a checkpoint that does not fit the base: one line naming it
+                raise UserError(f"{self.row.name}'s LoRA could not be loaded onto the base: {first_line(error)}") from None
+            self.pipe.set_adapters([self.row.name])
+        return self
+
+    def __exit__(self, *exc):
+        if self.row.lora is not None:
+            self.pipe.delete_adapters(self.row.name)
+
+
+def _draw_one(pipe, job: Job, row: Row, settings: DrawSettings, path: Path) -> None:
+    import tempfile
+
+    from archdiff.sample import generate, png_info
+
+    image = generate(pipe, job.prompt, [job.seed], settings.steps, settings.guidance, job.width, job.height)[0]
+    meta = {
+        "prompt": job.prompt,
+        "base": settings.base_name,
+        "lora": [] if row.lora is None else [f"{row.name}:1"],
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "seed": job.seed,
+        "width": image.width,
+        "height": image.height,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(staging, pnginfo=png_info(meta))
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
