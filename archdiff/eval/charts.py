@@ -164,7 +164,9 @@ def line_chart(
             f"<title>step {step}: {format_number(value)}</title></circle>"
         )
     if all(value is None for value in (*values, base, real)):
-        parts.append(f'<text class="tick" x="{(box.x0 + box.x1) / 2:g}" y="{(box.y0 + box.y1) / 2:g}" '
-                     'text-anchor="middle">no values</text>')
+        parts.append(
+            f'<text class="tick" x="{(box.x0 + box.x1) / 2:g}" y="{(box.y0 + box.y1) / 2:g}" '
+            'text-anchor="middle">no values</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

@@ -8,6 +8,7 @@ an archive or a file share alike; built with f-strings and `html.escape`, no tem
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from html import escape
 from pathlib import Path
 
@@ -128,12 +129,26 @@ def format_table(report: dict) -> str:
     chosen = best_name(report)
     lines = []
     for row in ordered_rows(report):
-        lines.append(["*" if row.get("name") == chosen else "", str(row.get("name")), format_int(row.get("step")),
-                      format_int(row.get("images")), *(format_number(row.get(column)) for column in columns)])
+        lines.append(
+            [
+                "*" if row.get("name") == chosen else "",
+                str(row.get("name")),
+                format_int(row.get("step")),
+                format_int(row.get("images")),
+                *(format_number(row.get(column)) for column in columns),
+            ]
+        )
     reference = report.get("reference")
     if reference:
-        lines.append(["", reference_label(reference), "-", format_int(reference.get("images")),
-                      *(format_number(reference.get(column)) for column in columns)])
+        lines.append(
+            [
+                "",
+                reference_label(reference),
+                "-",
+                format_int(reference.get("images")),
+                *(format_number(reference.get(column)) for column in columns),
+            ]
+        )
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
 
     def render(cells: list[str]) -> str:
@@ -184,17 +199,23 @@ def _table(report: dict, columns: list[str]) -> str:
         badge = ' <span class="badge">best</span>' if is_best else ""
         cells = "".join(_cell(row, column, bests[column]) for column in columns)
         row_class = ' class="best-row"' if is_best else ""
-        body.append(f'<tr{row_class}><th scope="row">{name}{badge}</th>'
-                    f'<td class="num">{format_int(row.get("step"))}</td><td class="num">{format_int(row.get("images"))}</td>'
-                    f"{cells}</tr>")
+        body.append(
+            f'<tr{row_class}><th scope="row">{name}{badge}</th>'
+            f'<td class="num">{format_int(row.get("step"))}</td><td class="num">{format_int(row.get("images"))}</td>'
+            f"{cells}</tr>"
+        )
     reference = report.get("reference")
     if reference:
         cells = "".join(_cell(reference, column, None) for column in columns)
-        body.append(f'<tr class="reference"><th scope="row">{escape(reference_label(reference))}</th><td class="num">-</td>'
-                    f'<td class="num">{format_int(reference.get("images"))}</td>{cells}</tr>')
+        body.append(
+            f'<tr class="reference"><th scope="row">{escape(reference_label(reference))}</th><td class="num">-</td>'
+            f'<td class="num">{format_int(reference.get("images"))}</td>{cells}</tr>'
+        )
     head = "".join(_heading(column) for column in columns)
-    return (f'<table><thead><tr><th>name</th><th class="num">step</th><th class="num">images</th>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table><p class="verdict">{escape(best_line(report))}</p>')
+    return (
+        f'<table><thead><tr><th>name</th><th class="num">step</th><th class="num">images</th>{head}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table><p class="verdict">{escape(best_line(report))}</p>'
+    )
 
 
 def _charts(report: dict, columns: list[str]) -> str:
@@ -208,8 +229,16 @@ def _charts(report: dict, columns: list[str]) -> str:
     for column in columns:
         way = "higher" if higher_is_better(column) else "lower"
         title = f"{LABELS.get(column, column)} ({way} is better)"
-        charts.append(line_chart(title, steps, [row.get(column) for row in checkpoints], base=base.get(column),
-                                 marked_step=best.get("step"), real=reference.get(column)))
+        charts.append(
+            line_chart(
+                title,
+                steps,
+                [row.get(column) for row in checkpoints],
+                base=base.get(column),
+                marked_step=best.get("step"),
+                real=reference.get(column),
+            )
+        )
     return "".join(f"<figure>{chart}</figure>" for chart in charts)
 
 
@@ -222,7 +251,7 @@ def _caption_numbers(row: dict, report: dict) -> str:
 def _figure(src: str | None, title: str, numbers: str) -> str:
     image = f'<img src="{escape(src)}" alt="{escape(title)}" loading="lazy">' if src else '<p class="muted">no grid</p>'
     detail = f"<br><span>{escape(numbers)}</span>" if numbers else ""
-    return f"<figure class=\"grid\">{image}<figcaption><b>{escape(title)}</b>{detail}</figcaption></figure>"
+    return f'<figure class="grid">{image}<figcaption><b>{escape(title)}</b>{detail}</figcaption></figure>'
 
 
 def _grids(report: dict) -> str:
@@ -230,7 +259,8 @@ def _grids(report: dict) -> str:
     reference = report.get("reference")
     if reference:
         title = f"real {reference.get('name', 'reference')} images"
-        figures.append(_figure(reference.get("grid"), title, f"{reference.get('images', '?')} images"))
+        numbers = " · ".join(filter(None, [f"{reference.get('images', '?')} images", _caption_numbers(reference, report)]))
+        figures.append(_figure(reference.get("grid"), title, numbers))
     for row in ordered_rows(report):
         title = str(row.get("name")) + (" (best)" if row.get("name") == best_name(report) else "")
         figures.append(_figure(row.get("grid"), title, _caption_numbers(row, report)))
@@ -276,19 +306,34 @@ of the near-vertical / near-horizontal long lines (empty when an image has none,
 is the target.</dd>
 <dt>control F1 ↑</dt><dd>ControlNet runs: how well the control map extracted from each drawn image (e.g. its edges)
 matches the control it was given (1 = exactly).</dd>
-<dt>val loss ↓</dt><dd>The training run's held-out denoising loss at that checkpoint.</dd>
+<dt>val loss ↓</dt><dd>The training run's validation denoising loss at that checkpoint.</dd>
 </dl>
 <p>A tiny random demo model (tiny-sd15, tiny-clip, tiny-dino) draws noise: its numbers mean nothing and only show the
 pipeline works.</p>"""
 
 
+TINY_WARNING = (
+    '<p class="warning">This evaluation used tiny random demo models: the images are noise and the numbers mean nothing.</p>'
+)
+
+
+def _when(created: str) -> str:
+    """The run's ISO timestamp to the minute, 'UTC' spelt out when it is."""
+    try:
+        moment = datetime.fromisoformat(created)
+    except ValueError:
+        return created
+    if moment.utcoffset() == timedelta(0):
+        return moment.strftime("%Y-%m-%d %H:%M UTC")
+    return moment.isoformat(" ", "minutes")
+
+
 def render_html(report: dict) -> str:
     """The whole page as one string."""
-    columns = ["val_loss", *metric_columns(report)] if any(r.get("val_loss") is not None for r in report["rows"]) \
-        else metric_columns(report)
+    has_loss = any(row.get("val_loss") is not None for row in report["rows"])
+    columns = ["val_loss"] * has_loss + metric_columns(report)
     recipe = escape(str(report.get("recipe", "?")))
-    tiny = ('<p class="warning">This evaluation used tiny random demo models: the images are noise and the numbers '
-            "mean nothing.</p>") if _is_tiny(report) else ""
+    tiny = TINY_WARNING if _is_tiny(report) else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -301,14 +346,14 @@ def render_html(report: dict) -> str:
 <header>
 <h1>{recipe} <span class="muted">evaluation</span></h1>
 <p class="meta">run <code>{escape(str(report.get("run", "?")))}</code> · base <code>{escape(str(report.get("base", "?")))}</code>
- · {escape(str(report.get("created", "")))}</p>
+ · {escape(_when(str(report.get("created", ""))))}</p>
 {tiny}
 <dl class="settings">{_settings(report)}</dl>
 </header>
 <main>
 <section><h2>Scores</h2><div class="table-wrap">{_table(report, columns)}</div></section>
 <section><h2>Over training</h2><p class="muted">Dashed: the base model without the LoRA; dotted: the real
-images; ringed: the selected best checkpoint. Gaps: values that could not be computed.</p>
+images; large dot: the selected best checkpoint. Gaps: values that could not be computed.</p>
 <div class="charts">{_charts(report, columns)}</div></section>
 <section><h2>Images</h2><div class="grids">{_grids(report)}</div></section>
 <section><h2>What the numbers mean</h2>{_explanations(report)}</section>
