@@ -246,6 +246,12 @@ class ValidationConfig(Section):
     )
 
     @model_validator(mode="after")
+    def _metrics_need_prompts(self):
+        if self.metrics and not self.prompts:
+            raise ValueError("validation.metrics scores the images of validation.prompts: give prompts, or drop the metrics")
+        return self
+
+    @model_validator(mode="after")
     def _diversity_needs_seeds(self):
         wanted = {"diversity", "vendi"} & set(self.metrics)
         if wanted and len(set(self.seeds)) < 2:

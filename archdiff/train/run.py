@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from archdiff.config import Recipe, dump_recipe
@@ -68,6 +69,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     from archdiff.train.loop import TrainContext, train_lora
     from archdiff.train.step import prediction_type
     from archdiff.train.validation import validation_controls
+    from archdiff.train.validation_metrics import GridScorer, load_metric_models
 
     # 1. inputs: every check that can fail on user input, before anything is written
     cuda = torch.cuda.is_available()
@@ -105,6 +107,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         project_dir=str(run_dir / LOGS_DIR),
     )
     main = accelerator.is_main_process
+    metric_models = load_metric_models(recipe) if main else None  # validation.metrics' models, once: a bad one stops here
 
     # 2. model: frozen base in the training dtype, trainable LoRA in fp32; loaded (and the LoRA attached)
     # before the output folder is touched, so a damaged base or a LoRA that matches nothing destroys nothing
@@ -113,6 +116,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     components, controlnet = _trainable_models(recipe, base, controlnet_init, accelerator.device)
 
     metrics = MetricsLog(run_dir / METRICS_FILE if main else None)
+    score = GridScorer(recipe, metric_models, accelerator, metrics)
     if main:
         for line in passed_over:
             print(f"archdiff: passed over a damaged checkpoint: {line}")
@@ -161,7 +165,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     controls = validation_controls(recipe, holdout_set if holdout_samples else train_set) if paired and main else []
     draw = None
     if main:
-        draw = lambda step: _progress_grid(recipe, base.source, components, controlnet, controls, accelerator, run_dir, step)  # noqa: E731
+        draw = partial(_progress_grid, recipe, base.source, components, controlnet, controls, accelerator, run_dir, score)
     trained_text = components.text_encoders if recipe.lora.text_encoder else ()  # frozen encoders may never load
     class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
     context = TrainContext(
@@ -183,7 +187,9 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     unet = accelerator.unwrap_model(components.unet)
     controlnet = accelerator.unwrap_model(controlnet) if paired else None
     lora_file = save_run_models(unet, controlnet, recipe, base, run_dir, trained_text, components.sdxl) if main else None
-    samples = _final_samples(recipe, base.source, components, unet, controlnet, controls, run_dir, accelerator) if main else []
+    samples = []
+    if main:
+        samples = _final_samples(recipe, base.source, components, unet, controlnet, controls, run_dir, accelerator, score)
     accelerator.end_training()
     return RunResult(
         run_dir,
@@ -331,8 +337,10 @@ def tracker_config(recipe: Recipe) -> dict:
     }
 
 
-def _progress_grid(recipe: Recipe, source: str, components, controlnet, controls, accelerator, run_dir: Path, step: int) -> None:
-    """A grid of the validation prompts during training; the models go back to training untouched."""
+def _progress_grid(
+    recipe: Recipe, source: str, components, controlnet, controls, accelerator, run_dir: Path, score, step: int
+) -> None:
+    """A grid of the validation prompts during training, scored by `score` (a GridScorer); the models go back to training."""
     from archdiff.train.validation import log_adherence, log_grid, validation_rows
 
     if recipe.validation.prompts:
@@ -341,10 +349,13 @@ def _progress_grid(recipe: Recipe, source: str, components, controlnet, controls
         rows = validation_rows(recipe, source, components, unet, accelerator.autocast, controlnet, controls)
         log_grid(rows, accelerator, run_dir, step, controls)
         log_adherence(recipe, rows, controls, accelerator, step)
+        score(rows, step)
 
 
-def _final_samples(recipe: Recipe, source: str, components, unet, controlnet, controls, run_dir: Path, accelerator) -> list[Path]:
-    """The validation prompts drawn with the trained models: one folder per prompt and the final grid."""
+def _final_samples(
+    recipe: Recipe, source: str, components, unet, controlnet, controls, run_dir: Path, accelerator, score
+) -> list[Path]:
+    """The validation prompts drawn with the trained models: one folder per prompt and the final grid, scored by `score`."""
     from archdiff.train.validation import log_adherence, log_grid, save_validation_images, validation_rows
 
     if not recipe.validation.prompts:
@@ -352,4 +363,5 @@ def _final_samples(recipe: Recipe, source: str, components, unet, controlnet, co
     rows = validation_rows(recipe, source, components, unet, accelerator.autocast, controlnet, controls)
     grid_path = log_grid(rows, accelerator, run_dir, recipe.train.max_steps, controls)
     scores = log_adherence(recipe, rows, controls, accelerator, recipe.train.max_steps)
+    score(rows, recipe.train.max_steps)
     return [*save_validation_images(recipe, rows, run_dir, scores), grid_path]
