@@ -21,12 +21,14 @@ IMAGES_DIR = "images"
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the report: the base alone (`lora` None) or a checkpoint's LoRA folder (checkpoint_loras)."""
+    """One line of the report: the base alone, or a checkpoint: its LoRA folder (checkpoint_loras) and/or, for a
+    ControlNet run, the checkpoint folder its ControlNet is built from."""
 
     name: str  # "base" or "step-000100"
     step: int | None
     lora: Path | None
     weights_id: str  # what the images depend on: the base's name, or the checkpoint files' digest
+    controlnet: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class DrawSettings:
     family: str
     steps: int
     guidance: float
+    recipe: object = None  # a ControlNet run's Recipe: how its checkpoints' ControlNets are built
+    controls: list | None = None  # per job: the control image a ControlNet row follows
 
 
 def image_key(job: Job, row: Row, settings: DrawSettings, control_id: str | None) -> str:
@@ -79,14 +83,20 @@ def draw_missing(rows: list[Row], jobs: list[Job], paths: dict[str, list[Path]],
     if not total:
         return 0, reused
     pipe = _pipeline(settings)
+    styled = False
     with tqdm(total=total, desc="draw", unit="img") as bar:
-        for row in rows:  # the base first (see eval/run.py): no adapter has been loaded yet
+        for row in rows:  # the base first (see eval/run.py): no adapter or style has been loaded yet
             if not missing[row.name]:
                 continue
             bar.set_postfix_str(row.name)
+            if row.controlnet is not None and not styled:
+                _merge_style(pipe, settings)
+                styled = True
             with _adapter(pipe, row):
+                drawing = _controlnet_pipeline(pipe, row, settings) if row.controlnet is not None else pipe
                 for index in missing[row.name]:
-                    _draw_one(pipe, jobs[index], row, settings, paths[row.name][index])
+                    guide = _guide(settings, index) if row.controlnet is not None else {}
+                    _draw_one(drawing, jobs[index], row, settings, paths[row.name][index], guide)
                     bar.update()
     return total, reused
 
@@ -95,6 +105,37 @@ def _pipeline(settings: DrawSettings):
     from archdiff.sample import load_pipeline
 
     return load_pipeline(settings.base_source, [], settings.family)
+
+
+def _merge_style(pipe, settings: DrawSettings) -> None:
+    """A ControlNet run's frozen style LoRA, merged into the UNet as training merged it (after the base row's images)."""
+    from archdiff.model.base import resolve_base
+    from archdiff.model.lora import merge_frozen_lora
+
+    if settings.recipe.controlnet.style_lora:
+        merge_frozen_lora(pipe.unet, settings.recipe.controlnet.style_lora, resolve_base(settings.base_name))
+
+
+def _controlnet_pipeline(pipe, row: Row, settings: DrawSettings):
+    """The checkpoint's ControlNet, built as training built it (from the UNet, or controlnet.init, with its LoRA) and
+    loaded with the checkpoint's trained tensors, around the base pipeline's modules."""
+    from safetensors.torch import load_file
+
+    from archdiff.controlnets import control_pipeline
+    from archdiff.model.base import resolve_base
+    from archdiff.model.controlnet import load_controlnet
+    from archdiff.train.checkpoints import CONTROLNET_FILE, load_trained_state
+    from archdiff.train.checks import check_controlnet_options
+
+    recipe = settings.recipe
+    init = check_controlnet_options(recipe, resolve_base(settings.base_name))
+    controlnet = load_controlnet(recipe.controlnet, pipe.unet, init)
+    load_trained_state(controlnet, load_file(row.controlnet / CONTROLNET_FILE))
+    return control_pipeline(pipe, controlnet.eval().to(pipe.device, dtype=pipe.dtype))
+
+
+def _guide(settings: DrawSettings, index: int) -> dict:
+    return {"image": settings.controls[index], "controlnet_conditioning_scale": settings.recipe.controlnet.scale}
 
 
 class _adapter:
@@ -122,16 +163,17 @@ class _adapter:
             self.pipe.delete_adapters(self.row.name)
 
 
-def _draw_one(pipe, job: Job, row: Row, settings: DrawSettings, path: Path) -> None:
+def _draw_one(pipe, job: Job, row: Row, settings: DrawSettings, path: Path, guide: dict) -> None:
     import tempfile
 
     from archdiff.sample import generate, png_info
 
-    image = generate(pipe, job.prompt, [job.seed], settings.steps, settings.guidance, job.width, job.height)[0]
+    image = generate(pipe, job.prompt, [job.seed], settings.steps, settings.guidance, job.width, job.height, **guide)[0]
     meta = {
         "prompt": job.prompt,
         "base": settings.base_name,
         "lora": [] if row.lora is None else [f"{row.name}:1"],
+        **({"controlnet": [f"{row.name}:{settings.recipe.controlnet.scale}"]} if guide else {}),
         "steps": settings.steps,
         "guidance": settings.guidance,
         "seed": job.seed,

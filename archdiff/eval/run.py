@@ -7,6 +7,7 @@ written as report.json + report.html with one grid per row.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -90,11 +91,10 @@ def resolve_settings(recipe: Recipe, options: EvalOptions) -> Settings:
 
 def evaluate(run_dir: Path, options: EvalOptions) -> dict[str, Any]:
     """What `archdiff eval` does; returns the report (also written to RUN/eval/report.json and report.html)."""
-    from archdiff.checkpoint_loras import checkpoint_lora, find_steps
+    from archdiff.checkpoint_loras import find_steps
     from archdiff.eval.draw import draw_missing, image_paths
     from archdiff.eval.plan import eval_data
     from archdiff.eval.scores import MetricModels
-    from archdiff.file_digests import folder_digest
     from archdiff.model.base import resolve_base
     from archdiff.outputs import check_output
 
@@ -104,33 +104,65 @@ def evaluate(run_dir: Path, options: EvalOptions) -> dict[str, Any]:
     checkpoints = find_steps(run_dir, options.checkpoints)
     eval_dir = run_dir / EVAL_DIR
     check_output(eval_dir, "eval folder", folder=True)
-    if recipe.controlnet:
-        raise UserError(
-            "eval draws LoRA checkpoints; ControlNet runs are not evaluated yet (judge them by val_loss_blank_control)"
-        )
     base = resolve_base(recipe.base)
+    if recipe.controlnet:
+        from archdiff.train.checks import check_controlnet_options
+
+        check_controlnet_options(recipe, base)  # its init and style LoRA are still there and fit
     models = MetricModels(recipe.eval.clip, recipe.eval.dino)
     models.load_for(set(settings.metrics))
     reference = eval_data(recipe)
     jobs = plan_jobs([s.bucket for s in reference.samples], reference.prompts, settings.num_images, settings.seeds)
 
     # 2. draw what is not drawn yet
-    rows = [Row("base", None, None, f"base:{recipe.base}")]
-    rows += [Row(c.name, checkpoint_step(c), checkpoint_lora(c, base.family == "sdxl"), folder_digest(c)) for c in checkpoints]
-    draw = DrawSettings(recipe.base, base.source, base.family, settings.steps, settings.guidance)
-    paths = image_paths(eval_dir, rows, jobs, draw)
+    rows = [Row("base", None, None, f"base:{recipe.base}")] + [_checkpoint_row(c, recipe, base) for c in checkpoints]
+    controls = control_ids = None
+    if recipe.controlnet:
+        maps = [reference.control(index) for index in range(len(reference.samples))]
+        controls = [maps[job.reference] for job in jobs]
+        control_ids = [hashlib.sha256(control.tobytes()).hexdigest()[:20] for control in controls]
+    draw = DrawSettings(recipe.base, base.source, base.family, settings.steps, settings.guidance, recipe, controls)
+    paths = image_paths(eval_dir, rows, jobs, draw, control_ids)
     drawn, reused = draw_missing(rows, jobs, paths, draw)
 
     # 3. score, grids, report
     from archdiff.eval.report import write_report
 
-    report = _report(run_dir, recipe, settings, rows, jobs, paths, reference, models)
+    report = _report(run_dir, recipe, settings, rows, jobs, paths, reference, models, controls)
     report["drawn"], report["reused"] = drawn, reused
     write_report(eval_dir, report)
     return report
 
 
-def _report(run_dir: Path, recipe: Recipe, settings: Settings, rows: list[Row], jobs, paths, reference: EvalData, models):
+def _checkpoint_row(checkpoint: Path, recipe: Recipe, base) -> Row:
+    """A checkpoint's row: its UNet LoRA (a LoRA run, or a ControlNet run with unet_lora) and/or its ControlNet."""
+    from archdiff.checkpoint_loras import checkpoint_lora
+    from archdiff.file_digests import folder_digest
+
+    lora = checkpoint_lora(checkpoint, base.family == "sdxl") if recipe.unet_lora_trains else None
+    controlnet = checkpoint if recipe.controlnet else None
+    return Row(checkpoint.name, checkpoint_step(checkpoint), lora, folder_digest(checkpoint), controlnet)
+
+
+def _adherence(recipe: Recipe, controls, paths: list[Path]):
+    """Each image's control F1 against the control it was drawn from (the base row's: without any ControlNet)."""
+    from archdiff.data.controls import control_f1
+
+    cfg = recipe.data.control
+
+    def scores() -> list[float]:
+        images = LazyImages.of_files(paths)
+        return [
+            control_f1(control, image, cfg.type, canny_low=cfg.canny_low, canny_high=cfg.canny_high)
+            for control, image in zip(controls, images, strict=True)
+        ]
+
+    return scores
+
+
+def _report(
+    run_dir: Path, recipe: Recipe, settings: Settings, rows: list[Row], jobs, paths, reference: EvalData, models, controls
+):
     from archdiff.eval.metrics import best_checkpoint
     from archdiff.eval.scores import HIGHER_IS_BETTER, NEEDS_REFERENCE, score_images
 
@@ -146,7 +178,8 @@ def _report(run_dir: Path, recipe: Recipe, settings: Settings, rows: list[Row], 
     table = []
     for row in rows:
         images = LazyImages.of_files(paths[row.name])
-        scores = score_images(lambda images=images: images, prompts, groups, metrics, models, real_features)
+        adherence = _adherence(recipe, controls, paths[row.name]) if controls else None
+        scores = score_images(lambda images=images: images, prompts, groups, metrics, models, real_features, adherence)
         grid = _save_grid(images, jobs, len(settings.seeds), eval_dir / GRIDS_DIR / f"{row.name}.png")
         table.append({"name": row.name, "step": row.step, **scores, "val_loss": val_losses.get(row.step or 0), "grid": grid})
     real = LazyImages(len(reference.samples), reference.image)
