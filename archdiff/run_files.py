@@ -29,6 +29,7 @@ CHECKPOINT_STATE = "trainer_state.json"  # written last: a checkpoint folder wit
 LOGS_DIR = "logs"  # TensorBoard / W&B
 CONTROLNET_DIR = "controlnet"  # a ControlNet run's result: config.json + diffusion_pytorch_model.safetensors
 EVAL_DIR = "eval"  # `archdiff eval`: report.json, report.html, the drawn images and each checkpoint's LoRA
+EVAL_REPORT = "report.json"  # in EVAL_DIR: every score and the best checkpoint (`export --checkpoint best` reads it)
 RUN_ENTRIES = (LORA_WEIGHTS, CONTROLNET_DIR, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE, CHECKPOINTS_DIR, LOGS_DIR)
 
 

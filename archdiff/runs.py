@@ -14,7 +14,16 @@ from typing import Any
 import yaml
 
 from archdiff.errors import UserError
-from archdiff.run_files import BLANK_CONTROL_LOSS, METRICS_FILE, RECIPE_FILE, MetricsLog, checkpoint_step, complete_checkpoints
+from archdiff.run_files import (
+    BLANK_CONTROL_LOSS,
+    EVAL_DIR,
+    EVAL_REPORT,
+    METRICS_FILE,
+    RECIPE_FILE,
+    MetricsLog,
+    checkpoint_step,
+    complete_checkpoints,
+)
 from archdiff.units import human_duration, human_size
 
 FINAL_LOSS_WINDOW = 5  # one logged loss is noisy; the mean of the last few says where training ended
@@ -37,6 +46,8 @@ class RunSummary:
     files: dict[str, int] = field(default_factory=dict)
     controlnet: str | None = None  # a ControlNet run's control type and what it trained; None for a LoRA run
     last_blank_control_loss: float | None = None  # a ControlNet run's last val_loss with its controls blanked
+    last_scores: dict[str, float] = field(default_factory=dict)  # validation.metrics' last val_* columns, by name
+    evaluation: str | None = None  # `archdiff eval`'s verdict, when the run has a report
 
     @property
     def finished(self) -> bool:
@@ -74,7 +85,33 @@ def summarize(run_dir: Path) -> RunSummary:
         ),
         files={entry.name: _disk_size(entry) for entry in sorted(run_dir.iterdir())},
         controlnet=_controlnet_line(recipe),
+        last_scores=_last_scores(rows),
+        evaluation=_evaluation_line(run_dir),
     )
+
+
+def _last_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The last logged value of each `validation.metrics` column (val_clip_score, ...; val_loss has its own line)."""
+    scores: dict[str, float] = {}
+    for row in rows:
+        scores |= {
+            k: v for k, v in row.items() if k.startswith("val_") and k not in ("val_loss", BLANK_CONTROL_LOSS) and v is not None
+        }
+    return scores
+
+
+def _evaluation_line(run_dir: Path) -> str | None:
+    """The best row of RUN/eval/report.json, if `archdiff eval` ran; an unreadable report is said, not fatal."""
+    import json
+
+    path = run_dir / EVAL_DIR / EVAL_REPORT
+    if not path.is_file():
+        return None
+    try:
+        best = json.loads(path.read_text(encoding="utf-8")).get("best") or {}
+        return f"best {best['name']} by {best['metric']} ({best['value']:.4g}), report {path.with_suffix('.html')}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{path} is unreadable or names no best; run `archdiff eval {run_dir}` again"
 
 
 def _controlnet_line(recipe: dict[str, Any]) -> str | None:
@@ -165,8 +202,14 @@ def format_summary(s: RunSummary) -> str:
     if s.last_blank_control_loss is not None and s.last_val_loss is not None:
         gain = round(1 - s.last_val_loss / s.last_blank_control_loss, 4) + 0.0  # no "-0.00%"
         lines.append(("blank control", f"last {s.last_blank_control_loss:.4f} (the control lowers val_loss by {gain:.2%})"))
+    if s.last_scores:
+        lines.append(
+            ("val metrics", ", ".join(f"{name.removeprefix('val_')} {value:.4g}" for name, value in s.last_scores.items()))
+        )
     if s.checkpoints:
         lines.append(("checkpoints", ", ".join(str(step) for step in s.checkpoints)))
+    if s.evaluation:
+        lines.append(("eval", s.evaluation))
     width = max(len(label) for label, _ in lines)
     out = [f"{label:<{width}}  {value}" for label, value in lines]
     size_width = max((len(human_size(size)) for size in s.files.values()), default=0)

@@ -261,3 +261,28 @@ def test_a_controlnet_runs_blank_control_loss_is_shown_beside_val_loss(tmp_path)
     assert summary.last_blank_control_loss == pytest.approx(0.375)
     assert "blank control  last 0.3750 (the control lowers val_loss by 20.00%)" in format_summary(summary)
     assert summarize(make_run(tmp_path / "lora", metric_rows(MAX_STEPS))).last_blank_control_loss is None
+
+
+def test_validation_metrics_show_their_last_values(tmp_path):
+    rows = [
+        *metric_rows(MAX_STEPS),
+        {"step": 20, "val_clip_score": 21.5, "val_diversity": None},
+        {"step": 40, "val_clip_score": 23.25},
+    ]
+    rows.append({"step": 40, "val_diversity": 0.125})
+    summary = summarize(make_run(tmp_path / "scored", rows))
+    assert summary.last_scores == {"val_clip_score": 23.25, "val_diversity": 0.125}
+    assert "val metrics  clip_score 23.25, diversity 0.125" in format_summary(summary)
+    assert "val metrics" not in format_summary(summarize(make_run(tmp_path / "plain", metric_rows(MAX_STEPS))))
+
+
+def test_an_evaluated_run_names_its_best_checkpoint_and_report(tmp_path):
+    run = make_run(tmp_path / "evaluated", metric_rows(MAX_STEPS), checkpoints=(20, 40))
+    (run / "eval").mkdir()
+    best = {"metric": "fd_dino", "name": "step-000020", "step": 20, "value": 3.0204}
+    (run / "eval" / "report.json").write_text(json.dumps({"rows": [], "best": best}), encoding="utf-8")
+    shown = format_summary(summarize(run))
+    assert f"eval         best step-000020 by fd_dino (3.02), report {run / 'eval' / 'report.html'}" in shown
+    (run / "eval" / "report.json").write_text('{"best": nu', encoding="utf-8")  # cut short
+    assert "is unreadable or names no best; run `archdiff eval" in format_summary(summarize(run))
+    assert summarize(make_run(tmp_path / "fresh", metric_rows(MAX_STEPS))).evaluation is None

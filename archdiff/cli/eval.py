@@ -48,7 +48,7 @@ def eval_command(
     names = [item.strip() for item in metrics.split(",") if item.strip()] if metrics is not None else None
     options = EvalOptions(checkpoints, num_images, names, _numbers(seeds, "--seeds"))
     started = time.perf_counter()
-    report = evaluate(run, options)
+    report, html = evaluate(run, options)
     typer.echo(format_table(report))
     typer.echo(f"images: {report['drawn']} drawn, {report['reused']} reused, in {time.perf_counter() - started:.0f} s")
-    typer.echo(f"report: {run / 'eval' / 'report.html'}")
+    typer.echo(f"report: {html}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from archdiff.eval.charts import format_number, line_chart
 from archdiff.eval.scores import HIGHER_IS_BETTER
-from archdiff.run_files import write_text_atomic
+from archdiff.run_files import EVAL_REPORT, write_text_atomic
 
 LOWER_IS_BETTER_EXTRA = {"val_loss": False}  # not a metric of scores.py, but a column people compare
 LABELS = {
@@ -167,7 +167,8 @@ def write_report(eval_dir: Path, report: dict) -> tuple[Path, Path]:
 
     A NaN or infinity raises rather than write JSON other tools cannot read: score_images turns them into None.
     """
-    json_path, html_path = eval_dir / "report.json", eval_dir / "report.html"
+    json_path = eval_dir / EVAL_REPORT
+    html_path = json_path.with_suffix(".html")
     write_text_atomic(json_path, json.dumps(report, indent=1, allow_nan=False) + "\n")
     write_text_atomic(html_path, render_html(report))
     return json_path, html_path

@@ -89,8 +89,8 @@ def resolve_settings(recipe: Recipe, options: EvalOptions) -> Settings:
     return Settings(num_images, seeds, metrics, cfg.steps, cfg.guidance)
 
 
-def evaluate(run_dir: Path, options: EvalOptions) -> dict[str, Any]:
-    """What `archdiff eval` does; returns the report (also written to RUN/eval/report.json and report.html)."""
+def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Path]:
+    """What `archdiff eval` does: the report (written to RUN/eval/report.json) and the report.html beside it."""
     from archdiff.checkpoint_loras import find_steps
     from archdiff.eval.draw import draw_missing, image_paths
     from archdiff.eval.plan import eval_data
@@ -130,8 +130,8 @@ def evaluate(run_dir: Path, options: EvalOptions) -> dict[str, Any]:
 
     report = _report(run_dir, recipe, settings, rows, jobs, paths, reference, models, controls)
     report["drawn"], report["reused"] = drawn, reused
-    write_report(eval_dir, report)
-    return report
+    _, html = write_report(eval_dir, report)
+    return report, html
 
 
 def _checkpoint_row(checkpoint: Path, recipe: Recipe, base) -> Row:
