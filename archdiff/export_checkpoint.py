@@ -48,7 +48,7 @@ def best_step(run_dir: Path) -> int:
     if name == "base":
         raise UserError(
             f"{path}: the base model without the LoRA scored best ({best.get('metric', 'its metric')}), "
-            "so there is no checkpoint to export"
+            "so there is no checkpoint to export as the best (pass --checkpoint STEP to export one anyway)"
         )
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise UserError(f"{path} is damaged (its best entry has step {step!r}): run `archdiff eval {run_dir}` again")
