@@ -2,7 +2,8 @@
 
 Every format starts from the run's diffusers file (`pytorch_lora_weights.safetensors`) and the
 adapter configs diffusers stores in its header, so alpha travels with the weights: kohya files carry
-`lora_alpha` per module (not the rank, which is what diffusers' converter writes).
+`lora_alpha` per module (not the rank, which is what diffusers' converter writes). A training checkpoint's LoRA
+(`--checkpoint`) is first written as a run-like folder (archdiff.checkpoint_loras), then exported the same way.
 """
 
 from __future__ import annotations
@@ -14,8 +15,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from archdiff.checkpoint_loras import checkpoint_lora
 from archdiff.errors import UserError, first_line
-from archdiff.run_files import CONTROLNET_DIR, LORA_WEIGHTS, RECIPE_FILE, kohya_run_file, move_into_place, staging_dir
+from archdiff.export_checkpoint import pick_checkpoint
+from archdiff.run_files import (
+    CHECKPOINT_STATE,
+    CONTROLNET_DIR,
+    LORA_WEIGHTS,
+    RECIPE_FILE,
+    checkpoint_step,
+    kohya_run_file,
+    move_into_place,
+    staging_dir,
+)
 
 FORMATS = ("kohya", "diffusers", "peft", "fused")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -32,6 +44,7 @@ class RunLora:
     tensors: dict
     configs: dict[str, dict]  # component -> LoraConfig dict (lora_alpha, r, target_modules, ...)
     recipe: dict
+    checkpoint: Path | None = None  # the training checkpoint it was taken from; None for the run's final LoRA
 
     def component(self, name: str) -> dict:
         """One component's tensors with the component prefix removed."""
@@ -127,6 +140,8 @@ def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
     train = recipe.get("train", {})
     text_encoder = recipe.get("lora", {}).get("text_encoder") or {}
     name = str(recipe.get("name", lora.run_dir.name))
+    if lora.checkpoint is not None:  # named apart from the final LoRA wherever a tool lists it
+        name = f"{name}-{lora.checkpoint.name}"
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(unet["r"]),
@@ -138,6 +153,7 @@ def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
         "ss_sd_model_name": str(recipe.get("base", "")),
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_max_train_steps": str(train.get("max_steps", "")),
+        "ss_steps": str(checkpoint_step(lora.checkpoint)) if lora.checkpoint is not None else "",
         "ss_learning_rate": str(train.get("learning_rate", "")),
         "ss_unet_lr": str(train.get("learning_rate", "")),
         "ss_text_encoder_lr": str(text_encoder.get("learning_rate") or train.get("learning_rate", "")) if text_encoder else "",
@@ -149,14 +165,15 @@ def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
         "modelspec.implementation": "diffusers",
         "modelspec.title": name,
         "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.date": _trained_at(lora.run_dir),
+        "modelspec.date": _trained_at(lora),
     }
     return {key: value for key, value in metadata.items() if value != ""}
 
 
-def _trained_at(run_dir: Path) -> str:
-    """When the run's LoRA was written (not when it is exported), so every export of a run has the same bytes."""
-    written = (run_dir / LORA_WEIGHTS).stat().st_mtime
+def _trained_at(lora: RunLora) -> str:
+    """When the LoRA was trained (not when it is exported), so every export of a run or checkpoint has the same bytes."""
+    trained = lora.checkpoint / CHECKPOINT_STATE if lora.checkpoint is not None else lora.run_dir / LORA_WEIGHTS
+    written = trained.stat().st_mtime
     return datetime.fromtimestamp(written, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
@@ -172,8 +189,9 @@ def base_version(source: str, family: str) -> str:
     return "v2-v" if v_prediction else "v2"
 
 
-def default_output(run_dir: Path, fmt: str, name: str) -> Path:
-    return run_dir / "export" / (f"{name}-kohya.safetensors" if fmt == "kohya" else fmt)
+def default_output(run_dir: Path, fmt: str, name: str, tag: str = "") -> Path:
+    """RUN/export/NAME-kohya.safetensors or RUN/export/FORMAT; a checkpoint's `tag` (-step-000200) keeps them apart."""
+    return run_dir / "export" / (f"{name}{tag}-kohya.safetensors" if fmt == "kohya" else f"{fmt}{tag}")
 
 
 def write_run_kohya(run_dir: Path, base) -> Path:
@@ -184,22 +202,24 @@ def write_run_kohya(run_dir: Path, base) -> Path:
     return output
 
 
-def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float = 1.0, overwrite: bool = False) -> Path:
-    """What `archdiff export` does; every output is written beside its destination and renamed into place."""
+def export_run(
+    run_dir: Path,
+    fmt: str,
+    output: Path | None = None,
+    scale: float = 1.0,
+    overwrite: bool = False,
+    checkpoint: str | None = None,
+) -> Path:
+    """What `archdiff export` does; every output is written beside its destination and renamed into place.
+
+    `checkpoint` (best, or a step) exports that training checkpoint's LoRA instead of the final one.
+    """
     from archdiff.model.base import resolve_base, safetensors_header
     from archdiff.model.lora_fit import check_lora_fits
-    from archdiff.outputs import check_output
 
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
-    if not math.isfinite(scale):
-        raise UserError(f"--scale must be a finite number (got {scale}); it would write {scale} into every fused weight")
-    if scale != 1.0 and fmt != "fused":
-        raise UserError(
-            "--scale applies only to --format fused (the other formats keep the LoRA separate: scale it when loading)"
-        )
-    if fmt == "kohya" and output is not None and output.suffix != ".safetensors":
-        raise UserError(f"--output for a kohya file must end in .safetensors (got '{output}')")
+    _check_request(fmt, output, scale)
+    if checkpoint is not None:
+        return _export_checkpoint(run_dir, fmt, output, scale, overwrite, checkpoint)
     weights = run_dir / LORA_WEIGHTS
     if not weights.is_file() and (run_dir / CONTROLNET_DIR / "config.json").is_file():
         raise UserError(
@@ -210,22 +230,69 @@ def export_run(run_dir: Path, fmt: str, output: Path | None = None, scale: float
         raise UserError(f"'{run_dir}' holds no LoRA ({LORA_WEIGHTS} is missing): pass a finished run folder")
     header = safetensors_header(weights, str(weights))  # whole files, a sound recipe, a writable output and a LoRA
     recipe = run_recipe(run_dir)  # that fits its base: all checked before a tensor is read
-    output = output or default_output(run_dir, fmt, str(recipe.get("name", run_dir.name)))
+    output = _claim_output(output or default_output(run_dir, fmt, str(recipe.get("name", run_dir.name))), fmt, overwrite)
+    base = resolve_base(recipe["base"])
+    check_lora_fits(header, str(weights), base)
+    _write(read_run_lora(run_dir), fmt, base, output, scale)
+    return output
+
+
+def _check_request(fmt: str, output: Path | None, scale: float) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
+    if not math.isfinite(scale):
+        raise UserError(f"--scale must be a finite number (got {scale}); it would write {scale} into every fused weight")
+    if scale != 1.0 and fmt != "fused":
+        raise UserError(
+            "--scale applies only to --format fused (the other formats keep the LoRA separate: scale it when loading)"
+        )
+    if fmt == "kohya" and output is not None and output.suffix != ".safetensors":
+        raise UserError(f"--output for a kohya file must end in .safetensors (got '{output}')")
+
+
+def _claim_output(output: Path, fmt: str, overwrite: bool) -> Path:
+    """`output`, once it is known to be free (or --overwrite) and writable."""
+    from archdiff.outputs import check_output
+
     if output.exists() and not overwrite:
         raise UserError(f"'{output}' already exists; choose another --output, or pass --overwrite")
     check_output(output, "--output", folder=fmt != "kohya", suffixes=(".safetensors",) if fmt == "kohya" else ())
+    return output
+
+
+def _export_checkpoint(run_dir: Path, fmt: str, output: Path | None, scale: float, overwrite: bool, spec: str) -> Path:
+    """A checkpoint's LoRA, written as RUN/eval/loras/step-NNNNNN once the request is known good, then exported."""
+    from archdiff.model.base import resolve_base, safetensors_header
+    from archdiff.model.lora_fit import check_lora_fits
+
+    recipe = run_recipe(run_dir)
+    if recipe.get("controlnet") and not recipe["controlnet"].get("unet_lora"):
+        raise UserError(
+            f"'{run_dir}' is a ControlNet run without a LoRA: its checkpoints hold a ControlNet, not a LoRA (nothing to export; "
+            f"the finished run's {CONTROLNET_DIR}/ is already a diffusers ControlNet, which diffusers, ComfyUI and A1111 load)"
+        )
+    checkpoint = pick_checkpoint(run_dir, spec)
+    name = str(recipe.get("name", run_dir.name))
+    output = _claim_output(output or default_output(run_dir, fmt, name, f"-{checkpoint.name}"), fmt, overwrite)
     base = resolve_base(recipe["base"])
-    check_lora_fits(header, str(weights), base)
-    lora = read_run_lora(run_dir)
+    folder = checkpoint_lora(checkpoint, base.family == "sdxl")
+    weights = folder / LORA_WEIGHTS
+    check_lora_fits(safetensors_header(weights, str(weights)), str(weights), base)
+    lora = read_run_lora(folder)
+    lora.checkpoint = checkpoint
+    _write(lora, fmt, base, output, scale)
+    return output
+
+
+def _write(lora: RunLora, fmt: str, base, output: Path, scale: float) -> None:
     if fmt == "kohya":
         _write_kohya(lora, base.family, base_version(base.source, base.family), output)
     elif fmt == "diffusers":
-        _replace_folder(output, lambda staging: shutil.copy2(run_dir / LORA_WEIGHTS, staging / LORA_WEIGHTS))
+        _replace_folder(output, lambda staging: shutil.copy2(lora.run_dir / LORA_WEIGHTS, staging / LORA_WEIGHTS))
     elif fmt == "peft":
         _replace_folder(output, lambda staging: _write_peft(lora, base.name, staging))
     else:
-        _replace_folder(output, lambda staging: fuse_into_pipeline(base.source, base.family, run_dir, scale, staging))
-    return output
+        _replace_folder(output, lambda staging: fuse_into_pipeline(base.source, base.family, lora.run_dir, scale, staging))
 
 
 def _write_kohya(lora: RunLora, family: str, version: str, output: Path) -> None:

@@ -1,0 +1,55 @@
+"""Which checkpoint `archdiff export --checkpoint best|STEP` means: a step the run has a checkpoint at, or the one
+`archdiff eval` scored best in RUN/eval/report.json. Every refusal comes before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from archdiff.errors import UserError, first_line
+from archdiff.run_files import EVAL_DIR, checkpoint_step, complete_checkpoints
+
+REPORT_FILE = "report.json"  # RUN/eval/report.json, written by `archdiff eval`
+
+
+def pick_checkpoint(run_dir: Path, spec: str) -> Path:
+    """The run's complete checkpoint that `spec` (best, 200 or step-000200) names."""
+    spec = spec.strip()
+    if spec == "best":
+        step, report = best_step(run_dir), run_dir / EVAL_DIR / REPORT_FILE
+    else:
+        digits = spec.removeprefix("step-")
+        if not digits.isdigit():
+            raise UserError(f"--checkpoint takes best or a step like 200 or step-000200 (got '{spec}')")
+        step, report = int(digits), None
+    by_step = {checkpoint_step(path): path for path in complete_checkpoints(run_dir)}
+    if step in by_step:
+        return by_step[step]
+    there = f"it has steps {', '.join(map(str, by_step))}" if by_step else "it has no complete checkpoint"
+    if report is None:
+        raise UserError(f"'{run_dir}' has no checkpoint at step {step} ({there})")
+    raise UserError(
+        f"{report} names step {step} best, but '{run_dir}' no longer has a checkpoint there ({there}; deleted by "
+        f"train.checkpoint_limit, or the run was trained again): run `archdiff eval {run_dir}` again, or pass a step"
+    )
+
+
+def best_step(run_dir: Path) -> int:
+    """The step of the report's best row; one line when there is no report, it is damaged, or the base won."""
+    path = run_dir / EVAL_DIR / REPORT_FILE
+    if not path.is_file():
+        raise UserError(f"'{run_dir}' has not been evaluated ({path} is missing): run `archdiff eval {run_dir}` first")
+    try:
+        best = json.loads(path.read_text(encoding="utf-8"))["best"]
+        name, step = best["name"], best["step"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as error:
+        reason = f"no {error}" if isinstance(error, KeyError) else first_line(error)
+        raise UserError(f"{path} is damaged ({reason}): run `archdiff eval {run_dir}` again") from None
+    if name == "base":
+        raise UserError(
+            f"{path}: the base model without the LoRA scored best ({best.get('metric', 'its metric')}), "
+            "so there is no checkpoint to export as the best (pass --checkpoint STEP to export one anyway)"
+        )
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise UserError(f"{path} is damaged (its best entry has step {step!r}): run `archdiff eval {run_dir}` again")
+    return step
