@@ -26,11 +26,11 @@ CHECKPOINT_LORAS_DIR = "loras"  # RUN/eval/loras/step-NNNNNN/
 
 
 def find_steps(run_dir: Path, spec: str) -> list[Path]:
-    """`all`, `latest` or `STEP,STEP,...`: the run's complete checkpoints it names, oldest first; one line for a
-    step that has no checkpoint, naming the steps there are."""
+    """`all`, `latest` or `STEP,STEP,...` (200 or step-000200): the run's complete checkpoints it names, oldest first;
+    one line for a step that has no checkpoint, naming the steps there are."""
     found = complete_checkpoints(run_dir)
     if not found:
-        raise UserError(f"'{run_dir}' has no complete checkpoint to evaluate (train it first, or pass another run)")
+        raise UserError(f"'{run_dir}' has no complete checkpoint (train it first, or pass another run)")
     spec = spec.strip()
     if spec == "all":
         return found
@@ -41,7 +41,7 @@ def find_steps(run_dir: Path, spec: str) -> list[Path]:
     for item in spec.split(","):
         item = item.strip().removeprefix("step-")
         if not item.isdigit():
-            raise UserError(f"--checkpoints takes all, latest or steps like 100,200 (got '{spec}')")
+            raise UserError(f"--checkpoints takes all, latest or steps like 100,200 or step-000200 (got '{spec}')")
         if int(item) not in by_step:
             there = ", ".join(str(step) for step in by_step)
             raise UserError(f"'{run_dir}' has no checkpoint at step {int(item)} (it has steps {there})")

@@ -7,36 +7,32 @@ import json
 from pathlib import Path
 
 from archdiff.errors import UserError, first_line
-from archdiff.run_files import EVAL_DIR, checkpoint_step, complete_checkpoints
-
-REPORT_FILE = "report.json"  # RUN/eval/report.json, written by `archdiff eval`
+from archdiff.run_files import EVAL_DIR, EVAL_REPORT, checkpoint_step, complete_checkpoints
 
 
 def pick_checkpoint(run_dir: Path, spec: str) -> Path:
-    """The run's complete checkpoint that `spec` (best, 200 or step-000200) names."""
+    """The run's complete checkpoint that `spec` (best, latest, 200 or step-000200) names."""
+    from archdiff.checkpoint_loras import find_steps
+
     spec = spec.strip()
-    if spec == "best":
-        step, report = best_step(run_dir), run_dir / EVAL_DIR / REPORT_FILE
-    else:
-        digits = spec.removeprefix("step-")
-        if not digits.isdigit():
-            raise UserError(f"--checkpoint takes best or a step like 200 or step-000200 (got '{spec}')")
-        step, report = int(digits), None
+    if spec != "best":
+        if spec != "latest" and not spec.removeprefix("step-").isdigit():
+            raise UserError(f"--checkpoint takes best, latest or a step like 200 or step-000200 (got '{spec}')")
+        return find_steps(run_dir, spec)[0]
+    step = best_step(run_dir)
     by_step = {checkpoint_step(path): path for path in complete_checkpoints(run_dir)}
     if step in by_step:
         return by_step[step]
     there = f"it has steps {', '.join(map(str, by_step))}" if by_step else "it has no complete checkpoint"
-    if report is None:
-        raise UserError(f"'{run_dir}' has no checkpoint at step {step} ({there})")
     raise UserError(
-        f"{report} names step {step} best, but '{run_dir}' no longer has a checkpoint there ({there}; deleted by "
-        f"train.checkpoint_limit, or the run was trained again): run `archdiff eval {run_dir}` again, or pass a step"
+        f"{run_dir / EVAL_DIR / EVAL_REPORT} names step {step} best, but '{run_dir}' no longer has a checkpoint there ({there}; "
+        f"deleted by train.checkpoint_limit, or the run was trained again): run `archdiff eval {run_dir}` again, or pass a step"
     )
 
 
 def best_step(run_dir: Path) -> int:
     """The step of the report's best row; one line when there is no report, it is damaged, or the base won."""
-    path = run_dir / EVAL_DIR / REPORT_FILE
+    path = run_dir / EVAL_DIR / EVAL_REPORT
     if not path.is_file():
         raise UserError(f"'{run_dir}' has not been evaluated ({path} is missing): run `archdiff eval {run_dir}` first")
     try:

@@ -172,6 +172,7 @@ def test_default_names_never_touch_the_final_export(own_run):
     with pytest.raises(UserError, match="already exists.*--overwrite"):
         export_run(own_run, "kohya", checkpoint="step-000002")
     assert export_run(own_run, "kohya", checkpoint="2", overwrite=True).read_bytes() == exported["kohya"].read_bytes()
+    assert export_run(own_run, "diffusers", checkpoint="latest") == own_run / "export" / "diffusers-step-000006"
 
 
 def test_a_controlnet_run_with_a_unet_lora_exports_its_checkpoints(own_run):
@@ -257,7 +258,7 @@ def controlnet_run(run: Path) -> None:
         (no_best, "best", r"eval/report.json is damaged \(no 'best'\)"),
         (step_not_a_number, "best", r"eval/report.json is damaged \(its best entry has step '4'\)"),
         (no_report, "5", r"'run' has no checkpoint at step 5 \(it has steps 2, 4, 6\)$"),
-        (no_report, "latest", r"--checkpoint takes best or a step like 200 or step-000200 \(got 'latest'\)$"),
+        (no_report, "all", r"--checkpoint takes best, latest or a step like 200 or step-000200 \(got 'all'\)$"),
         (controlnet_run, "2", r"'run' is a ControlNet run without a LoRA: its checkpoints hold a ControlNet, not a LoRA"),
     ],
 )

@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 FORMAT_HELP = "kohya (one .safetensors for A1111/ComfyUI), diffusers, peft, or fused (a full pipeline with the LoRA merged in)."
-CHECKPOINT_HELP = "Export a checkpoint's LoRA: best (the step `archdiff eval RUN` scored best) or a step (200 or step-000200)."
+CHECKPOINT_HELP = (
+    "Export a checkpoint's LoRA: best (the step `archdiff eval RUN` scored best), latest, or a step (200 or step-000200)."
+)
 
 
 def export(
