@@ -19,10 +19,10 @@ def pick_checkpoint(run_dir: Path, spec: str) -> Path:
         if spec != "latest" and not spec.removeprefix("step-").isdigit():
             raise UserError(f"--checkpoint takes best, latest or a step like 200 or step-000200 (got '{spec}')")
         return find_steps(run_dir, spec)[0]
-    step = best_step(run_dir)
+    step, weights = best_step(run_dir)
     by_step = {checkpoint_step(path): path for path in complete_checkpoints(run_dir)}
     if step in by_step:
-        return by_step[step]
+        return _unchanged(by_step[step], weights, run_dir)
     there = f"it has steps {', '.join(map(str, by_step))}" if by_step else "it has no complete checkpoint"
     raise UserError(
         f"{run_dir / EVAL_DIR / EVAL_REPORT} names step {step} best, but '{run_dir}' no longer has a checkpoint there ({there}; "
@@ -30,8 +30,21 @@ def pick_checkpoint(run_dir: Path, spec: str) -> Path:
     )
 
 
-def best_step(run_dir: Path) -> int:
-    """The step of the report's best row; one line when there is no report, it is damaged, or the base won."""
+def _unchanged(checkpoint: Path, weights: str | None, run_dir: Path) -> Path:
+    """The checkpoint the report scored, not one written at the same step since (a resumed or retrained run)."""
+    from archdiff.file_digests import folder_digest
+
+    if weights is not None and folder_digest(checkpoint) != weights:
+        raise UserError(
+            f"{checkpoint} changed after `archdiff eval` scored it best (the run was resumed or trained again): "
+            f"run `archdiff eval {run_dir}` again, or pass the step"
+        )
+    return checkpoint
+
+
+def best_step(run_dir: Path) -> tuple[int, str | None]:
+    """The step of the report's best row and the digest of the files it scored (None in a report without it); one line
+    when there is no report, it is damaged, or the base won."""
     path = run_dir / EVAL_DIR / EVAL_REPORT
     if not path.is_file():
         raise UserError(f"'{run_dir}' has not been evaluated ({path} is missing): run `archdiff eval {run_dir}` first")
@@ -48,4 +61,4 @@ def best_step(run_dir: Path) -> int:
         )
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise UserError(f"{path} is damaged (its best entry has step {step!r}): run `archdiff eval {run_dir}` again")
-    return step
+    return step, best.get("weights")

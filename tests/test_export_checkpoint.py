@@ -207,7 +207,10 @@ def write_report(run: Path, best) -> None:
 
 
 def test_best_exports_the_step_the_report_names(own_run):
-    write_report(own_run, {"metric": "fd_dino", "name": "step-000004", "step": 4, "value": 1.2})
+    from archdiff.file_digests import folder_digest
+
+    weights = folder_digest(own_run / "checkpoints" / "step-000004")  # what eval records of the files it scored
+    write_report(own_run, {"metric": "fd_dino", "name": "step-000004", "step": 4, "value": 1.2, "weights": weights})
     result = cli(own_run.parent, "export", "run", "--format", "kohya", "--checkpoint", "best")
     assert result.returncode == 0, result.stderr
     path = own_run / "export" / f"{NAME}-step-000004-kohya.safetensors"
@@ -226,6 +229,11 @@ def base_won(run: Path) -> None:
 def best_step_deleted(run: Path) -> None:
     write_report(run, {"metric": "fd_dino", "name": "step-000004", "step": 4, "value": 1.2})
     shutil.rmtree(run / "checkpoints" / "step-000004")
+
+
+def best_step_retrained(run: Path) -> None:
+    """Scored by eval, then written again at the same step (a resumed run): the report's digest no longer matches."""
+    write_report(run, {"metric": "fd_dino", "name": "step-000004", "step": 4, "value": 1.2, "weights": "0123456789abcdef0123"})
 
 
 def not_json(run: Path) -> None:
@@ -254,6 +262,7 @@ def controlnet_run(run: Path) -> None:
         (no_report, "best", r"not been evaluated \(.*eval/report.json is missing\): run `archdiff eval run` first$"),
         (base_won, "best", r"eval/report.json: the base model without the LoRA scored best \(fd_dino\), so there is no"),
         (best_step_deleted, "best", r"names step 4 best, but 'run' no longer has a checkpoint there \(it has steps 2, 6;"),
+        (best_step_retrained, "best", r"step-000004 changed after `archdiff eval` scored it best \(the run was resumed"),
         (not_json, "best", r"eval/report.json is damaged \(.*\): run `archdiff eval run` again$"),
         (no_best, "best", r"eval/report.json is damaged \(no 'best'\)"),
         (step_not_a_number, "best", r"eval/report.json is damaged \(its best entry has step '4'\)"),

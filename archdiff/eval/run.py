@@ -181,7 +181,8 @@ def _report(
         adherence = _adherence(recipe, controls, paths[row.name]) if controls else None
         scores = score_images(lambda images=images: images, prompts, groups, metrics, models, real_features, adherence)
         grid = _save_grid(images, jobs, len(settings.seeds), eval_dir / GRIDS_DIR / f"{row.name}.png")
-        table.append({"name": row.name, "step": row.step, **scores, "val_loss": val_losses.get(row.step or 0), "grid": grid})
+        loss = val_losses.get(row.step or 0)
+        table.append({"name": row.name, "step": row.step, "weights": row.weights_id, **scores, "val_loss": loss, "grid": grid})
     real = LazyImages(len(reference.samples), reference.image)
     real_scores = score_images(lambda: real, reference.prompts, [], metrics & {"clip_score", "geometry"}, models)
     reference_row = {
@@ -193,7 +194,7 @@ def _report(
     best = None
     if chosen:
         pick = best_checkpoint(table, chosen, HIGHER_IS_BETTER[chosen])
-        best = {"metric": chosen, "name": pick["name"], "step": pick["step"], "value": pick[chosen]}
+        best = {"metric": chosen, "name": pick["name"], "step": pick["step"], "value": pick[chosen], "weights": pick["weights"]}
     return {
         "run": str(run_dir),
         "recipe": recipe.name,
