@@ -109,9 +109,10 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Path]
         from archdiff.train.checks import check_controlnet_options
 
         check_controlnet_options(recipe, base)  # its init and style LoRA are still there and fit
+    reference = eval_data(recipe)
+    settings = _fit_reference(settings, len(reference.samples), reference.name, explicit=options.metrics is not None)
     models = MetricModels(recipe.eval.clip, recipe.eval.dino)
     models.load_for(set(settings.metrics))
-    reference = eval_data(recipe)
     jobs = plan_jobs([s.bucket for s in reference.samples], reference.prompts, settings.num_images, settings.seeds)
 
     # 2. draw what is not drawn yet
@@ -132,6 +133,21 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Path]
     report["drawn"], report["reused"] = drawn, reused
     _, html = write_report(eval_dir, report)
     return report, html
+
+
+def _fit_reference(settings: Settings, count: int, name: str, explicit: bool) -> Settings:
+    """FD and KID need 2+ real images: asked for by name, that is an error; by default they are left out, said once."""
+    from dataclasses import replace
+
+    from archdiff.eval.scores import NEEDS_REFERENCE
+
+    wanted = [metric for metric in settings.metrics if metric in NEEDS_REFERENCE]
+    if count >= 2 or not wanted:
+        return settings
+    if explicit:
+        raise UserError(f"{', '.join(wanted)} compare with the {name} images, and the run has {count}: at least 2 are needed")
+    print(f"archdiff: {', '.join(wanted)} left out: the run has {count} {name} image(s) to compare with, at least 2 are needed")
+    return replace(settings, metrics=[metric for metric in settings.metrics if metric not in NEEDS_REFERENCE])
 
 
 def _checkpoint_row(checkpoint: Path, recipe: Recipe, base) -> Row:
