@@ -144,10 +144,11 @@ def _fit_reference(settings: Settings, count: int, name: str, explicit: bool) ->
     wanted = [metric for metric in settings.metrics if metric in NEEDS_REFERENCE]
     if count >= 2 or not wanted:
         return settings
-    if explicit:
+    left = [metric for metric in settings.metrics if metric not in NEEDS_REFERENCE]
+    if explicit or not left:
         raise UserError(f"{', '.join(wanted)} compare with the {name} images, and the run has {count}: at least 2 are needed")
     print(f"archdiff: {', '.join(wanted)} left out: the run has {count} {name} image(s) to compare with, at least 2 are needed")
-    return replace(settings, metrics=[metric for metric in settings.metrics if metric not in NEEDS_REFERENCE])
+    return replace(settings, metrics=left)
 
 
 def _checkpoint_row(checkpoint: Path, recipe: Recipe, base) -> Row:
