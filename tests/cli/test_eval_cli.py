@@ -256,3 +256,63 @@ def test_a_metric_model_that_cannot_be_loaded(tmp_path, archdiff_cache, finished
     recipe["eval"][key] = value.format(empty=empty)
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     assert message.format(empty=empty) in _refused(tmp_path, archdiff_cache, run, *EVAL_ARGS)
+
+
+# Found while writing these tests: settings refused only after images are drawn (RUN/eval written), or not by name.
+# In-process (a CLI call would spend ~15 s drawing first): the first write under RUN/eval fails the test.
+
+
+def _refused_before_writing(monkeypatch, run: Path, options) -> str:
+    from archdiff.errors import UserError
+    from archdiff.eval.run import evaluate
+
+    def wrote(*args, **kwargs):
+        raise AssertionError("a checkpoint's LoRA or an image was about to be written under RUN/eval")
+
+    monkeypatch.setattr("archdiff.checkpoint_loras.checkpoint_lora", wrote)
+    monkeypatch.setattr("archdiff.eval.draw.draw_missing", wrote)
+    before = tree_digest(run)
+    with pytest.raises(UserError) as refused:
+        evaluate(run, options)
+    assert tree_digest(run) == before and not (run / "eval").exists()
+    return str(refused.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FD/KID's two-image minimum is checked in metrics._features, after draw_missing has written RUN/eval: "
+    "resolve_settings could refuse fewer than 2 planned images (ceil(n / seeds) x seeds) when fd_dino/kid_dino are asked",
+)
+@pytest.mark.parametrize("metric", ["fd_dino", "kid_dino"])
+def test_fd_or_kid_of_a_single_image_is_refused_before_drawing(monkeypatch, tmp_path, finished_sd15, metric):
+    from archdiff.eval.run import EvalOptions
+
+    run = _copy(finished_sd15, tmp_path)
+    assert "at least 2" in _refused_before_writing(monkeypatch, run, EvalOptions("latest", 1, [metric], [0]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a run that held out one image has one reference feature: 'real: 1 image(s)' is raised in _report, after "
+    "drawing, though evaluate() knows len(reference.samples) before draw_missing",
+)
+def test_fd_against_a_single_held_out_image_is_refused_before_drawing(monkeypatch, tmp_path, finished_sd15):
+    from archdiff.eval.run import EvalOptions
+
+    run = _copy(finished_sd15, tmp_path)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+    recipe["data"]["holdout"] = 0.03  # round(32 x 0.03) = 1 image held out
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    _refused_before_writing(monkeypatch, run, EvalOptions("latest", 2, ["fd_dino"], [0, 1]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="--seeds (and eval.seeds) take any int; torch.Generator.manual_seed takes -2**63..2**64-1, so `--seeds 0,2**64` "
+    "fails after the first image with 'ValueError: Overflow when unpacking long long (unexpected ...)', exit 1",
+)
+def test_a_seed_torch_cannot_take_is_refused_before_drawing(monkeypatch, tmp_path, finished_sd15):
+    from archdiff.eval.run import EvalOptions
+
+    run = _copy(finished_sd15, tmp_path)
+    assert "seed" in _refused_before_writing(monkeypatch, run, EvalOptions("latest", 2, ["geometry"], [0, 2**64]))
