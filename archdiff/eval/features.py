@@ -84,13 +84,23 @@ def _check_source(name: str, what: str) -> None:
         )
 
 
+CLIP_WHAT, DINO_WHAT = "CLIP model", "DINOv2 model"
+
+
+def metric_source(name: str, what: str) -> str:
+    """What `from_pretrained` loads for `name` (a tiny model built first), checked without importing torch where it can be:
+    a missing folder or an offline Hub id is one line in a fraction of a second."""
+    source = _built_tiny(name) if name in TINY_METRIC_MODELS and not Path(name).exists() else name
+    _check_source(source, what)
+    return source
+
+
 def _load(name: str, what: str, model_types: tuple[str, ...], network_class: str, with_tokenizer: bool) -> MetricModel:
+    source = metric_source(name, what)
     import torch
     import transformers
     from transformers.utils import logging as transformers_logging
 
-    source = _built_tiny(name) if name in TINY_METRIC_MODELS and not Path(name).exists() else name
-    _check_source(source, what)
     transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit above archdiff's own
     try:
         config = transformers.AutoConfig.from_pretrained(source)
@@ -112,12 +122,12 @@ def _load(name: str, what: str, model_types: tuple[str, ...], network_class: str
 def load_clip(name: str) -> MetricModel:
     """A transformers CLIP model (Hub id, folder or tiny-clip) with its tokenizer, for CLIP score; one-line UserError
     if it cannot load."""
-    return _load(name, "CLIP model", _CLIP_TYPES, "CLIPModel", with_tokenizer=True)
+    return _load(name, CLIP_WHAT, _CLIP_TYPES, "CLIPModel", with_tokenizer=True)
 
 
 def load_dino(name: str) -> MetricModel:
     """A transformers DINOv2 model (Hub id, folder or tiny-dino), for Fréchet/kernel distance and diversity."""
-    return _load(name, "DINOv2 model", _DINO_TYPES, "AutoModel", with_tokenizer=False)
+    return _load(name, DINO_WHAT, _DINO_TYPES, "AutoModel", with_tokenizer=False)
 
 
 def _batches(images: Iterable, batch_size: int) -> Iterator[list]:

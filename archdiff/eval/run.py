@@ -24,6 +24,7 @@ GRIDS_DIR = "grids"
 GRID_GROUPS = 4  # captions shown per row's grid (each with all its seeds)
 GRID_CELL = 192  # px: tiny 64 px images are enlarged, large ones shrunk
 SELECT_FALLBACK = ("fd_dino", "kid_dino", "clip_score", "control_f1")
+MAX_SEED = 2**32  # what every generator takes (torch's range is wider; numpy's and most UIs' is this)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ def resolve_settings(recipe: Recipe, options: EvalOptions) -> Settings:
     seeds = list(dict.fromkeys(cfg.seeds if options.seeds is None else options.seeds))
     if not seeds:
         raise UserError("--seeds needs at least one seed")
+    if not all(0 <= seed < MAX_SEED for seed in seeds):
+        raise UserError(f"seeds must be between 0 and {MAX_SEED - 1} (got {', '.join(map(str, seeds))})")
     known = list(EvalConfig.model_fields["metrics"].default_factory())
     if options.metrics is None:
         metrics = [m for m in cfg.metrics if m != "control_f1" or recipe.controlnet]
@@ -110,7 +113,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Path]
 
         check_controlnet_options(recipe, base)  # its init and style LoRA are still there and fit
     reference = eval_data(recipe)
-    settings = _fit_reference(settings, len(reference.samples), reference.name, explicit=options.metrics is not None)
+    settings = _fit_reference(settings, len(reference.samples), reference.name, options.metrics is not None)
     models = MetricModels(recipe.eval.clip, recipe.eval.dino)
     models.load_for(set(settings.metrics))
     jobs = plan_jobs([s.bucket for s in reference.samples], reference.prompts, settings.num_images, settings.seeds)
@@ -136,18 +139,21 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Path]
 
 
 def _fit_reference(settings: Settings, count: int, name: str, explicit: bool) -> Settings:
-    """FD and KID need 2+ real images: asked for by name, that is an error; by default they are left out, said once."""
+    """FD and KID compare 2+ generated images with 2+ real ones: asked for by name, fewer is an error; by default they
+    are left out, and that is said."""
     from dataclasses import replace
 
     from archdiff.eval.scores import NEEDS_REFERENCE
 
     wanted = [metric for metric in settings.metrics if metric in NEEDS_REFERENCE]
-    if count >= 2 or not wanted:
+    drawn = math.ceil(settings.num_images / len(settings.seeds)) * len(settings.seeds)
+    short = f"the run has {count} {name} image(s)" if count < 2 else f"{drawn} image is drawn per checkpoint" if drawn < 2 else ""
+    if not wanted or not short:
         return settings
     left = [metric for metric in settings.metrics if metric not in NEEDS_REFERENCE]
     if explicit or not left:
-        raise UserError(f"{', '.join(wanted)} compare with the {name} images, and the run has {count}: at least 2 are needed")
-    print(f"archdiff: {', '.join(wanted)} left out: the run has {count} {name} image(s) to compare with, at least 2 are needed")
+        raise UserError(f"{', '.join(wanted)} compare two sets of images, and {short}: at least 2 are needed")
+    print(f"archdiff: {', '.join(wanted)} left out: {short}, at least 2 are needed")
     return replace(settings, metrics=left)
 
 

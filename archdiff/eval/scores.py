@@ -60,7 +60,14 @@ class MetricModels:
         return {kind: {"id": model.name, "digest": model.digest} for kind, model in self._loaded.items()}
 
     def load_for(self, metrics: set[str]) -> None:
-        """Load what `metrics` need now, so an unloadable model fails before any image is drawn."""
+        """Load what `metrics` need now, so an unloadable model fails before any image is drawn (both are looked for
+        before either loads)."""
+        from archdiff.eval.features import CLIP_WHAT, DINO_WHAT, metric_source
+
+        if "clip_score" in metrics:
+            metric_source(self.clip_name, CLIP_WHAT)
+        if metrics & NEEDS_DINO:
+            metric_source(self.dino_name, DINO_WHAT)
         if "clip_score" in metrics:
             self.clip()
         if metrics & NEEDS_DINO:

@@ -186,7 +186,7 @@ def _refused(tmp_path: Path, cache: Path, run: Path, *args: str) -> str:
         (["--seeds", "a,b"], "--seeds takes whole numbers separated by commas"),
         (["--seeds", ","], "--seeds needs at least one seed"),
         (["--checkpoints", "999"], "has no checkpoint at step 999 (it has steps 1, 2, 3)"),
-        (["--checkpoints", "x"], "--checkpoints takes all, latest or steps like 100,200 (got 'x')"),
+        (["--checkpoints", "x"], "--checkpoints takes all, latest or steps like 100,200 or step-000200 (got 'x')"),
         (["--metrics", "control_f1"], "this run trained no ControlNet"),
         (["--metrics", "diversity", "--seeds", "0"], "give 2 or more --seeds"),
     ],
@@ -216,7 +216,7 @@ def _copy(finished: Path, tmp_path: Path) -> Path:
 def test_a_run_without_checkpoints(tmp_path, archdiff_cache, finished_sd15):
     run = _copy(finished_sd15, tmp_path)
     shutil.rmtree(run / "checkpoints")
-    assert "has no complete checkpoint to evaluate" in _refused(tmp_path, archdiff_cache, run)
+    assert "has no complete checkpoint (train it first" in _refused(tmp_path, archdiff_cache, run)
 
 
 def test_eval_being_a_file(tmp_path, archdiff_cache, finished_sd15):
@@ -278,11 +278,6 @@ def _refused_before_writing(monkeypatch, run: Path, options) -> str:
     return str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FD/KID's two-image minimum is checked in metrics._features, after draw_missing has written RUN/eval: "
-    "resolve_settings could refuse fewer than 2 planned images (ceil(n / seeds) x seeds) when fd_dino/kid_dino are asked",
-)
 @pytest.mark.parametrize("metric", ["fd_dino", "kid_dino"])
 def test_fd_or_kid_of_a_single_image_is_refused_before_drawing(monkeypatch, tmp_path, finished_sd15, metric):
     from archdiff.eval.run import EvalOptions
@@ -291,11 +286,6 @@ def test_fd_or_kid_of_a_single_image_is_refused_before_drawing(monkeypatch, tmp_
     assert "at least 2" in _refused_before_writing(monkeypatch, run, EvalOptions("latest", 1, [metric], [0]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a run that held out one image has one reference feature: 'real: 1 image(s)' is raised in _report, after "
-    "drawing, though evaluate() knows len(reference.samples) before draw_missing",
-)
 def test_fd_against_a_single_held_out_image_is_refused_before_drawing(monkeypatch, tmp_path, finished_sd15):
     from archdiff.eval.run import EvalOptions
 
@@ -306,11 +296,6 @@ def test_fd_against_a_single_held_out_image_is_refused_before_drawing(monkeypatc
     _refused_before_writing(monkeypatch, run, EvalOptions("latest", 2, ["fd_dino"], [0, 1]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--seeds (and eval.seeds) take any int; torch.Generator.manual_seed takes -2**63..2**64-1, so `--seeds 0,2**64` "
-    "fails after the first image with 'ValueError: Overflow when unpacking long long (unexpected ...)', exit 1",
-)
 def test_a_seed_torch_cannot_take_is_refused_before_drawing(monkeypatch, tmp_path, finished_sd15):
     from archdiff.eval.run import EvalOptions
 
