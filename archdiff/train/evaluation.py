@@ -15,8 +15,8 @@ import torch
 from archdiff.config.schema import Recipe
 from archdiff.data.samples import SampleSet, collate
 from archdiff.model.base import Components
-from archdiff.train.objective import sample_noise, stratified_timesteps
-from archdiff.train.step import Denoiser, batch_bucket, batch_latents, denoising_loss
+from archdiff.train.objective import sample_noise
+from archdiff.train.step import Denoiser, batch_bucket, batch_latents, denoising_loss, objective_for
 
 EVAL_TIMESTEPS_PER_IMAGE = 8
 EVAL_SEED_OFFSET = 1_000_003
@@ -46,13 +46,13 @@ def build_eval_set(holdout: SampleSet | None, recipe: Recipe, components: Compon
     for index, sample in enumerate(holdout.samples):
         by_bucket.setdefault(sample.bucket, []).append(index)
     k = EVAL_TIMESTEPS_PER_IMAGE
-    num_timesteps = components.noise_scheduler.config.num_train_timesteps
+    objective = objective_for(recipe, components)
     generator = torch.Generator(device="cpu").manual_seed(recipe.train.seed + EVAL_SEED_OFFSET)
     eval_set = []
     for bucket in sorted(by_bucket):
         examples = collate([holdout[i] for i in by_bucket[bucket]])
         latents = batch_latents(examples, components, device, sample=False).float().repeat_interleave(k, dim=0)
-        timesteps = stratified_timesteps(k, num_timesteps).repeat(len(by_bucket[bucket])).to(device)
+        timesteps = objective.fixed_timesteps(k).repeat(len(by_bucket[bucket])).to(device)
         noise = sample_noise(latents.cpu(), generator=generator).to(device)
         kept = {key: value.repeat_interleave(k, dim=0) for key, value in examples.items() if key not in _ENCODED}
         eval_set.append(EvalBatch(kept, batch_bucket(examples), latents, noise, timesteps))

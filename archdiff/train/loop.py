@@ -25,7 +25,7 @@ from archdiff.run_files import BLANK_CONTROL_LOSS, MetricsLog
 from archdiff.train.checkpoints import TrainerState, read_state, register_adapter_hooks, save_checkpoint
 from archdiff.train.evaluation import EvalSet, blank_controls, evaluate
 from archdiff.train.guards import Interrupted, NanGuard, StopRequest, stop_requested
-from archdiff.train.objective import sample_noise, sample_timesteps
+from archdiff.train.objective import sample_noise
 from archdiff.train.step import batch_bucket, batch_latents, denoiser_for, denoising_loss, step_text_encoders
 
 
@@ -217,7 +217,7 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                     with torch.no_grad():
                         latents = batch_latents(batch, ctx.components, device)
                     noise = sample_noise(latents, cfg.noise_offset)
-                    timesteps = sample_timesteps(len(latents), denoiser.scheduler.config.num_train_timesteps, latents.device)
+                    timesteps = denoiser.objective.draw_timesteps(len(latents), latents.device)
                     prior_weight = recipe.dreambooth.prior_loss_weight if recipe.dreambooth else 1.0
                     loss = denoising_loss(
                         denoiser, batch, batch_bucket(batch), latents, noise, timesteps, cfg.snr_gamma, instances, prior_weight

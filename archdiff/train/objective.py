@@ -70,3 +70,89 @@ def prior_preservation_loss(
         return diffusion_loss(prediction[part], target[part], None if weights is None else weights[part])
 
     return loss(slice(0, instances)) + prior_weight * loss(slice(instances, None))
+
+
+# Rectified flow (SD 3.x): x_t = (1 - sigma) x_0 + sigma * noise, and the transformer predicts the velocity noise - x_0.
+# The scheduler's timesteps are sigma * num_train_timesteps (after its resolution shift); training draws them
+# logit-normally (the SD3 paper's choice: more weight on the middle of the path).
+
+
+def flow_sigmas(timesteps: torch.Tensor, num_train_timesteps: int, ndim: int) -> torch.Tensor:
+    """Each timestep's sigma, shaped to broadcast over latents of `ndim` dimensions."""
+    sigmas = timesteps.float() / num_train_timesteps
+    return sigmas.reshape(-1, *([1] * (ndim - 1)))
+
+
+def flow_noisy(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """The point at `sigmas` on the straight path from the latents (sigma 0) to the noise (sigma 1)."""
+    return (1.0 - sigmas) * latents + sigmas * noise
+
+
+def flow_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The path's velocity: what the transformer learns to predict."""
+    return noise - latents
+
+
+def logit_normal_indices(
+    count: int, num_train_timesteps: int, mean: float = 0.0, std: float = 1.0, device="cpu", generator=None
+) -> torch.Tensor:
+    """Indices into the scheduler's timesteps, u ~ sigmoid(N(mean, std)) scaled to [0, num_train_timesteps)."""
+    u = torch.sigmoid(torch.normal(mean, std, size=(count,), device=device, generator=generator))
+    return (u * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
+
+
+class DiffusionObjective:
+    """SD 1.x/2.x and SDXL: the DDPM schedule adds the noise; the UNet predicts the noise or the velocity."""
+
+    def __init__(self, scheduler, prediction_type: str):
+        self.scheduler, self.prediction_type = scheduler, prediction_type
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+
+    def draw_timesteps(self, count: int, device, generator=None) -> torch.Tensor:
+        return sample_timesteps(count, self.num_train_timesteps, device, generator)
+
+    def fixed_timesteps(self, count: int) -> torch.Tensor:
+        return stratified_timesteps(count, self.num_train_timesteps)
+
+    def noisy(self, latents, noise, timesteps):
+        return self.scheduler.add_noise(latents, noise, timesteps)
+
+    def target(self, latents, noise, timesteps):
+        return training_target(self.scheduler, latents, noise, timesteps, self.prediction_type)
+
+    def weights(self, timesteps, snr_gamma: float | None):
+        """Min-SNR weights when asked (training only), else none."""
+        from diffusers.training_utils import compute_snr
+
+        return min_snr_weights(compute_snr(self.scheduler, timesteps), snr_gamma, self.prediction_type) if snr_gamma else None
+
+
+class FlowObjective:
+    """SD 3.x: rectified flow on the flow-matching scheduler's own timesteps (its shift included)."""
+
+    prediction_type = "flow"
+
+    def __init__(self, scheduler, logit_mean: float = 0.0, logit_std: float = 1.0):
+        self.scheduler, self.logit_mean, self.logit_std = scheduler, logit_mean, logit_std
+        self.num_train_timesteps = scheduler.config.num_train_timesteps
+
+    def _timesteps(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.timesteps[indices.cpu()].to(indices.device)
+
+    def draw_timesteps(self, count: int, device, generator=None) -> torch.Tensor:
+        return self._timesteps(
+            logit_normal_indices(count, self.num_train_timesteps, self.logit_mean, self.logit_std, device, generator)
+        )
+
+    def fixed_timesteps(self, count: int) -> torch.Tensor:
+        return self._timesteps(stratified_timesteps(count, self.num_train_timesteps))
+
+    def noisy(self, latents, noise, timesteps):
+        return flow_noisy(latents, noise, flow_sigmas(timesteps, self.num_train_timesteps, latents.ndim).to(latents.dtype))
+
+    def target(self, latents, noise, timesteps):
+        return flow_target(latents, noise)
+
+    def weights(self, timesteps, snr_gamma: float | None):
+        """Uniform: with logit-normal sampling the SD3 paper weighs every sampled point alike (Min-SNR is DDPM's)."""
+        return None

@@ -14,7 +14,7 @@ import torch
 
 from archdiff.config.schema import Recipe
 from archdiff.model.base import Components
-from archdiff.train.objective import diffusion_loss, min_snr_weights, prior_preservation_loss, training_target
+from archdiff.train.objective import DiffusionObjective, diffusion_loss, prior_preservation_loss
 
 
 @dataclass
@@ -23,8 +23,7 @@ class Denoiser:
 
     unet: Any
     text_encoders: list  # the encoders the step runs: none when every caption's embedding is cached
-    scheduler: Any  # the base's DDPM schedule: add_noise, get_velocity, the SNR
-    prediction_type: str  # epsilon or v_prediction
+    objective: Any  # the family's: DiffusionObjective (epsilon / v-prediction) or FlowObjective (train/objective.py)
     device: Any
     text_trains: bool = False  # gradients flow into the text encoders (lora.text_encoder)
     controlnet: Any = None  # a ControlNet run: its residuals steer the UNet from the batch's control maps
@@ -40,11 +39,16 @@ def step_text_encoders(recipe: Recipe, components: Components) -> list:
     return [] if recipe.data.cache.text else list(components.text_encoders)
 
 
+def objective_for(recipe: Recipe, components: Components):
+    """How noise is added and what the model predicts: the base family's objective (train/objective.py)."""
+    return DiffusionObjective(components.noise_scheduler, prediction_type(recipe, components.noise_scheduler))
+
+
 def denoiser_for(recipe: Recipe, components: Components, unet, text_encoders: list, device, controlnet=None) -> Denoiser:
-    target = prediction_type(recipe, components.noise_scheduler)
+    objective = objective_for(recipe, components)
     text_trains = recipe.lora.text_encoder is not None
     scale = recipe.controlnet.scale if recipe.controlnet else 1.0
-    return Denoiser(unet, text_encoders, components.noise_scheduler, target, device, text_trains, controlnet, scale)
+    return Denoiser(unet, text_encoders, objective, device, text_trains, controlnet, scale)
 
 
 def batch_latents(batch: dict, components: Components, device, sample: bool = True) -> torch.Tensor:
@@ -135,13 +139,11 @@ def denoising_loss(
     `snr_gamma` weighs samples by Min-SNR (training only: val_loss stays a plain mean); `instances`
     marks a DreamBooth batch whose rest are class images, weighed by `prior_weight`.
     """
-    from diffusers.training_utils import compute_snr
-
-    scheduler = denoiser.scheduler
+    objective = denoiser.objective
     with torch.set_grad_enabled(denoiser.text_trains and torch.is_grad_enabled()):
         embeddings, added_cond = batch_conditioning(batch, denoiser.text_encoders, denoiser.device, bucket)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = training_target(scheduler, latents, noise, timesteps, denoiser.prediction_type)
+    noisy = objective.noisy(latents, noise, timesteps)
+    target = objective.target(latents, noise, timesteps)
     prediction = denoiser.unet(
         noisy,
         timesteps,
@@ -149,9 +151,7 @@ def denoising_loss(
         added_cond_kwargs=added_cond,
         **control_residuals(denoiser, batch, noisy, timesteps, embeddings, added_cond),
     ).sample
-    weights = None
-    if snr_gamma:
-        weights = min_snr_weights(compute_snr(scheduler, timesteps), snr_gamma, denoiser.prediction_type)
+    weights = objective.weights(timesteps, snr_gamma)
     if instances is None:
         return diffusion_loss(prediction, target, weights)
     return prior_preservation_loss(prediction, target, weights, instances, prior_weight)

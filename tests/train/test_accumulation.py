@@ -33,6 +33,7 @@ def one_update(tiny_base, batch_size: int, accumulation: int) -> tuple[dict, dic
     from diffusers import DDPMScheduler
 
     from archdiff.train.loop import make_optimizer
+    from archdiff.train.objective import DiffusionObjective
     from archdiff.train.step import Denoiser, denoising_loss
 
     torch.manual_seed(0)
@@ -44,7 +45,9 @@ def one_update(tiny_base, batch_size: int, accumulation: int) -> tuple[dict, dic
     unet = tiny_lora_unet(tiny_base)
     optimizer = make_optimizer([p for p in unet.parameters() if p.requires_grad], recipe)
     unet, optimizer = accelerator.prepare(unet, optimizer)
-    denoiser = Denoiser(unet, [], DDPMScheduler.from_pretrained(tiny_base, subfolder="scheduler"), "epsilon", "cpu")
+    denoiser = Denoiser(
+        unet, [], DiffusionObjective(DDPMScheduler.from_pretrained(tiny_base, subfolder="scheduler"), "epsilon"), "cpu"
+    )
     trained = {name: p for name, p in accelerator.unwrap_model(unet).named_parameters() if p.requires_grad}
     gradients, steps = {}, 0
     for start in range(0, 2, batch_size):

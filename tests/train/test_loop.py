@@ -33,6 +33,7 @@ def test_evaluate_batches_no_larger_than_asked_and_weights_every_item_equally():
     from diffusers import DDPMScheduler
 
     from archdiff.train.evaluation import EvalBatch, evaluate
+    from archdiff.train.objective import DiffusionObjective
     from archdiff.train.step import Denoiser
 
     class RecordingUNet(torch.nn.Module):
@@ -66,7 +67,7 @@ def test_evaluate_batches_no_larger_than_asked_and_weights_every_item_equally():
 
     expected = torch.cat([item_losses(g) for g in groups]).mean().item()
     unet = RecordingUNet()
-    denoiser = Denoiser(unet, [], scheduler, "epsilon", "cpu")
+    denoiser = Denoiser(unet, [], DiffusionObjective(scheduler, "epsilon"), "cpu")
     for batch_size in (1, 2, 16):
         unet.batch_sizes.clear()
         loss = evaluate(denoiser, groups, batch_size=batch_size)

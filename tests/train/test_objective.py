@@ -126,3 +126,70 @@ def test_prior_preservation_loss_weights_the_class_half():
     assert prior_preservation_loss(prediction, target, None, 2, 0.5).item() == pytest.approx(1.0 + 0.5 * 4.0)
     weights = torch.tensor([1.0, 3.0, 1.0, 0.0])
     assert prior_preservation_loss(prediction, target, weights, 2, 1.0).item() == pytest.approx(2.0 + 2.0)
+
+
+# Rectified flow (SD 3.x), checked against diffusers' FlowMatchEulerDiscreteScheduler: its forward process
+# (`scale_noise`), its sigmas, and its Euler step.
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_noising_is_the_schedulers_scale_noise(shift):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from archdiff.train.objective import FlowObjective
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    objective = FlowObjective(scheduler)
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(6, 16, 8, 8, generator=generator), torch.randn(6, 16, 8, 8, generator=generator)
+    timesteps = objective.draw_timesteps(6, "cpu", generator)
+    assert torch.allclose(objective.noisy(latents, noise, timesteps), scheduler.scale_noise(latents, timesteps, noise), atol=1e-6)
+    fixed = objective.fixed_timesteps(5)
+    assert torch.allclose(
+        objective.noisy(latents[:5], noise[:5], fixed), scheduler.scale_noise(latents[:5], fixed, noise[:5]), atol=1e-6
+    )
+
+
+def test_flow_sigmas_are_the_schedulers_and_the_target_is_the_paths_velocity():
+    """An Euler step of the scheduler fed the target as the model's output lands exactly on the path's next point."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from archdiff.train.objective import flow_noisy, flow_sigmas, flow_target
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    indices = torch.tensor([0, 10, 500, 998])
+    sigmas = flow_sigmas(scheduler.timesteps[indices], 1000, ndim=1)
+    assert torch.allclose(sigmas, scheduler.sigmas[indices], atol=1e-6)
+    generator = torch.Generator().manual_seed(1)
+    latents, noise = torch.randn(1, 16, 4, 4, generator=generator), torch.randn(1, 16, 4, 4, generator=generator)
+    scheduler.set_timesteps(10)
+    for step, timestep in enumerate(scheduler.timesteps[:-1]):
+        here = flow_noisy(latents, noise, scheduler.sigmas[step])
+        following = scheduler.step(flow_target(latents, noise), timestep, here).prev_sample
+        assert torch.allclose(following, flow_noisy(latents, noise, scheduler.sigmas[step + 1]), atol=1e-5)
+
+
+def test_logit_normal_timesteps_favour_the_middle_and_are_seeded():
+    from archdiff.train.objective import logit_normal_indices
+
+    draw = logit_normal_indices(20_000, 1000, generator=torch.Generator().manual_seed(0))
+    assert draw.min() >= 0 and draw.max() <= 999
+    middle = ((draw > 250) & (draw < 750)).float().mean()
+    assert middle > 0.65  # uniform would give 0.5; sigmoid(N(0, 1)) puts ~0.73 of the mass there
+    again = logit_normal_indices(20_000, 1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draw, again)
+
+
+def test_the_diffusion_objective_is_the_schedulers_maths():
+    from diffusers import DDPMScheduler
+
+    from archdiff.train.objective import DiffusionObjective
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    objective = DiffusionObjective(scheduler, "v_prediction")
+    generator = torch.Generator().manual_seed(2)
+    latents, noise = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 4, 8, 8, generator=generator)
+    timesteps = objective.draw_timesteps(4, "cpu", generator)
+    assert torch.equal(objective.noisy(latents, noise, timesteps), scheduler.add_noise(latents, noise, timesteps))
+    assert torch.equal(objective.target(latents, noise, timesteps), scheduler.get_velocity(latents, noise, timesteps))
+    assert objective.weights(timesteps, None) is None and objective.weights(timesteps, 5.0).shape == (4,)
