@@ -1,10 +1,11 @@
 """Randomly initialised diffusers pipelines built offline: tiny ones, and real-size ones.
 
 Tiny pipelines have the real architecture's shape (UNet with cross-attention, factor-8 VAE, CLIP text
-encoder, CLIP BPE tokenizer, SD noise schedule) at a few MB, so every code path that loads a Hub model is
-exercised without a download. Real-size ones have exactly the published models' layers and parameter
-counts (SD 1.5, SD 2.1-v, SDXL 1.0, SD 3.5 Medium) with random weights, so speed and memory can be measured on a GPU
-without downloading gigabytes. Both are written as normal diffusers folders and loaded with `from_pretrained`.
+encoder, CLIP BPE tokenizer, SD noise schedule; SD3's MMDiT, T5 and flow matching in model/tiny_sd3.py)
+at a few MB, so every code path that loads a Hub model is exercised without a download. Real-size ones
+have exactly the published models' layers and parameter counts (SD 1.5, SD 2.1-v, SDXL 1.0, SD 3.5
+Medium) with random weights, so speed and memory can be measured on a GPU without downloading gigabytes.
+Both are written as normal diffusers folders and loaded with `from_pretrained`.
 """
 
 from __future__ import annotations

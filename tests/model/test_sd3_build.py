@@ -74,6 +74,11 @@ SD35M = {
     "text_encoder_2": 694_659_840,  # OpenCLIP bigG with its 1280x1280 text projection
     "text_encoder_3": 4_762_310_656,  # T5 v1.1 XXL's encoder, its token embedding shared with `shared`
 }
+SD35M_TRANSFORMER_CONFIG = {  # stabilityai/stable-diffusion-3.5-medium transformer/config.json
+    "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24, "attention_head_dim": 64,
+    "num_attention_heads": 24, "joint_attention_dim": 4096, "caption_projection_dim": 1536, "pooled_projection_dim": 2048,
+    "out_channels": 16, "pos_embed_max_size": 384, "dual_attention_layers": tuple(range(13)), "qk_norm": "rms_norm",
+}  # fmt: skip
 KERASHUB_SD35M = 3_371_793_763  # KerasHub's SD 3.5 Medium preset: CLIP-L + CLIP-G + MMDiT-X + VAE
 POS_EMBED_TABLE = 384 * 384 * 1536  # pos_embed_max_size^2 positions x width
 
@@ -82,14 +87,13 @@ def test_random_sd35m_has_sd35_mediums_layout_and_size(tmp_path):
     """Counted on the meta device: accelerate's init_empty_weights would re-register T5's tied embedding as a second
     parameter (4,893,906,944) and compute the 226 M-entry position table on the CPU."""
     from archdiff.model.tiny import random_pipeline
-    from archdiff.model.tiny_sd3 import _SD35M_TRANSFORMER
 
     with torch.device("meta"):
         pipe = random_pipeline(tmp_path, "sd3", "full")
     counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in SD35M}
     assert counts == SD35M
     config = pipe.transformer.config
-    assert {key: config[key] for key in _SD35M_TRANSFORMER} == {**_SD35M_TRANSFORMER, "dual_attention_layers": tuple(range(13))}
+    assert {key: config[key] for key in SD35M_TRANSFORMER_CONFIG} == SD35M_TRANSFORMER_CONFIG
     # diffusers keeps SD3's sin-cos position table as a saved buffer, not a parameter; KerasHub counts it as a weight.
     table = pipe.transformer.pos_embed.pos_embed
     assert table.numel() == POS_EMBED_TABLE and "pos_embed.pos_embed" in pipe.transformer.state_dict()
@@ -121,7 +125,7 @@ def test_random_sd35m_resolves_to_the_sd3_family_and_other_names_are_refused(tmp
         resolve_base("tiny-sd35m")
 
 
-def test_tiny_model_command_writes_an_sd3_pipeline(tmp_path):
+def test_tiny_model_command_writes_an_sd3_pipeline(tiny_sd3, tmp_path):
     from archdiff.cli import app
 
     runner = CliRunner()
@@ -129,6 +133,8 @@ def test_tiny_model_command_writes_an_sd3_pipeline(tmp_path):
     result = runner.invoke(app, ["tiny-model", str(tmp_path / "tiny"), "--family", "sd3"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "tiny" / "model_index.json").read_text())["_class_name"] == "StableDiffusion3Pipeline"
+    for weights in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder_3/model.safetensors"):
+        assert (tmp_path / "tiny" / weights).read_bytes() == (Path(tiny_sd3) / weights).read_bytes(), "built deterministically"
     assert resolve_base(str(tmp_path / "tiny")).family == "sd3", "a local SD3 folder resolves too"
     refused = runner.invoke(app, ["tiny-model", str(tmp_path / "other"), "--family", "sd35"])  # main() prints it, exit 2
     assert isinstance(refused.exception, UserError) and str(refused.exception).endswith("sd15, sd2v, sdxl, sd3")
