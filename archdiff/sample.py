@@ -57,13 +57,13 @@ def check_sample_settings(
 
 
 def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", device: str | None = None, fuse: bool = False):
-    """The base's own pipeline class (SDXL or SD 1.x/2.x) with every LoRA as a named adapter at its scale.
+    """The base's own pipeline class (SD 3.x, SDXL or SD 1.x/2.x) with every LoRA as a named adapter at its scale.
 
     `fuse` merges the weighted adapters into the base weights and drops the adapter layers: the same
     images (up to float rounding), faster steps.
     """
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -71,6 +71,8 @@ def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", devi
         with quiet_loading():
             if family == "sdxl":
                 pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
+            elif family == "sd3":
+                pipe = StableDiffusion3Pipeline.from_pretrained(source, dtype=dtype)
             else:
                 pipe = StableDiffusionPipeline.from_pretrained(
                     source, dtype=dtype, safety_checker=None, requires_safety_checker=False

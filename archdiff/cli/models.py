@@ -10,7 +10,10 @@ import typer
 def tiny_model(
     folder: Path = typer.Argument(..., help="Folder to write the diffusers pipeline into."),
     family: str = typer.Option(
-        "sd15", "--family", help="sd15 (SD 1.x, epsilon), sd2v (SD 2.x layout, v-prediction) or sdxl (two text encoders)."
+        "sd15",
+        "--family",
+        help="sd15 (SD 1.x, epsilon), sd2v (SD 2.x layout, v-prediction), sdxl (two text encoders) "
+        "or sd3 (SD 3.5: MMDiT transformer, CLIP-L + CLIP-G + T5, flow matching).",
     ),
 ) -> None:
     """Build a tiny random diffusers pipeline, offline.

@@ -20,7 +20,8 @@ from archdiff.paths import cache_dir
 TINY_PREFIX = "tiny-"
 RANDOM_PREFIX = "random-"  # the real models' size with random weights, for measuring speed and memory offline
 _BUILT_SIZES = {TINY_PREFIX: "tiny", RANDOM_PREFIX: "full"}
-_PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
+_PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl", "StableDiffusion3Pipeline": "sd3"}
+_RANDOM_NAMES = {"sd35m": "sd3"}  # random-* bases named after the published model whose size they have (SD 3.5 Medium)
 _OFFLINE_HINT = "for an offline try, use --base tiny-sd15"
 
 
@@ -28,7 +29,8 @@ _OFFLINE_HINT = "for an offline try, use --base tiny-sd15"
 class BaseModel:
     """A resolved base: `source` is passed to `from_pretrained` (a local folder or a Hub id).
 
-    `family` is "sd15" (one text encoder; SD 2.x too) or "sdxl" (two text encoders, size/crop conditioning).
+    `family` is "sd15" (one text encoder; SD 2.x too), "sdxl" (two text encoders, size/crop conditioning)
+    or "sd3" (SD 3.x: MMDiT transformer, CLIP-L + CLIP-G + T5, flow matching).
     """
 
     name: str
@@ -40,9 +42,13 @@ def _built_base(name: str, prefix: str) -> BaseModel:
     """tiny-* and random-* bases: built offline once into the cache, then loaded like any local folder."""
     from archdiff.model.tiny import FAMILIES, build_random_pipeline
 
-    family, size = name.removeprefix(prefix), _BUILT_SIZES[prefix]
-    if family not in FAMILIES:
-        known = ", ".join(prefix + f for f in FAMILIES)
+    size = _BUILT_SIZES[prefix]
+    names = {f: f for f in FAMILIES}
+    if size == "full":
+        names = {**{f: f for f in FAMILIES if f not in _RANDOM_NAMES.values()}, **_RANDOM_NAMES}
+    family = names.get(name.removeprefix(prefix))
+    if family is None:
+        known = ", ".join(prefix + n for n in names)
         raise UserError(f"unknown {prefix.rstrip('-')} base '{name}'; choose one of: {known}")
     folder = cache_dir() / size / family
     if not (folder / "model_index.json").is_file():
@@ -57,9 +63,8 @@ def _family(model_index: Any, name: str) -> str:
         raise UserError(f"base '{name}': model_index.json does not hold a JSON object; download the base again")
     pipeline_class = model_index.get("_class_name", "?")
     if pipeline_class not in _PIPELINE_FAMILIES:
-        raise UserError(
-            f"base '{name}' is a {pipeline_class}; archdiff trains {', '.join(_PIPELINE_FAMILIES)} bases (SD 1.x/2.x, SDXL)"
-        )
+        known = ", ".join(_PIPELINE_FAMILIES)
+        raise UserError(f"base '{name}' is a {pipeline_class}; archdiff trains {known} bases (SD 1.x/2.x, SDXL, SD 3.5)")
     return _PIPELINE_FAMILIES[pipeline_class]
 
 

@@ -1,10 +1,11 @@
 """Randomly initialised diffusers pipelines built offline: tiny ones, and real-size ones.
 
 Tiny pipelines have the real architecture's shape (UNet with cross-attention, factor-8 VAE, CLIP text
-encoder, CLIP BPE tokenizer, SD noise schedule) at a few MB, so every code path that loads a Hub model is
-exercised without a download. Real-size ones have exactly the published models' layers and parameter
-counts (SD 1.5, SD 2.1-v, SDXL 1.0) with random weights, so speed and memory can be measured on a GPU
-without downloading gigabytes. Both are written as normal diffusers folders and loaded with `from_pretrained`.
+encoder, CLIP BPE tokenizer, SD noise schedule; SD3's MMDiT, T5 and flow matching in model/tiny_sd3.py)
+at a few MB, so every code path that loads a Hub model is exercised without a download. Real-size ones
+have exactly the published models' layers and parameter counts (SD 1.5, SD 2.1-v, SDXL 1.0, SD 3.5
+Medium) with random weights, so speed and memory can be measured on a GPU without downloading gigabytes.
+Both are written as normal diffusers folders and loaded with `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from archdiff.errors import UserError
+from archdiff.model.tiny_sd3 import sd3_pipeline
 from archdiff.run_files import staging_dir
 
-FAMILIES = ("sd15", "sd2v", "sdxl")  # SD 1.x (epsilon), SD 2.x-v (v-prediction), SDXL (two text encoders)
+# SD 1.x (epsilon), SD 2.x-v (v-prediction), SDXL (two text encoders), SD 3.5 (MMDiT, three text encoders, flow matching)
+FAMILIES = ("sd15", "sd2v", "sdxl", "sd3")
 SIZES = ("tiny", "full")
 
 _CROSS_DOWN, _CROSS_UP = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
@@ -65,6 +68,7 @@ _REAL_VAE_SIZE = {
     "sd15": {"sample_size": 512},
     "sd2v": {"sample_size": 768},
     "sdxl": {"sample_size": 1024, "scaling_factor": 0.13025},
+    "sd3": {"sample_size": 1024},
 }
 
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -122,10 +126,11 @@ def tiny_text_config(tokenizer, hidden_size: int, real: str | None = None):
     )
 
 
-def _vae(family: str, full: bool):
+def random_vae(family: str, full: bool, **changes):
+    """The family's VAE: SD's real layout or the tiny one; `changes` (SD3's 16 latent channels ...) apply to both."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(**_REAL_VAE, **_REAL_VAE_SIZE[family]) if full else _tiny_vae()
+    return AutoencoderKL(**{**_REAL_VAE, **_REAL_VAE_SIZE[family], **changes}) if full else _tiny_vae(**changes)
 
 
 def _unet(family: str, full: bool, **layout):
@@ -135,21 +140,22 @@ def _unet(family: str, full: bool, **layout):
     return UNet2DConditionModel(**_REAL_UNET[family], **layout) if full else _tiny_unet(**layout)
 
 
-def _tiny_vae():
+def _tiny_vae(**changes):
     """Factor 8 like real SD (4 blocks): 64 px images give 8x8 latents."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        sample_size=64,
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=8,
-    )
+    layout = {
+        "sample_size": 64,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": (16, 32, 32, 32),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 8,
+    }
+    return AutoencoderKL(**{**layout, **changes})
 
 
 def _tiny_unet(**layout):
@@ -183,7 +189,7 @@ def _sd_pipeline(folder: Path, family: str, full: bool):
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77)
     text_encoder = CLIPTextModel(tiny_text_config(tokenizer, 32, real=("openclip-h" if sd2 else "clip-l") if full else None))
     unet = _unet(family, full, cross_attention_dim=text_encoder.config.hidden_size, use_linear_projection=sd2)
-    vae = _vae(family, full)
+    vae = random_vae(family, full)
     scheduler = DDPMScheduler(**_SD_SCHEDULE, prediction_type=prediction_type, clip_sample=False)
     return StableDiffusionPipeline(
         vae=vae,
@@ -221,7 +227,7 @@ def _sdxl_pipeline(folder: Path, family: str, full: bool):
         addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=6 * time_embed_dim + text_encoder_2.config.projection_dim,
     )
-    vae = _vae(family, full)
+    vae = random_vae(family, full)
     scheduler = EulerDiscreteScheduler(**_SD_SCHEDULE, prediction_type="epsilon", timestep_spacing="leading")
     return StableDiffusionXLPipeline(
         vae=vae,
@@ -236,7 +242,7 @@ def _sdxl_pipeline(folder: Path, family: str, full: bool):
     )
 
 
-_PIPELINES = {"sd15": _sd_pipeline, "sd2v": _sd_pipeline, "sdxl": _sdxl_pipeline}
+_PIPELINES = {"sd15": _sd_pipeline, "sd2v": _sd_pipeline, "sdxl": _sdxl_pipeline, "sd3": sd3_pipeline}
 
 
 def random_pipeline(folder: Path, family: str, size: str):

@@ -31,6 +31,8 @@ def check_cache_options(recipe: Recipe) -> None:
 
 def check_family_options(recipe: Recipe, family: str) -> None:
     """SDXL trains a UNet LoRA; options built for SD 1.x's single text encoder are refused, not half-applied."""
+    if family == "sd3":
+        raise UserError("SD 3.5 training is not supported yet; use an SD 1.x/2.x or SDXL base (tiny-sd15, tiny-sdxl)")
     if family != "sdxl":
         return
     if recipe.data.cache.text:
