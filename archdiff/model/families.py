@@ -1,0 +1,145 @@
+"""What differs between the model families archdiff trains, behind one small interface each.
+
+SD 1.x/2.x, SDXL and SD 3.5 differ in their pipeline class, their denoiser (a UNet or an MMDiT transformer), their
+text encoders and how a caption becomes conditioning, the objective (DDPM noise or rectified flow) and the file
+layouts other tools read. Everything else (data, buckets, caches, the loop, checkpoints) is the same code for all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SD3_MAX_TEXT = 256  # T5 tokens SD 3.x reads (the pipeline's default max_sequence_length)
+
+
+@dataclass(frozen=True)
+class Family:
+    """SD 1.x/2.x: one CLIP text encoder, a UNet, the DDPM schedule."""
+
+    name: str = "sd15"
+    label: str = "SD 1.x/2.x"
+    pipeline: str = "StableDiffusionPipeline"
+    denoiser: str = "unet"  # its subfolder, and the LoRA keys' prefix
+    denoiser_class: str = "UNet2DConditionModel"
+    scheduler_class: str = "DDPMScheduler"
+    text_encoders: tuple[str, ...] = ("CLIPTextModel",)  # text_encoder, text_encoder_2, ... in order
+    trainable_text: int = 1  # how many of them lora.text_encoder trains (SD 3.5: the two CLIPs, never T5)
+    kohya: tuple[tuple[str, str], ...] | None = (("unet", "lora_unet"), ("text_encoder", "lora_te"))
+
+    def pipeline_class(self):
+        import diffusers
+
+        return getattr(diffusers, self.pipeline)
+
+    def pipeline_extras(self) -> dict[str, Any]:
+        """Keyword arguments its pipeline takes when archdiff builds one (no safety checker, no watermark)."""
+        return {"safety_checker": None, "requires_safety_checker": False}
+
+    def objective(self, scheduler, prediction_type: str):
+        from archdiff.train.objective import DiffusionObjective
+
+        return DiffusionObjective(scheduler, prediction_type)
+
+    def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
+        """The denoiser's text conditioning for a batch of token ids (or cached embeddings); `model` the denoiser."""
+        if "text_embeddings" in batch:
+            return {"encoder_hidden_states": batch["text_embeddings"].to(device, non_blocking=True)}
+        return {"encoder_hidden_states": _run(encoders[0], batch["input_ids"])[0]}
+
+    def predict(self, model, noisy, timesteps, conditioning: dict, residuals: dict):
+        return model(noisy, timesteps, conditioning["encoder_hidden_states"], **_unet_extras(conditioning), **residuals).sample
+
+
+def _run(encoder, input_ids, **options):
+    return encoder(input_ids.to(next(encoder.parameters()).device), return_dict=False, **options)
+
+
+def _unet_extras(conditioning: dict) -> dict:
+    return {"added_cond_kwargs": conditioning.get("added_cond_kwargs")}
+
+
+@dataclass(frozen=True)
+class SDXLFamily(Family):
+    """Two CLIP encoders (penultimate states side by side), pooled text and per-sample size/crop ids."""
+
+    name: str = "sdxl"
+    label: str = "SDXL"
+    pipeline: str = "StableDiffusionXLPipeline"
+    text_encoders: tuple[str, ...] = ("CLIPTextModel", "CLIPTextModelWithProjection")
+    trainable_text: int = 2
+    kohya: tuple[tuple[str, str], ...] | None = (
+        ("unet", "lora_unet"),
+        ("text_encoder", "lora_te1"),
+        ("text_encoder_2", "lora_te2"),
+    )
+
+    def pipeline_extras(self) -> dict[str, Any]:
+        return {"add_watermarker": False}
+
+    def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
+        import torch
+
+        from archdiff.train.step import sdxl_time_ids
+
+        first = encoders[0](batch["input_ids"].to(next(encoders[0].parameters()).device), output_hidden_states=True)
+        second = encoders[1](batch["input_ids_2"].to(next(encoders[1].parameters()).device), output_hidden_states=True)
+        embeddings = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], bucket).to(device, embeddings.dtype)
+        return {
+            "encoder_hidden_states": embeddings,
+            "added_cond_kwargs": {"text_embeds": second.text_embeds, "time_ids": time_ids},
+        }
+
+
+@dataclass(frozen=True)
+class SD3Family(Family):
+    """SD 3.5: an MMDiT transformer on rectified flow; two CLIPs (pooled and per token) and T5, the sequences joined."""
+
+    name: str = "sd3"
+    label: str = "SD 3.5"
+    pipeline: str = "StableDiffusion3Pipeline"
+    denoiser: str = "transformer"
+    denoiser_class: str = "SD3Transformer2DModel"
+    scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
+    text_encoders: tuple[str, ...] = ("CLIPTextModelWithProjection", "CLIPTextModelWithProjection", "T5EncoderModel")
+    trainable_text: int = 2
+    kohya: tuple[tuple[str, str], ...] | None = None  # ComfyUI and diffusers read the diffusers file itself
+
+    def pipeline_extras(self) -> dict[str, Any]:
+        return {}
+
+    def objective(self, scheduler, prediction_type: str):
+        from archdiff.train.objective import FlowObjective
+
+        return FlowObjective(scheduler)
+
+    def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
+        """As StableDiffusion3Pipeline.encode_prompt: CLIP-L and CLIP-G penultimate states side by side, padded to T5's
+        width, then T5's tokens after them; the pooled projections joined. Without T5 (memory.t5: drop) its part is
+        zeros, which SD 3.5 was trained to accept."""
+        import torch
+
+        clip_states, pooled = [], []
+        for encoder, key in zip(encoders[:2], ("input_ids", "input_ids_2"), strict=True):
+            output = encoder(batch[key].to(next(encoder.parameters()).device), output_hidden_states=True)
+            clip_states.append(output.hidden_states[-2])
+            pooled.append(output.text_embeds)
+        clip = torch.cat(clip_states, dim=-1)
+        if len(encoders) > 2:
+            t5_states = _run(encoders[2], batch["input_ids_3"])[0].to(clip.dtype)
+        else:
+            width = getattr(model, "module", model).config.joint_attention_dim  # DDP wraps the model
+            t5_states = torch.zeros(len(clip), SD3_MAX_TEXT, width, device=clip.device, dtype=clip.dtype)
+        clip = torch.nn.functional.pad(clip, (0, t5_states.shape[-1] - clip.shape[-1]))
+        return {"encoder_hidden_states": torch.cat([clip, t5_states], dim=-2), "pooled_projections": torch.cat(pooled, dim=-1)}
+
+    def predict(self, model, noisy, timesteps, conditioning: dict, residuals: dict):
+        return model(hidden_states=noisy, timestep=timesteps, **conditioning).sample
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (Family(), SDXLFamily(), SD3Family())}
+
+
+def family(name: str) -> Family:
+    return FAMILIES[name]
