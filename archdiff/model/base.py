@@ -151,10 +151,10 @@ def resolve_vae(spec: str, base: BaseModel) -> Path:
 
 
 def _hub_vae(repo_id: str) -> Path:
-    """A Hub VAE's diffusers files (config + weights) from the HF cache, fetched once when the Hub is reachable."""
+    """A Hub VAE's diffusers files (config + safetensors weights) from the HF cache, fetched once when the Hub is reachable."""
     from huggingface_hub import constants, snapshot_download
 
-    patterns = ["config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
+    patterns = ["config.json", "diffusion_pytorch_model.safetensors"]  # not a single-file twin beside it
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - not in the cache (any form of it): fetch it below

@@ -60,12 +60,13 @@ def _eight_channels(tmp_path, other_vae):
     "make",
     [
         lambda tmp_path, _: (tmp_path / "nowhere", "vae '.*nowhere' does not exist and is no Hub model id"),
+        lambda *_: ("madebyollin/sdxl-vae-fp16-fix", "is not a local folder and the Hugging Face Hub is not reachable"),
         lambda tmp_path, _: ((tmp_path / "empty").mkdir() or tmp_path / "empty", "holds no model config, not an AutoencoderKL"),
         lambda tmp_path, _: _unet_folder(tmp_path),
         _truncated,
         _eight_channels,
     ],
-    ids=["missing", "empty", "unet", "truncated", "channels"],
+    ids=["missing", "offline-hub", "empty", "unet", "truncated", "channels"],
 )
 def test_a_missing_or_wrong_vae_is_one_line_before_anything_loads(tmp_path, other_vae, monkeypatch, make):
     from diffusers import AutoencoderKL, UNet2DConditionModel
