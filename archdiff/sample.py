@@ -77,6 +77,10 @@ def load_pipeline(
     try:
         with quiet_loading():
             parts = {"vae": AutoencoderKL.from_pretrained(vae, dtype=dtype)} if vae else {}
+    except Exception as exc:  # noqa: BLE001 - its headers were checked; a damaged tensor is still one line
+        raise UserError(f"vae '{vae}' could not be loaded: {first_line(exc)}") from None
+    try:
+        with quiet_loading():
             if family == "sdxl":
                 pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False, **parts)
             else:
