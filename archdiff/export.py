@@ -231,7 +231,7 @@ def export_run(
     header = safetensors_header(weights, str(weights))  # whole files, a sound recipe, a writable output and a LoRA
     recipe = run_recipe(run_dir)  # that fits its base: all checked before a tensor is read
     output = _claim_output(output or default_output(run_dir, fmt, str(recipe.get("name", run_dir.name))), fmt, overwrite)
-    base = resolve_base(recipe["base"])
+    base = resolve_base(recipe["base"], recipe.get("vae") if fmt == "fused" else None)  # a fused pipeline keeps `vae:`
     check_lora_fits(header, str(weights), base)
     _write(read_run_lora(run_dir), fmt, base, output, scale)
     return output
@@ -274,7 +274,7 @@ def _export_checkpoint(run_dir: Path, fmt: str, output: Path | None, scale: floa
     checkpoint = pick_checkpoint(run_dir, spec)
     name = str(recipe.get("name", run_dir.name))
     output = _claim_output(output or default_output(run_dir, fmt, name, f"-{checkpoint.name}"), fmt, overwrite)
-    base = resolve_base(recipe["base"])
+    base = resolve_base(recipe["base"], recipe.get("vae") if fmt == "fused" else None)
     folder = checkpoint_lora(checkpoint, base.family == "sdxl")
     weights = folder / LORA_WEIGHTS
     check_lora_fits(safetensors_header(weights, str(weights)), str(weights), base)
@@ -292,7 +292,7 @@ def _write(lora: RunLora, fmt: str, base, output: Path, scale: float) -> None:
     elif fmt == "peft":
         _replace_folder(output, lambda staging: _write_peft(lora, base.name, staging))
     else:
-        _replace_folder(output, lambda staging: fuse_into_pipeline(base.source, base.family, lora.run_dir, scale, staging))
+        _replace_folder(output, lambda staging: fuse_into_pipeline(base, lora.run_dir, scale, staging))
 
 
 def _write_kohya(lora: RunLora, family: str, version: str, output: Path) -> None:
@@ -340,15 +340,17 @@ def _write_peft(lora: RunLora, base_name: str, folder: Path) -> None:
         )
 
 
-def fuse_into_pipeline(source: str, family: str, run_dir: Path, scale: float, folder: Path) -> None:
-    """The base pipeline with the LoRA merged into its weights at `scale`: loads anywhere, no adapter code needed."""
+def fuse_into_pipeline(base, run_dir: Path, scale: float, folder: Path) -> None:
+    """The base pipeline with the LoRA merged into its weights at `scale` (and the run's `vae:` as its vae/): loads
+    anywhere, no adapter code needed."""
     from archdiff.model.base import stored_dtype
     from archdiff.sample import LoraSpec, load_pipeline
 
-    pipe = load_pipeline(source, [LoraSpec(run_dir, scale)], family, device="cpu")  # fused in fp32, then stored as the base is
+    lora = [LoraSpec(run_dir, scale)]
+    pipe = load_pipeline(base.source, lora, base.family, device="cpu", vae=base.vae)  # fused in fp32, stored as the base is
     pipe.fuse_lora(lora_scale=1.0)  # the adapter weight set above is already `scale`
     pipe.unload_lora_weights()
-    pipe.to(dtype=stored_dtype(source))
+    pipe.to(dtype=stored_dtype(base.source))
     pipe.save_pretrained(folder)
 
 

@@ -56,27 +56,35 @@ def check_sample_settings(
             raise UserError(f"{option} {side} is not a multiple of {VAE_FACTOR} (the VAE's factor); use {nearest}")
 
 
-def load_pipeline(source: str, loras: list[LoraSpec], family: str = "sd15", device: str | None = None, fuse: bool = False):
-    """The base's own pipeline class (SD 3.x, SDXL or SD 1.x/2.x) with every LoRA as a named adapter at its scale.
+def load_pipeline(
+    source: str,
+    loras: list[LoraSpec],
+    family: str = "sd15",
+    device: str | None = None,
+    fuse: bool = False,
+    vae: str | None = None,
+):
+    """The base family's own pipeline class (SD 1.x/2.x, SDXL, SD 3.x) with every LoRA as a named adapter at its scale.
 
     `fuse` merges the weighted adapters into the base weights and drops the adapter layers: the same
-    images (up to float rounding), faster steps.
+    images (up to float rounding), faster steps. `vae`: an AutoencoderKL folder that replaces the base's (a run's `vae:`).
     """
     import torch
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL
+
+    from archdiff.model.families import FAMILIES
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
     try:
         with quiet_loading():
-            if family == "sdxl":
-                pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, add_watermarker=False)
-            elif family == "sd3":
-                pipe = StableDiffusion3Pipeline.from_pretrained(source, dtype=dtype)
-            else:
-                pipe = StableDiffusionPipeline.from_pretrained(
-                    source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-                )
+            parts = {"vae": AutoencoderKL.from_pretrained(vae, dtype=dtype)} if vae else {}
+    except Exception as exc:  # noqa: BLE001 - its headers were checked; a damaged tensor is still one line
+        raise UserError(f"vae '{vae}' could not be loaded: {first_line(exc)}") from None
+    try:
+        with quiet_loading():
+            kind = FAMILIES[family]
+            pipe = kind.pipeline_class().from_pretrained(source, dtype=dtype, **kind.pipeline_extras(), **parts)
     except Exception as exc:  # noqa: BLE001 - a broken or partial base (Hub cache included): one line naming it
         raise UserError(f"base '{source}' could not be loaded: {first_line(exc)}") from None
     pipe.set_progress_bar_config(disable=True)
@@ -281,14 +289,14 @@ def sample_to_folder(
     elif width is None and height is None:
         width = height = resolution
     headers = [safetensors_header(lora.path, f"--lora '{lora.path}'") for lora in local_loras]  # whole files only
-    resolved = resolve_base(base_name)
+    resolved = resolve_base(base_name, recipe.get("vae"))  # the run's `vae:` draws its images too
     for spec, header in zip(loras, headers, strict=True):
         recipe_base = lora_recipe(spec.path).get("base") if spec.path.is_dir() else None
         check_lora_fits(header, f"--lora '{spec.path}'", resolved, str(recipe_base) if recipe_base else None)
     if controls:
         for control in controls:
             check_controlnet_fits(control.controlnet, resolved)
-    pipe = load_pipeline(resolved.source, local_loras, resolved.family, fuse=fuse)
+    pipe = load_pipeline(resolved.source, local_loras, resolved.family, fuse=fuse, vae=resolved.vae)
     if controls:
         pipe = controlnets.control_pipeline(pipe, controlnets.load_controlnets(controls, pipe.dtype, pipe.device))
     if start is not None:

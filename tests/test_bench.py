@@ -72,7 +72,9 @@ def test_cache_rows_also_cache_captions_where_the_recipe_allows_it(tmp_path):
     assert sd15.data.cache.latents and sd15.data.cache.text
     assert sd15.train.max_steps == 30 and sd15.validation.prompts == [] and sd15.train.checkpoint_every is None
     sdxl = configured(load_recipe("demo-tiny", ["base=tiny-sdxl"]), {"cache": "on"}, tmp_path / "b", steps=30)
-    assert sdxl.data.cache.latents and not sdxl.data.cache.text, "SDXL refuses the text cache"
+    assert sdxl.data.cache.latents and sdxl.data.cache.text, "SDXL caches both encoders' embeddings"
+    trains = configured(load_recipe("demo-tiny", ["lora.text_encoder={rank: 4}"]), {"cache": "on"}, tmp_path / "c", steps=30)
+    assert trains.data.cache.latents and not trains.data.cache.text, "a text encoder that trains cannot be cached"
 
 
 def test_a_preset_row_is_the_preset_as_a_run_would_apply_it(tmp_path):

@@ -312,6 +312,11 @@ class Recipe(Section):
     name: str = Field("recipe", description="Shown in logs and model cards.")
     description: str = ""
     base: str = Field(description="Base pipeline: Hub id, local diffusers folder, or tiny-sd15.")
+    vae: str | None = Field(
+        None,
+        description="An AutoencoderKL (Hub id or local folder) used instead of the base's vae/ to encode, cache and draw, "
+        "e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16; null = the base's own.",
+    )
     output: str = Field("runs/{name}", description="Run folder; {name} is the recipe name.")
     data: DataConfig
     lora: LoraConfig = Field(default_factory=LoraConfig)

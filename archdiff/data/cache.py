@@ -96,6 +96,17 @@ class Caches:
     def text_key(caption: str) -> str:
         return _key("text", caption)
 
+    @staticmethod
+    def pooled_key(caption: str) -> str:
+        return _key("pooled", caption)
+
+    def text_item(self, caption: str) -> dict[str, torch.Tensor]:
+        """A caption's cached conditioning as batch entries: its embedding, and SDXL's pooled one beside it."""
+        item = {"text_embeddings": self.texts.get(self.text_key(caption))}
+        if self.pooled_key(caption) in self.texts:
+            item["pooled_text_embeds"] = self.texts.get(self.pooled_key(caption))
+        return item
+
     def report(self) -> str:
         parts = []
         for what in ("latents", "texts", "controls"):
@@ -168,7 +179,7 @@ def fill_controls(cache: TensorCache, sets: list[SampleSet], caches: Caches) -> 
 def fill_texts(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
     """Encode every caption the sets can produce (their fixed caption, and the empty one under dropout).
 
-    The text encoder is loaded only when some caption is missing."""
+    The text encoders are loaded only when some caption is missing."""
     captions: set[str] = set()
     for sample_set in sets:
         for sample in sample_set.samples:
@@ -179,22 +190,40 @@ def fill_texts(cache: TensorCache, sets: list[SampleSet], components, caches: Ca
     caches.encoded["texts"], caches.reused["texts"] = len(missing), len(captions) - len(missing)
     pending: dict[str, torch.Tensor] = {}
     for start in tqdm(range(0, len(missing), ENCODE_BATCH), desc="cache captions", unit="batch", disable=not missing):
-        batch = missing[start : start + ENCODE_BATCH]
-        ids = tokenize(components.tokenizer, batch).to(components.text_encoder.device)
-        embeddings = components.text_encoder(ids, return_dict=False)[0].float().cpu()
-        pending.update({Caches.text_key(c): embeddings[i] for i, c in enumerate(batch)})
+        pending.update(_encoded_captions(components, missing[start : start + ENCODE_BATCH]))
         _store(cache, pending)
     _store(cache, pending, final=True)
+
+
+def _encoded_captions(components, captions: list[str]) -> dict[str, torch.Tensor]:
+    """What the training step computes from each caption: SD 1.x/2.x's last hidden state; SDXL's two encoders'
+    penultimate states side by side, and the second's pooled projection under its own key."""
+    from archdiff.train.step import encode_text, encode_text_sdxl
+
+    ids = tokenize(components.tokenizer, captions)
+    if not components.sdxl:
+        embeddings = encode_text(components.text_encoder, ids).float().cpu()
+        return {Caches.text_key(c): embeddings[i] for i, c in enumerate(captions)}
+    ids_2 = tokenize(components.tokenizer_2, captions)
+    embeddings, pooled = (t.float().cpu() for t in encode_text_sdxl(*components.text_encoders, ids, ids_2))
+    entries = {Caches.text_key(c): embeddings[i] for i, c in enumerate(captions)}
+    return entries | {Caches.pooled_key(c): pooled[i] for i, c in enumerate(captions)}
+
+
+def text_cache_folder(components) -> Path:
+    """Keyed by every text encoder's files: SDXL's entries change when either encoder does."""
+    encoders = ("text_encoder", "text_encoder_2") if components.sdxl else ("text_encoder",)
+    return cache_dir() / "text" / "-".join(components.fingerprint(encoder) for encoder in encoders)
 
 
 def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, components) -> Caches:
     """Open (and fill what is missing in) the caches a recipe asks for; attach them to the sets.
 
-    The VAE and the text encoder are loaded only when some entry is missing: each cache folder is keyed
-    by its encoder's files, not its weights in memory.
+    The VAE and the text encoders are loaded only when some entry is missing: each cache folder is keyed
+    by its encoders' files (the recipe's `vae:` for latents), not their weights in memory.
     """
     latents = TensorCache(cache_dir() / "latents" / components.fingerprint("vae")) if want_latents else None
-    texts = TensorCache(cache_dir() / "text" / components.fingerprint("text_encoder")) if want_texts else None
+    texts = TensorCache(text_cache_folder(components)) if want_texts else None
     controls = TensorCache(cache_dir() / "controls") if want_latents and any(s.controls for s in sets) else None
     caches = Caches(latents, texts, controls)
     if latents is not None:

@@ -206,7 +206,7 @@ class SampleSet:
             control = prepared_control(self.catalog, sample, self.cfg, op, (size, crop), target)
             item["control_values"] = control_tensor(control)
         if self.caches and self.caches.texts:
-            item["text_embeddings"] = self.caches.texts.get(self.caches.text_key(caption))
+            item.update(self.caches.text_item(caption))  # SDXL's pooled embedding too
         else:
             item["input_ids"] = tokenize(self.tokenizer, [caption])[0]
             if self.tokenizer_2 is not None:

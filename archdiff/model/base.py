@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -30,12 +30,14 @@ class BaseModel:
     """A resolved base: `source` is passed to `from_pretrained` (a local folder or a Hub id).
 
     `family` is "sd15" (one text encoder; SD 2.x too), "sdxl" (two text encoders, size/crop conditioning)
-    or "sd3" (SD 3.x: MMDiT transformer, CLIP-L + CLIP-G + T5, flow matching).
+    or "sd3" (SD 3.x: MMDiT transformer, CLIP-L + CLIP-G + T5, flow matching); `vae` is the local folder of a
+    recipe's `vae:` that replaces the base's own vae/ (None: the base's).
     """
 
     name: str
     source: str
     family: str
+    vae: str | None = None
 
 
 def _built_base(name: str, prefix: str) -> BaseModel:
@@ -97,7 +99,13 @@ def _hub_model_index(repo_id: str) -> dict[str, Any]:
         raise UserError(f"base '{repo_id}' could not be found on the Hugging Face Hub ({reason}); {_OFFLINE_HINT}") from None
 
 
-def resolve_base(name: str) -> BaseModel:
+def resolve_base(name: str, vae: str | None = None) -> BaseModel:
+    """The base, and `vae` (a recipe's `vae:`) checked and resolved to a local folder: both before anything loads."""
+    base = _resolve_base(name)
+    return replace(base, vae=str(resolve_vae(vae, base))) if vae else base
+
+
+def _resolve_base(name: str) -> BaseModel:
     for prefix in _BUILT_SIZES:
         if name.startswith(prefix) and not Path(name).exists():
             return _built_base(name, prefix)
@@ -114,6 +122,54 @@ def resolve_base(name: str) -> BaseModel:
         found = "is not a folder" if path.exists() else "does not exist"
         raise UserError(f"base '{name}' {found} and is no Hub model id (owner/name); {_OFFLINE_HINT}")
     return BaseModel(name, name, _family(_hub_model_index(name), name))
+
+
+def resolve_vae(spec: str, base: BaseModel) -> Path:
+    """A `vae:` recipe field (local folder or Hub id) as the local folder of an AutoencoderKL that fits the base,
+    checked from its config and weights' headers; a Hub VAE is fetched here (or read from the HF cache)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        folder = path
+    elif path.exists() or not is_hub_id(spec):
+        found = "is not a folder" if path.exists() else "does not exist"
+        raise UserError(f"vae '{spec}' {found} and is no Hub model id (owner/name); pass an AutoencoderKL folder or Hub id")
+    else:
+        folder = _hub_vae(spec)
+    config = read_json(folder / "config.json", f"vae '{spec}': config.json") if (folder / "config.json").is_file() else {}
+    if not isinstance(config, dict) or config.get("_class_name") != "AutoencoderKL":
+        found = f"a {config['_class_name']}" if isinstance(config, dict) and "_class_name" in config else "no model config"
+        raise UserError(f"vae '{spec}' holds {found}, not an AutoencoderKL (config.json with _class_name AutoencoderKL)")
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not weights:
+        raise UserError(f"vae '{spec}' holds no weights file (an incomplete download?)")
+    for path in weights:
+        if path.suffix == ".safetensors":
+            safetensors_header(path, f"vae '{spec}': {path.name}")
+    own = Path(base.source) / "vae" / "config.json"
+    channels = read_json(own, f"base '{base.name}': vae/config.json").get("latent_channels", 4) if own.is_file() else None
+    if channels is not None and config.get("latent_channels", 4) != channels:
+        raise UserError(
+            f"vae '{spec}' has {config.get('latent_channels', 4)} latent channels, base '{base.name}' {channels}: "
+            "pick a VAE made for this base"
+        )
+    return folder
+
+
+def _hub_vae(repo_id: str) -> Path:
+    """A Hub VAE's diffusers files (config + safetensors weights) from the HF cache, fetched once when the Hub is reachable."""
+    from huggingface_hub import constants, snapshot_download
+
+    patterns = ["config.json", "diffusion_pytorch_model.safetensors"]  # not a single-file twin beside it
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (any form of it): fetch it below
+        pass
+    if constants.HF_HUB_OFFLINE or not hub_reachable():
+        raise UserError(f"vae '{repo_id}' is not a local folder and the Hugging Face Hub is not reachable from here")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - any Hub failure means the same thing to the user
+        raise UserError(f"vae '{repo_id}' could not be fetched from the Hugging Face Hub ({first_line(exc)})") from None
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -171,8 +227,8 @@ def check_base_files(folder: Path, model_index: dict[str, Any], name: str) -> No
 class Components:
     """The parts of a Stable Diffusion pipeline that training touches.
 
-    The VAE and the (first) text encoder load on first use: a run whose latents and captions are all
-    cached loads neither for training, only to draw sample images.
+    The VAE and the text encoders load on first use: a run whose latents and captions are all
+    cached loads none of them for training, only to draw sample images.
     """
 
     tokenizer: Any
@@ -180,16 +236,17 @@ class Components:
     noise_scheduler: Any
     source: str  # what from_pretrained loads the parts from (a local folder or a Hub id)
     vae_config: dict[str, Any]
-    tokenizer_2: Any = None  # SDXL's second tokenizer and text encoder (with projection); None for SD 1.x/2.x
-    text_encoder_2: Any = None
+    tokenizer_2: Any = None  # SDXL's second tokenizer (its text encoder loads lazily); None for SD 1.x/2.x
+    vae_folder: str | None = None  # a recipe's `vae:` (local folder), used instead of the base's vae/
     device: Any = "cpu"
     dtype: Any = None  # of the frozen weights, once placed
     _vae: Any = field(default=None, repr=False)
     _text_encoder: Any = field(default=None, repr=False)
+    _text_encoder_2: Any = field(default=None, repr=False)
 
     @property
     def sdxl(self) -> bool:
-        return self.text_encoder_2 is not None
+        return self.tokenizer_2 is not None
 
     @property
     def text_encoders(self) -> tuple:
@@ -205,14 +262,18 @@ class Components:
 
     @property
     def text_encoder_loaded(self) -> bool:
-        return self._text_encoder is not None
+        return self._text_encoder is not None or self._text_encoder_2 is not None
 
     @property
     def vae(self):
         if self._vae is None:
             from diffusers import AutoencoderKL
 
-            self._vae = self._frozen(AutoencoderKL.from_pretrained(self.source, subfolder="vae"))
+            if self.vae_folder:
+                vae = AutoencoderKL.from_pretrained(self.vae_folder)
+            else:
+                vae = AutoencoderKL.from_pretrained(self.source, subfolder="vae")
+            self._vae = self._frozen(vae)
         return self._vae
 
     @property
@@ -223,13 +284,23 @@ class Components:
             self._text_encoder = self._frozen(CLIPTextModel.from_pretrained(self.source, subfolder="text_encoder"))
         return self._text_encoder
 
+    @property
+    def text_encoder_2(self):
+        """SDXL's second text encoder (with projection), loaded on first use; None for SD 1.x/2.x."""
+        if self._text_encoder_2 is None and self.sdxl:
+            from transformers import CLIPTextModelWithProjection
+
+            encoder = CLIPTextModelWithProjection.from_pretrained(self.source, subfolder="text_encoder_2")
+            self._text_encoder_2 = self._frozen(encoder)
+        return self._text_encoder_2
+
     def _frozen(self, module):
         return module.requires_grad_(False).to(self.device, dtype=self.dtype)
 
     def place(self, device, dtype) -> None:
-        """Frozen weights to the training device and dtype (the VAE and text encoder go there when they load)."""
+        """Frozen weights to the training device and dtype (the VAE and text encoders go there when they load)."""
         self.device, self.dtype = device, dtype
-        for frozen in (self._vae, self.unet, self._text_encoder, self.text_encoder_2):
+        for frozen in (self._vae, self.unet, self._text_encoder, self._text_encoder_2):
             if frozen is not None:
                 self._frozen(frozen)
 
@@ -237,9 +308,12 @@ class Components:
         """A part's identity without loading it: its files' contents and the dtype it runs in (keys the caches).
 
         Each file's digest is remembered by path, size and mtime, so only a changed file is read again.
+        "vae" is the recipe's `vae:` when it names one.
         """
         from archdiff.file_digests import folder_digest
 
+        if subfolder == "vae" and self.vae_folder:
+            return folder_digest(Path(self.vae_folder), salt=str(self.dtype))
         return folder_digest(component_folder(self.source, subfolder), salt=str(self.dtype))
 
 
@@ -264,20 +338,19 @@ def load_components(base: BaseModel) -> Components:
 
 def _load_components(base: BaseModel) -> Components:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     second = {}
     if base.family == "sdxl":
-        second = {
-            "tokenizer_2": CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer_2"),
-            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(base.source, subfolder="text_encoder_2"),
-        }
+        second = {"tokenizer_2": CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer_2")}
+    vae_config = AutoencoderKL.load_config(base.vae) if base.vae else AutoencoderKL.load_config(base.source, subfolder="vae")
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(base.source, subfolder="unet"),
         noise_scheduler=DDPMScheduler.from_pretrained(base.source, subfolder="scheduler"),
         source=base.source,
-        vae_config=dict(AutoencoderKL.load_config(base.source, subfolder="vae")),
+        vae_config=dict(vae_config),
+        vae_folder=base.vae,
         **second,
     )
 

@@ -30,17 +30,14 @@ def check_cache_options(recipe: Recipe) -> None:
 
 
 def check_family_options(recipe: Recipe, family: str) -> None:
-    """SDXL trains a UNet LoRA; options built for SD 1.x's single text encoder are refused, not half-applied."""
+    """Options a base family cannot do are refused by name, not half-applied."""
     if family == "sd3":
         raise UserError("SD 3.5 training is not supported yet; use an SD 1.x/2.x or SDXL base (tiny-sd15, tiny-sdxl)")
-    if family != "sdxl":
-        return
-    if recipe.data.cache.text:
-        raise UserError("data.cache.text is not supported on SDXL bases yet (two text encoders); set it to false")
-    if recipe.dreambooth:
-        raise UserError("dreambooth is not supported on SDXL bases yet; use an SD 1.x/2.x base or a plain LoRA recipe")
-    if recipe.memory.mixed_precision == "fp16":
-        raise UserError("memory.mixed_precision=fp16 on SDXL: its VAE overflows to NaN in fp16; use bf16 (or no)")
+    if family == "sdxl" and recipe.memory.mixed_precision == "fp16" and not recipe.vae:
+        raise UserError(
+            "memory.mixed_precision=fp16 on SDXL: its own VAE overflows to NaN in fp16; set vae: to an fp16-fixed VAE "
+            "(madebyollin/sdxl-vae-fp16-fix), or use bf16 (or no)"
+        )
 
 
 def check_controlnet_options(recipe: Recipe, base):

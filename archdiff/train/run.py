@@ -75,7 +75,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     cuda = torch.cuda.is_available()
     check_memory_options(recipe.memory, cuda)
     check_trackers(recipe)
-    base = resolve_base(recipe.base)  # a local base's configs and weight files are checked here, headers only
+    base = resolve_base(recipe.base, recipe.vae)  # a local base's (and vae:'s) configs and weight files are checked here
     check_family_options(recipe, base.family)
     check_cache_options(recipe)
     controlnet_init = check_controlnet_options(recipe, base)
@@ -307,7 +307,7 @@ def _class_set(recipe: Recipe, data, train_samples, source: str, components, acc
     components.unet.disable_adapters()  # the untouched base draws them (the new LoRA is already attached)
     with accelerator.main_process_first(), accelerator.autocast():
         pipe = training_pipeline(source, components, components.unet)
-        drawn = ensure_class_images(recipe.dreambooth, targets, pipe, components.fingerprint("unet"))
+        drawn = ensure_class_images(recipe.dreambooth, targets, pipe, _drawing_fingerprint(components))
     del pipe
     components.unet.enable_adapters()
     free_memory()  # the class images are on disk: the pipeline's activations would only crowd training
@@ -321,7 +321,14 @@ def _class_set(recipe: Recipe, data, train_samples, source: str, components, acc
         with (run_dir / DATA_FILE).open("a", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
     samples = expand_samples(class_catalog.records, class_cfg, train=True)
-    return SampleSet(class_catalog, samples, class_cfg, components.tokenizer, recipe.train.seed, train=True)
+    seed, tokenizer_2 = recipe.train.seed, components.tokenizer_2  # SDXL: class batches carry both encoders' tokens
+    return SampleSet(class_catalog, samples, class_cfg, components.tokenizer, seed, train=True, tokenizer_2=tokenizer_2)
+
+
+def _drawing_fingerprint(components) -> str:
+    """What keys the class images: the UNet's files, and a recipe's `vae:` (which decodes them) when it names one."""
+    unet = components.fingerprint("unet")
+    return f"{unet}|{components.fingerprint('vae')}" if components.vae_folder else unet
 
 
 def tracker_config(recipe: Recipe) -> dict:

@@ -97,11 +97,15 @@ def encode_text_sdxl(text_encoder, text_encoder_2, input_ids: torch.Tensor, inpu
 
 def batch_conditioning(batch: dict, text_encoders: list, device, bucket: tuple[int, int]):
     """The UNet's text conditioning, plus SDXL's `added_cond_kwargs` (None for SD 1.x/2.x, which have none)."""
-    if "text_embeddings" in batch:  # the text cache (SD 1.x/2.x)
-        return batch["text_embeddings"].to(device, non_blocking=True), None
-    if len(text_encoders) == 1:
+    if "text_embeddings" in batch:  # the text cache: SD 1.x/2.x's embedding, SDXL's with its pooled one beside it
+        embeddings = batch["text_embeddings"].to(device, non_blocking=True)
+        if "pooled_text_embeds" not in batch:
+            return embeddings, None
+        pooled = batch["pooled_text_embeds"].to(device, non_blocking=True)
+    elif len(text_encoders) == 1:
         return encode_text(text_encoders[0], batch["input_ids"]), None
-    embeddings, pooled = encode_text_sdxl(*text_encoders, batch["input_ids"], batch["input_ids_2"])
+    else:
+        embeddings, pooled = encode_text_sdxl(*text_encoders, batch["input_ids"], batch["input_ids_2"])
     time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], bucket)
     return embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(device, embeddings.dtype)}
 
