@@ -49,7 +49,7 @@ def find_steps(run_dir: Path, spec: str) -> list[Path]:
     return sorted(set(picked))
 
 
-def checkpoint_lora(checkpoint: Path, sdxl: bool) -> Path:
+def checkpoint_lora(checkpoint: Path, family: str) -> Path:
     """RUN/eval/loras/step-NNNNNN: the checkpoint's UNet (and text-encoder) adapter as `pytorch_lora_weights.safetensors`
     with the checkpoint's recipe. Written once (staged, renamed into place) and rebuilt if the checkpoint is newer."""
     import json
@@ -69,7 +69,7 @@ def checkpoint_lora(checkpoint: Path, sdxl: bool) -> Path:
     if not recipe.unet_lora_trains:
         raise UserError(f"{checkpoint} is a ControlNet checkpoint without a UNet LoRA: there is no LoRA to take from it")
     with staging_dir(folder.parent) as staging:
-        _write_lora(checkpoint, recipe, staging, sdxl)
+        _write_lora(checkpoint, recipe, staging, family)
         (staging / RECIPE_FILE).write_text(dump_recipe(recipe), encoding="utf-8")
         if folder.exists():
             import shutil
@@ -79,16 +79,17 @@ def checkpoint_lora(checkpoint: Path, sdxl: bool) -> Path:
     return folder
 
 
-def _write_lora(checkpoint: Path, recipe, folder: Path, sdxl: bool) -> None:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def _write_lora(checkpoint: Path, recipe, folder: Path, family_name: str) -> None:
     from safetensors.torch import load_file
 
+    from archdiff.model.families import FAMILIES
     from archdiff.model.lora import peft_config
     from archdiff.train.checkpoints import ADAPTER_FILE, TEXT_ENCODER_ADAPTER_FILES
 
+    family = FAMILIES[family_name]
     parts = {
-        "unet_lora_layers": load_file(checkpoint / ADAPTER_FILE),
-        "unet_lora_adapter_metadata": peft_config(recipe.lora).to_dict(),
+        f"{family.denoiser}_lora_layers": load_file(checkpoint / ADAPTER_FILE),
+        f"{family.denoiser}_lora_adapter_metadata": peft_config(recipe.lora).to_dict(),
     }
     if recipe.lora.text_encoder is not None:
         metadata = peft_config(recipe.lora.text_encoder).to_dict()
@@ -96,5 +97,4 @@ def _write_lora(checkpoint: Path, recipe, folder: Path, sdxl: bool) -> None:
             if (checkpoint / name).is_file():
                 parts[f"{prefix}_lora_layers"] = load_file(checkpoint / name)
                 parts[f"{prefix}_lora_adapter_metadata"] = metadata
-    pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    pipeline_class.save_lora_weights(folder, **parts)
+    family.pipeline_class().save_lora_weights(folder, **parts)

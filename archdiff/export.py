@@ -30,10 +30,7 @@ from archdiff.run_files import (
 )
 
 FORMATS = ("kohya", "diffusers", "peft", "fused")
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-# kohya's module-name prefixes; SD 1.x/2.x name their one text encoder `lora_te_`, SDXL `lora_te1_`/`lora_te2_`.
-KOHYA_PREFIXES = {"sd15": {"unet": "lora_unet", "text_encoder": "lora_te"}}
-KOHYA_PREFIXES["sdxl"] = {"unet": "lora_unet", "text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 
 
 @dataclass
@@ -110,7 +107,9 @@ def kohya_state_dict(lora: RunLora, family: str) -> dict:
     import torch
 
     result = {}
-    for component, prefix in KOHYA_PREFIXES[family].items():
+    from archdiff.model.families import FAMILIES
+
+    for component, prefix in FAMILIES[family].kohya:  # SD 1.x/2.x's text encoder is `lora_te_`, SDXL's `lora_te1_/2_`
         config = lora.configs.get(component)
         for key, tensor in lora.component(component).items():
             module, _, kind = key.rpartition(".lora_")
@@ -232,6 +231,7 @@ def export_run(
     recipe = run_recipe(run_dir)  # that fits its base: all checked before a tensor is read
     output = _claim_output(output or default_output(run_dir, fmt, str(recipe.get("name", run_dir.name))), fmt, overwrite)
     base = resolve_base(recipe["base"], recipe.get("vae") if fmt == "fused" else None)  # a fused pipeline keeps `vae:`
+    _check_format_fits(fmt, base)
     check_lora_fits(header, str(weights), base)
     _write(read_run_lora(run_dir), fmt, base, output, scale)
     return output
@@ -248,6 +248,18 @@ def _check_request(fmt: str, output: Path | None, scale: float) -> None:
         )
     if fmt == "kohya" and output is not None and output.suffix != ".safetensors":
         raise UserError(f"--output for a kohya file must end in .safetensors (got '{output}')")
+
+
+def _check_format_fits(fmt: str, base) -> None:
+    """A kohya file only where the loaders people use read one: SD 3.5's LoRA is loaded as diffusers writes it."""
+    from archdiff.model.families import FAMILIES
+
+    family = FAMILIES[base.family]
+    if fmt == "kohya" and family.kohya is None:
+        raise UserError(
+            f"--format kohya: {family.label} has no kohya LoRA layout its loaders read; ComfyUI and diffusers load the run's "
+            f"{LORA_WEIGHTS} as it is: use --format diffusers"
+        )
 
 
 def _claim_output(output: Path, fmt: str, overwrite: bool) -> Path:
@@ -275,7 +287,8 @@ def _export_checkpoint(run_dir: Path, fmt: str, output: Path | None, scale: floa
     name = str(recipe.get("name", run_dir.name))
     output = _claim_output(output or default_output(run_dir, fmt, name, f"-{checkpoint.name}"), fmt, overwrite)
     base = resolve_base(recipe["base"], recipe.get("vae") if fmt == "fused" else None)
-    folder = checkpoint_lora(checkpoint, base.family == "sdxl")
+    _check_format_fits(fmt, base)
+    folder = checkpoint_lora(checkpoint, base.family)
     weights = folder / LORA_WEIGHTS
     check_lora_fits(safetensors_header(weights, str(weights)), str(weights), base)
     lora = read_run_lora(folder)
@@ -344,13 +357,14 @@ def fuse_into_pipeline(base, run_dir: Path, scale: float, folder: Path) -> None:
     """The base pipeline with the LoRA merged into its weights at `scale` (and the run's `vae:` as its vae/): loads
     anywhere, no adapter code needed."""
     from archdiff.model.base import stored_dtype
+    from archdiff.model.families import FAMILIES
     from archdiff.sample import LoraSpec, load_pipeline
 
     lora = [LoraSpec(run_dir, scale)]
     pipe = load_pipeline(base.source, lora, base.family, device="cpu", vae=base.vae)  # fused in fp32, stored as the base is
     pipe.fuse_lora(lora_scale=1.0)  # the adapter weight set above is already `scale`
     pipe.unload_lora_weights()
-    pipe.to(dtype=stored_dtype(base.source))
+    pipe.to(dtype=stored_dtype(base.source, FAMILIES[base.family].denoiser))
     pipe.save_pretrained(folder)
 
 

@@ -50,7 +50,7 @@ def test_the_last_checkpoint_holds_exactly_the_runs_final_lora(run_dir):
     import torch
     from safetensors import safe_open
 
-    folder = checkpoint_lora(run_dir / "checkpoints" / "step-000003", sdxl=False)
+    folder = checkpoint_lora(run_dir / "checkpoints" / "step-000003", "sd15")
     assert folder == run_dir / EVAL_DIR / CHECKPOINT_LORAS_DIR / "step-000003"
     assert sorted(p.name for p in folder.iterdir()) == sorted([LORA_WEIGHTS, RECIPE_FILE])
     got, final = _tensors(folder / LORA_WEIGHTS), _tensors(run_dir / LORA_WEIGHTS)
@@ -68,8 +68,8 @@ def test_an_earlier_checkpoint_differs_and_plain_diffusers_loads_both(run_dir, t
     import torch
     from diffusers import StableDiffusionPipeline
 
-    last = checkpoint_lora(run_dir / "checkpoints" / "step-000003", sdxl=False)
-    first = checkpoint_lora(run_dir / "checkpoints" / "step-000001", sdxl=False)
+    last = checkpoint_lora(run_dir / "checkpoints" / "step-000003", "sd15")
+    first = checkpoint_lora(run_dir / "checkpoints" / "step-000001", "sd15")
     early, final = _tensors(first / LORA_WEIGHTS), _tensors(last / LORA_WEIGHTS)
     assert sorted(early) == sorted(final)
     assert not all(torch.equal(early[key], final[key]) for key in final)
@@ -89,14 +89,14 @@ def test_an_earlier_checkpoint_differs_and_plain_diffusers_loads_both(run_dir, t
 
 def test_a_built_folder_is_reused_and_rebuilt_when_the_checkpoint_is_newer(run_dir):
     checkpoint = run_dir / "checkpoints" / "step-000002"
-    weights = checkpoint_lora(checkpoint, sdxl=False) / LORA_WEIGHTS
+    weights = checkpoint_lora(checkpoint, "sd15") / LORA_WEIGHTS
     built = weights.stat().st_mtime_ns
-    assert checkpoint_lora(checkpoint, sdxl=False) / LORA_WEIGHTS == weights
+    assert checkpoint_lora(checkpoint, "sd15") / LORA_WEIGHTS == weights
     assert weights.stat().st_mtime_ns == built
     state = checkpoint / CHECKPOINT_STATE
     later = built + 10_000_000_000
     os.utime(state, ns=(later, later))  # the checkpoint was written again (e.g. a resumed run re-saved it)
-    rebuilt = checkpoint_lora(checkpoint, sdxl=False) / LORA_WEIGHTS
+    rebuilt = checkpoint_lora(checkpoint, "sd15") / LORA_WEIGHTS
     assert rebuilt.stat().st_mtime_ns > built
     assert not list(rebuilt.parent.parent.glob(".*"))  # no staging folder left behind
 
@@ -107,7 +107,7 @@ def test_a_damaged_checkpoint_state_is_one_line(run_dir, tmp_path):
     state = copy / "checkpoints" / "step-000001" / CHECKPOINT_STATE
     state.write_text('{"step": 1, "recipe": {"base"', encoding="utf-8")
     with pytest.raises(UserError, match="trainer_state.json cannot be read as a checkpoint"):
-        checkpoint_lora(state.parent, sdxl=False)
+        checkpoint_lora(state.parent, "sd15")
     assert not (copy / EVAL_DIR / CHECKPOINT_LORAS_DIR / "step-000001").exists()
 
 

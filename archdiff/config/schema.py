@@ -226,6 +226,11 @@ class MemoryConfig(Section):
     allow_tf32: bool = True
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the UNet: slower start, faster steps (mostly on CUDA).")
+    t5: Literal["keep", "drop"] = Field(
+        "keep",
+        description="SD 3.5 only: drop leaves T5-XXL (4.7 B parameters) out of training and validation; its part of the "
+        "text conditioning is then zeros, which SD 3.5 was trained to accept.",
+    )
 
 
 # What `archdiff eval` can measure (archdiff/eval/scores.py computes them); the cheap ones also during training.

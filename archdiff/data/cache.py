@@ -198,7 +198,7 @@ def fill_texts(cache: TensorCache, sets: list[SampleSet], components, caches: Ca
 def _encoded_captions(components, captions: list[str]) -> dict[str, torch.Tensor]:
     """What the training step computes from each caption: SD 1.x/2.x's last hidden state; SDXL's two encoders'
     penultimate states side by side, and the second's pooled projection under its own key."""
-    from archdiff.train.step import encode_text, encode_text_sdxl
+    from archdiff.model.families import encode_text, encode_text_sdxl
 
     ids = tokenize(components.tokenizer, captions)
     if not components.sdxl:

@@ -152,6 +152,7 @@ class SampleSet:
         caches=None,
         tokenizer_2=None,
         controls: bool = False,
+        tokenizer_3=None,
     ):
         self.catalog, self.samples, self.cfg, self.tokenizer, self.seed, self.train = (
             catalog,
@@ -162,7 +163,8 @@ class SampleSet:
             train,
         )
         self.caches = caches
-        self.tokenizer_2 = tokenizer_2  # SDXL: items also carry `input_ids_2` for the second text encoder
+        self.tokenizer_2 = tokenizer_2  # SDXL, SD 3.x: items also carry `input_ids_2` for the second text encoder
+        self.tokenizer_3 = tokenizer_3  # SD 3.x with T5: and `input_ids_3`
         self.controls = controls  # a ControlNet run: items also carry `control_values`, the control map as uint8
 
     def __len__(self) -> int:
@@ -211,6 +213,8 @@ class SampleSet:
             item["input_ids"] = tokenize(self.tokenizer, [caption])[0]
             if self.tokenizer_2 is not None:
                 item["input_ids_2"] = tokenize(self.tokenizer_2, [caption])[0]
+            if self.tokenizer_3 is not None:
+                item["input_ids_3"] = tokenize(self.tokenizer_3, [caption])[0]
         return item
 
 

@@ -162,7 +162,7 @@ def _checkpoint_row(checkpoint: Path, recipe: Recipe, base) -> Row:
     from archdiff.checkpoint_loras import checkpoint_lora
     from archdiff.file_digests import folder_digest
 
-    lora = checkpoint_lora(checkpoint, base.family == "sdxl") if recipe.unet_lora_trains else None
+    lora = checkpoint_lora(checkpoint, base.family) if recipe.unet_lora_trains else None
     controlnet = checkpoint if recipe.controlnet else None
     return Row(checkpoint.name, checkpoint_step(checkpoint), lora, folder_digest(checkpoint), controlnet)
 

@@ -181,7 +181,7 @@ def read_json(path: Path, what: str) -> Any:
 
 
 _UNUSED_PARTS = {"safety_checker", "feature_extractor", "image_encoder"}  # archdiff loads pipelines without them
-_WEIGHTED_PARTS = {"unet", "vae", "text_encoder", "text_encoder_2"}
+_WEIGHTED_PARTS = {"unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"}
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
@@ -225,36 +225,51 @@ def check_base_files(folder: Path, model_index: dict[str, Any], name: str) -> No
 
 @dataclass
 class Components:
-    """The parts of a Stable Diffusion pipeline that training touches.
+    """The parts of a pipeline that training touches; `family` (model/families.py) says which and how they are used.
 
     The VAE and the text encoders load on first use: a run whose latents and captions are all
     cached loads none of them for training, only to draw sample images.
     """
 
+    family: Any  # archdiff.model.families.Family
     tokenizer: Any
-    unet: Any
+    unet: Any  # the denoiser: a UNet, or SD 3.x's MMDiT transformer
     noise_scheduler: Any
     source: str  # what from_pretrained loads the parts from (a local folder or a Hub id)
     vae_config: dict[str, Any]
-    tokenizer_2: Any = None  # SDXL's second tokenizer (its text encoder loads lazily); None for SD 1.x/2.x
+    tokenizer_2: Any = None  # the second and third tokenizers (SDXL, SD 3.x); their text encoders load lazily
     vae_folder: str | None = None  # a recipe's `vae:` (local folder), used instead of the base's vae/
     device: Any = "cpu"
     dtype: Any = None  # of the frozen weights, once placed
+    tokenizer_3: Any = None  # SD 3.x's T5 tokenizer; None also when memory.t5 drops T5
     _vae: Any = field(default=None, repr=False)
     _text_encoder: Any = field(default=None, repr=False)
     _text_encoder_2: Any = field(default=None, repr=False)
+    _text_encoder_3: Any = field(default=None, repr=False)
 
     @property
     def sdxl(self) -> bool:
-        return self.tokenizer_2 is not None
+        return self.family.name == "sdxl"
 
     @property
     def text_encoders(self) -> tuple:
-        return (self.text_encoder, self.text_encoder_2) if self.sdxl else (self.text_encoder,)
+        """The text encoders the family conditions on, in the pipeline's order (SD 3.x without T5: the two CLIPs)."""
+        count = len(self.family.text_encoders) - (self.tokenizer_3 is None and len(self.family.text_encoders) > 2)
+        return tuple(self._encoder(index) for index in range(count))
+
+    @property
+    def trainable_text_encoders(self) -> tuple:
+        """The encoders lora.text_encoder trains: SD 1.x's one, SDXL's two, SD 3.5's two CLIPs (never T5)."""
+        return self.text_encoders[: self.family.trainable_text]
 
     @property
     def scaling_factor(self) -> float:
         return self.vae_config.get("scaling_factor", 0.18215)  # diffusers' default for configs that omit it
+
+    @property
+    def shift_factor(self) -> float:
+        """SD 3.x's VAE centres its latents before scaling; SD 1.x/SDXL's do not."""
+        return self.vae_config.get("shift_factor") or 0.0
 
     @property
     def vae_loaded(self) -> bool:
@@ -262,7 +277,7 @@ class Components:
 
     @property
     def text_encoder_loaded(self) -> bool:
-        return self._text_encoder is not None or self._text_encoder_2 is not None
+        return any(encoder is not None for encoder in (self._text_encoder, self._text_encoder_2, self._text_encoder_3))
 
     @property
     def vae(self):
@@ -278,21 +293,22 @@ class Components:
 
     @property
     def text_encoder(self):
-        if self._text_encoder is None:
-            from transformers import CLIPTextModel
-
-            self._text_encoder = self._frozen(CLIPTextModel.from_pretrained(self.source, subfolder="text_encoder"))
-        return self._text_encoder
+        return self._encoder(0)
 
     @property
     def text_encoder_2(self):
-        """SDXL's second text encoder (with projection), loaded on first use; None for SD 1.x/2.x."""
-        if self._text_encoder_2 is None and self.sdxl:
-            from transformers import CLIPTextModelWithProjection
+        """The second text encoder (SDXL, SD 3.x), loaded on first use; None for SD 1.x/2.x."""
+        return self._encoder(1) if len(self.family.text_encoders) > 1 else None
 
-            encoder = CLIPTextModelWithProjection.from_pretrained(self.source, subfolder="text_encoder_2")
-            self._text_encoder_2 = self._frozen(encoder)
-        return self._text_encoder_2
+    def _encoder(self, index: int):
+        attribute = ("_text_encoder", "_text_encoder_2", "_text_encoder_3")[index]
+        if getattr(self, attribute) is None:
+            import transformers
+
+            model_class = getattr(transformers, self.family.text_encoders[index])
+            subfolder = "text_encoder" if index == 0 else f"text_encoder_{index + 1}"
+            setattr(self, attribute, self._frozen(model_class.from_pretrained(self.source, subfolder=subfolder)))
+        return getattr(self, attribute)
 
     def _frozen(self, module):
         return module.requires_grad_(False).to(self.device, dtype=self.dtype)
@@ -300,7 +316,7 @@ class Components:
     def place(self, device, dtype) -> None:
         """Frozen weights to the training device and dtype (the VAE and text encoders go there when they load)."""
         self.device, self.dtype = device, dtype
-        for frozen in (self._vae, self.unet, self._text_encoder, self._text_encoder_2):
+        for frozen in (self._vae, self.unet, self._text_encoder, self._text_encoder_2, self._text_encoder_3):
             if frozen is not None:
                 self._frozen(frozen)
 
@@ -327,31 +343,42 @@ def component_folder(source: str, subfolder: str) -> Path:
     return Path(snapshot_download(source, allow_patterns=[f"{subfolder}/*"])) / subfolder
 
 
-def load_components(base: BaseModel) -> Components:
+def load_components(base: BaseModel, t5: bool = True) -> Components:
     try:
-        return _load_components(base)
+        return _load_components(base, t5)
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001 - a broken or partial base (Hub cache included) is one line naming it
         raise UserError(f"base '{base.name}' could not be loaded: {first_line(error)}") from None
 
 
-def _load_components(base: BaseModel) -> Components:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTokenizer
+def _load_components(base: BaseModel, t5: bool = True) -> Components:
+    """The family's denoiser, scheduler and tokenizers (text encoders and the VAE load later, when first used).
+    `t5`: False leaves SD 3.x's T5 out (memory.t5: drop)."""
+    import diffusers
+    from diffusers import AutoencoderKL
+    from transformers import AutoTokenizer, CLIPTokenizer
 
-    second = {}
-    if base.family == "sdxl":
-        second = {"tokenizer_2": CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer_2")}
+    from archdiff.model.families import FAMILIES
+
+    family = FAMILIES[base.family]
+    extra = {}
+    if len(family.text_encoders) > 1:
+        extra["tokenizer_2"] = CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer_2")
+    if len(family.text_encoders) > 2 and t5:
+        extra["tokenizer_3"] = AutoTokenizer.from_pretrained(base.source, subfolder="tokenizer_3")
     vae_config = AutoencoderKL.load_config(base.vae) if base.vae else AutoencoderKL.load_config(base.source, subfolder="vae")
+    denoiser_class = getattr(diffusers, family.denoiser_class)
+    scheduler_class = getattr(diffusers, family.scheduler_class)
     return Components(
         tokenizer=CLIPTokenizer.from_pretrained(base.source, subfolder="tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(base.source, subfolder="unet"),
-        noise_scheduler=DDPMScheduler.from_pretrained(base.source, subfolder="scheduler"),
+        unet=denoiser_class.from_pretrained(base.source, subfolder=family.denoiser),
+        noise_scheduler=scheduler_class.from_pretrained(base.source, subfolder="scheduler"),
         source=base.source,
         vae_config=dict(vae_config),
         vae_folder=base.vae,
-        **second,
+        family=family,
+        **extra,
     )
 
 

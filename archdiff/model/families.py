@@ -13,6 +13,35 @@ from typing import Any
 SD3_MAX_TEXT = 256  # T5 tokens SD 3.x reads (the pipeline's default max_sequence_length)
 
 
+def _device(module):
+    """Where a module's weights are; also for a DDP-wrapped encoder, which has no `.device`."""
+    return next(module.parameters()).device
+
+
+def encode_text(text_encoder, input_ids):
+    """SD 1.x/2.x's conditioning (and T5's part of SD 3.x's): the encoder's last hidden states."""
+    return text_encoder(input_ids.to(_device(text_encoder)), return_dict=False)[0]
+
+
+def encode_text_sdxl(text_encoder, text_encoder_2, input_ids, input_ids_2):
+    """As SDXL's pipeline encodes a prompt: both encoders' penultimate states side by side, and the second's pooled projection."""
+    import torch
+
+    first = text_encoder(input_ids.to(_device(text_encoder)), output_hidden_states=True)
+    second = text_encoder_2(input_ids_2.to(_device(text_encoder_2)), output_hidden_states=True)
+    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+
+
+def sdxl_time_ids(original_size, crop_top_left, bucket: tuple[int, int]):
+    """Per sample (original h, w, crop top, left, target h, w): SDXL is told each image's size and crop, so
+    upscaled or cropped training images do not teach it to draw blurry or cut-off buildings."""
+    import torch
+
+    width, height = bucket
+    target = torch.tensor([height, width], dtype=original_size.dtype).expand(len(original_size), 2)
+    return torch.cat([original_size, crop_top_left, target], dim=1)
+
+
 @dataclass(frozen=True)
 class Family:
     """SD 1.x/2.x: one CLIP text encoder, a UNet, the DDPM schedule."""
@@ -23,6 +52,7 @@ class Family:
     denoiser: str = "unet"  # its subfolder, and the LoRA keys' prefix
     denoiser_class: str = "UNet2DConditionModel"
     scheduler_class: str = "DDPMScheduler"
+    objective: str = "diffusion"  # diffusion (DDPM: epsilon or v) | flow (rectified flow): train/objective.py
     text_encoders: tuple[str, ...] = ("CLIPTextModel",)  # text_encoder, text_encoder_2, ... in order
     trainable_text: int = 1  # how many of them lora.text_encoder trains (SD 3.5: the two CLIPs, never T5)
     kohya: tuple[tuple[str, str], ...] | None = (("unet", "lora_unet"), ("text_encoder", "lora_te"))
@@ -36,27 +66,15 @@ class Family:
         """Keyword arguments its pipeline takes when archdiff builds one (no safety checker, no watermark)."""
         return {"safety_checker": None, "requires_safety_checker": False}
 
-    def objective(self, scheduler, prediction_type: str):
-        from archdiff.train.objective import DiffusionObjective
-
-        return DiffusionObjective(scheduler, prediction_type)
-
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
         """The denoiser's text conditioning for a batch of token ids (or cached embeddings); `model` the denoiser."""
         if "text_embeddings" in batch:
             return {"encoder_hidden_states": batch["text_embeddings"].to(device, non_blocking=True)}
-        return {"encoder_hidden_states": _run(encoders[0], batch["input_ids"])[0]}
+        return {"encoder_hidden_states": encode_text(encoders[0], batch["input_ids"])}
 
     def predict(self, model, noisy, timesteps, conditioning: dict, residuals: dict):
-        return model(noisy, timesteps, conditioning["encoder_hidden_states"], **_unet_extras(conditioning), **residuals).sample
-
-
-def _run(encoder, input_ids, **options):
-    return encoder(input_ids.to(next(encoder.parameters()).device), return_dict=False, **options)
-
-
-def _unet_extras(conditioning: dict) -> dict:
-    return {"added_cond_kwargs": conditioning.get("added_cond_kwargs")}
+        added = conditioning.get("added_cond_kwargs")
+        return model(noisy, timesteps, conditioning["encoder_hidden_states"], added_cond_kwargs=added, **residuals).sample
 
 
 @dataclass(frozen=True)
@@ -78,18 +96,14 @@ class SDXLFamily(Family):
         return {"add_watermarker": False}
 
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
-        import torch
-
-        from archdiff.train.step import sdxl_time_ids
-
-        first = encoders[0](batch["input_ids"].to(next(encoders[0].parameters()).device), output_hidden_states=True)
-        second = encoders[1](batch["input_ids_2"].to(next(encoders[1].parameters()).device), output_hidden_states=True)
-        embeddings = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        """Both encoders' states (or the text cache's, with the pooled one beside them) and the size/crop ids."""
+        if "text_embeddings" in batch:
+            embeddings = batch["text_embeddings"].to(device, non_blocking=True)
+            pooled = batch["pooled_text_embeds"].to(device, non_blocking=True)
+        else:
+            embeddings, pooled = encode_text_sdxl(*encoders, batch["input_ids"], batch["input_ids_2"])
         time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], bucket).to(device, embeddings.dtype)
-        return {
-            "encoder_hidden_states": embeddings,
-            "added_cond_kwargs": {"text_embeds": second.text_embeds, "time_ids": time_ids},
-        }
+        return {"encoder_hidden_states": embeddings, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
 
 @dataclass(frozen=True)
@@ -102,17 +116,13 @@ class SD3Family(Family):
     denoiser: str = "transformer"
     denoiser_class: str = "SD3Transformer2DModel"
     scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
+    objective: str = "flow"
     text_encoders: tuple[str, ...] = ("CLIPTextModelWithProjection", "CLIPTextModelWithProjection", "T5EncoderModel")
     trainable_text: int = 2
     kohya: tuple[tuple[str, str], ...] | None = None  # ComfyUI and diffusers read the diffusers file itself
 
     def pipeline_extras(self) -> dict[str, Any]:
         return {}
-
-    def objective(self, scheduler, prediction_type: str):
-        from archdiff.train.objective import FlowObjective
-
-        return FlowObjective(scheduler)
 
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
         """As StableDiffusion3Pipeline.encode_prompt: CLIP-L and CLIP-G penultimate states side by side, padded to T5's
@@ -122,12 +132,12 @@ class SD3Family(Family):
 
         clip_states, pooled = [], []
         for encoder, key in zip(encoders[:2], ("input_ids", "input_ids_2"), strict=True):
-            output = encoder(batch[key].to(next(encoder.parameters()).device), output_hidden_states=True)
+            output = encoder(batch[key].to(_device(encoder)), output_hidden_states=True)
             clip_states.append(output.hidden_states[-2])
             pooled.append(output.text_embeds)
         clip = torch.cat(clip_states, dim=-1)
         if len(encoders) > 2:
-            t5_states = _run(encoders[2], batch["input_ids_3"])[0].to(clip.dtype)
+            t5_states = encode_text(encoders[2], batch["input_ids_3"]).to(clip.dtype)
         else:
             width = getattr(model, "module", model).config.joint_attention_dim  # DDP wraps the model
             t5_states = torch.zeros(len(clip), SD3_MAX_TEXT, width, device=clip.device, dtype=clip.dtype)
@@ -139,7 +149,3 @@ class SD3Family(Family):
 
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (Family(), SDXLFamily(), SD3Family())}
-
-
-def family(name: str) -> Family:
-    return FAMILIES[name]

@@ -59,29 +59,30 @@ def lora_state_dict(model) -> dict:
     return {key: value.contiguous() for key, value in get_peft_model_state_dict(model).items()}
 
 
-def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), sdxl: bool = False) -> Path:
+def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), family=None) -> Path:
     """Write `pytorch_lora_weights.safetensors` atomically into `folder` (temp file, then rename).
 
-    With a text-encoder LoRA, every adapter goes into the one file (SDXL: both encoders'), so
-    `load_lora_weights` restores them all. An SDXL LoRA is written by SDXL's pipeline class, which reads it back.
+    With a text-encoder LoRA, every adapter goes into the one file (SDXL and SD 3.5: both CLIP encoders'), so
+    `load_lora_weights` restores them all. It is written by the family's own pipeline class, which reads it back;
+    `unet` is the family's denoiser (SD 3.5: the transformer, whose keys start with `transformer.`).
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
+    from archdiff.model.families import Family
     from archdiff.run_files import save_error_reason, save_errors
+
+    family = family or Family()
 
     text_encoder_parts = {}
     if cfg.text_encoder is not None:
         metadata = peft_config(cfg.text_encoder).to_dict()
-        for prefix, encoder in zip(("text_encoder", "text_encoder_2"), text_encoders, strict=False):
+        for prefix, encoder in zip(("text_encoder", "text_encoder_2")[: family.trainable_text], text_encoders, strict=False):
             text_encoder_parts[f"{prefix}_lora_layers"] = lora_state_dict(encoder)
             text_encoder_parts[f"{prefix}_lora_adapter_metadata"] = metadata
     try:
         with staging_dir(folder) as staging:  # removed whatever happens: a failed save leaves no half file behind
-            pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-            pipeline_class.save_lora_weights(
+            family.pipeline_class().save_lora_weights(
                 staging,
-                unet_lora_layers=lora_state_dict(unet),
-                unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
+                **{f"{family.denoiser}_lora_layers": lora_state_dict(unet)},
+                **{f"{family.denoiser}_lora_adapter_metadata": peft_config(cfg).to_dict()},
                 **text_encoder_parts,
             )
             move_into_place(staging / LORA_WEIGHTS, folder / LORA_WEIGHTS)
@@ -93,13 +94,12 @@ def save_lora(unet, cfg: LoraConfig, folder: Path, text_encoders=(), sdxl: bool 
 def merge_frozen_lora(unet, spec: str, base) -> None:
     """A finished LoRA (run folder, .safetensors in diffusers or kohya keys, Hub id) merged into the UNet's weights:
     the style a ControlNet then trains under, at no cost per step. Its format is read by diffusers' own loader."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     from archdiff.lora_specs import LoraSpec
+    from archdiff.model.families import FAMILIES
 
     lora = LoraSpec.parse(spec)
     folder, weight_name = lora.location()
-    pipeline_class = StableDiffusionXLPipeline if base.family == "sdxl" else StableDiffusionPipeline
+    pipeline_class = FAMILIES[base.family].pipeline_class()
     try:
         state_dict, alphas = pipeline_class.lora_state_dict(folder, weight_name=weight_name)
         unet.load_lora_adapter(state_dict, network_alphas=alphas, prefix="unet", adapter_name="style")

@@ -31,8 +31,22 @@ def check_cache_options(recipe: Recipe) -> None:
 
 def check_family_options(recipe: Recipe, family: str) -> None:
     """Options a base family cannot do are refused by name, not half-applied."""
+    from archdiff.model.families import FAMILIES
+
+    label = FAMILIES[family].label
+    if family != "sd3" and recipe.memory.t5 == "drop":
+        raise UserError(f"memory.t5: drop leaves out SD 3.5's T5 encoder; a {label} base has none (remove it)")
     if family == "sd3":
-        raise UserError("SD 3.5 training is not supported yet; use an SD 1.x/2.x or SDXL base (tiny-sd15, tiny-sdxl)")
+        refused = {
+            "controlnet": recipe.controlnet is not None,
+            "dreambooth": recipe.dreambooth is not None,
+            "data.cache.text": recipe.data.cache.text,
+            "train.snr_gamma (Min-SNR weighs DDPM timesteps; SD 3.5 trains on rectified flow)": recipe.train.snr_gamma,
+            "train.prediction_type (SD 3.5 predicts the flow's velocity)": recipe.train.prediction_type,
+        }
+        for option, asked in refused.items():
+            if asked:
+                raise UserError(f"{option} is not supported on {label} bases; remove it from the recipe")
     if family == "sdxl" and recipe.memory.mixed_precision == "fp16" and not recipe.vae:
         raise UserError(
             "memory.mixed_precision=fp16 on SDXL: its own VAE overflows to NaN in fp16; set vae: to an fp16-fixed VAE "

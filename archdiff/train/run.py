@@ -67,7 +67,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     from archdiff.train.evaluation import build_eval_set
     from archdiff.train.guards import Interrupted
     from archdiff.train.loop import TrainContext, train_lora
-    from archdiff.train.step import prediction_type
+    from archdiff.train.step import objective_for
     from archdiff.train.validation import validation_controls
     from archdiff.train.validation_metrics import GridScorer, load_metric_models
 
@@ -143,14 +143,17 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     if controlnet is not None and recipe.memory.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
     if main:
+        objective = objective_for(recipe, components)
         origin = "the recipe" if recipe.train.prediction_type else "the base's scheduler"
-        print(f"target: {prediction_type(recipe, components.noise_scheduler)} (from {origin})")
+        print(
+            f"target: {objective.prediction_type} (from {'the base family' if objective.prediction_type == 'flow' else origin})"
+        )
 
     # 3. data as the model sees it, encoded once into the caches when the recipe asks
     seed = recipe.train.seed
     tokenizer_2 = components.tokenizer_2
     paired = controlnet is not None
-    both = {"tokenizer_2": tokenizer_2, "controls": paired}
+    both = {"tokenizer_2": tokenizer_2, "controls": paired, "tokenizer_3": components.tokenizer_3}
     train_set = SampleSet(catalog, train_samples, data, components.tokenizer, seed, train=True, **both)
     holdout_set = SampleSet(catalog, holdout_samples, data, components.tokenizer, seed, train=False, **both)
     sets = [train_set, holdout_set, *([class_set] if class_set else [])]
@@ -166,7 +169,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     draw = None
     if main:
         draw = partial(_progress_grid, recipe, base.source, components, controlnet, controls, accelerator, run_dir, score)
-    trained_text = components.text_encoders if recipe.lora.text_encoder else ()  # frozen encoders may never load
+    trained_text = components.trainable_text_encoders if recipe.lora.text_encoder else ()  # frozen ones may never load
     class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
     context = TrainContext(
         recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches, controlnet
@@ -176,7 +179,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         result = train_lora(context)
     except Interrupted:
         if main:
-            save_run_models(components.unet, controlnet, recipe, base, run_dir, trained_text, components.sdxl)
+            save_run_models(components.unet, controlnet, recipe, base, run_dir, trained_text, components.family)
         accelerator.end_training()
         raise
     elapsed = time.perf_counter() - started
@@ -186,7 +189,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
     controlnet = accelerator.unwrap_model(controlnet) if paired else None
-    lora_file = save_run_models(unet, controlnet, recipe, base, run_dir, trained_text, components.sdxl) if main else None
+    lora_file = save_run_models(unet, controlnet, recipe, base, run_dir, trained_text, components.family) if main else None
     samples = []
     if main:
         samples = _final_samples(recipe, base.source, components, unet, controlnet, controls, run_dir, accelerator, score)
@@ -207,9 +210,10 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
 
 
 def _text_encoders(components, base_name: str) -> tuple:
-    """The text encoders, which load on first use: a damaged file's library error becomes one line naming the base."""
+    """The text encoders lora.text_encoder trains, which load on first use: a damaged file's library error becomes one
+    line naming the base."""
     try:
-        return components.text_encoders
+        return components.trainable_text_encoders
     except Exception as error:  # noqa: BLE001 - json, safetensors, torch and transformers errors alike
         raise UserError(f"base '{base_name}' could not be loaded: {first_line(error)}") from None
 
@@ -239,7 +243,7 @@ def _trainable_models(recipe: Recipe, base, controlnet_init, device):
     from archdiff.model.lora import attach_lora, attach_text_encoder_lora, merge_frozen_lora
     from archdiff.model.memory import weight_dtype
 
-    components = load_components(base)
+    components = load_components(base, t5=recipe.memory.t5 == "keep")
     dtype = weight_dtype(recipe.memory)
     components.place(device, dtype)
     controlnet = None
@@ -258,7 +262,7 @@ def _trainable_models(recipe: Recipe, base, controlnet_init, device):
     return components, controlnet
 
 
-def save_run_models(unet, controlnet, recipe: Recipe, base, run_dir: Path, text_encoders, sdxl: bool) -> Path:
+def save_run_models(unet, controlnet, recipe: Recipe, base, run_dir: Path, text_encoders, family) -> Path:
     """What the run trained: the ControlNet in diffusers' format and/or the UNet's LoRA (with its kohya twin).
 
     Returns the main one: RUN/controlnet for a ControlNet run, else the LoRA file.
@@ -266,19 +270,21 @@ def save_run_models(unet, controlnet, recipe: Recipe, base, run_dir: Path, text_
     from archdiff.model.base import stored_dtype
     from archdiff.model.controlnet import save_controlnet
 
-    lora_file = save_run_lora(unet, recipe, base, run_dir, text_encoders, sdxl) if recipe.unet_lora_trains else None
+    lora_file = save_run_lora(unet, recipe, base, run_dir, text_encoders, family) if recipe.unet_lora_trains else None
     if controlnet is None:
         return lora_file
     return save_controlnet(controlnet, run_dir, stored_dtype(base.source))
 
 
-def save_run_lora(unet, recipe: Recipe, base, run_dir: Path, text_encoders, sdxl: bool) -> Path:
+def save_run_lora(unet, recipe: Recipe, base, run_dir: Path, text_encoders, family) -> Path:
     """The diffusers LoRA, then the kohya file beside it that ComfyUI and A1111 load completely (the same
-    bytes `archdiff export --format kohya` writes)."""
+    bytes `archdiff export --format kohya` writes); SD 3.5 has no kohya layout its loaders read, so none."""
     from archdiff.export import write_run_kohya
     from archdiff.model.lora import save_lora
 
-    lora_file = save_lora(unet, recipe.lora, run_dir, text_encoders, sdxl=sdxl)
+    lora_file = save_lora(unet, recipe.lora, run_dir, text_encoders, family)
+    if family.kohya is None:
+        return lora_file
     try:
         write_run_kohya(run_dir, base)
     except save_errors() as error:

@@ -1,20 +1,21 @@
 """One denoising loss, shared by the training step and held-out evaluation.
 
-A batch becomes latents and text conditioning (SD 1.x/2.x: text alone; SDXL adds pooled text and
-per-sample size/crop time ids), the scheduler noises the latents, the UNet predicts, and the
-objective's functions weigh the error. Training draws the noise and timesteps; evaluation fixes them.
+A batch becomes latents and text conditioning (as its model family builds it: model/families.py), the
+family's objective noises the latents, the denoiser (UNet or transformer) predicts, and the objective weighs
+the error. Training draws the noise and timesteps; evaluation fixes them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from archdiff.config.schema import Recipe
 from archdiff.model.base import Components
-from archdiff.train.objective import DiffusionObjective, diffusion_loss, prior_preservation_loss
+from archdiff.model.families import Family
+from archdiff.train.objective import DiffusionObjective, FlowObjective, diffusion_loss, prior_preservation_loss
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Denoiser:
     text_trains: bool = False  # gradients flow into the text encoders (lora.text_encoder)
     controlnet: Any = None  # a ControlNet run: its residuals steer the UNet from the batch's control maps
     control_scale: float = 1.0
+    family: Family = field(default_factory=Family)  # how text becomes conditioning and how the denoiser is called
 
 
 def prediction_type(recipe: Recipe, noise_scheduler) -> str:
@@ -41,6 +43,8 @@ def step_text_encoders(recipe: Recipe, components: Components) -> list:
 
 def objective_for(recipe: Recipe, components: Components):
     """How noise is added and what the model predicts: the base family's objective (train/objective.py)."""
+    if components.family.objective == "flow":
+        return FlowObjective(components.noise_scheduler)
     return DiffusionObjective(components.noise_scheduler, prediction_type(recipe, components.noise_scheduler))
 
 
@@ -48,7 +52,7 @@ def denoiser_for(recipe: Recipe, components: Components, unet, text_encoders: li
     objective = objective_for(recipe, components)
     text_trains = recipe.lora.text_encoder is not None
     scale = recipe.controlnet.scale if recipe.controlnet else 1.0
-    return Denoiser(unet, text_encoders, objective, device, text_trains, controlnet, scale)
+    return Denoiser(unet, text_encoders, objective, device, text_trains, controlnet, scale, components.family)
 
 
 def batch_latents(batch: dict, components: Components, device, sample: bool = True) -> torch.Tensor:
@@ -61,7 +65,7 @@ def batch_latents(batch: dict, components: Components, device, sample: bool = Tr
     else:
         vae = components.vae
         dist = vae.encode(batch["pixel_values"].to(vae.device, vae.dtype)).latent_dist
-    return (dist.sample() if sample else dist.mode()) * components.scaling_factor
+    return ((dist.sample() if sample else dist.mode()) - components.shift_factor) * components.scaling_factor
 
 
 def batch_bucket(batch: dict) -> tuple[int, int]:
@@ -71,46 +75,12 @@ def batch_bucket(batch: dict) -> tuple[int, int]:
     return batch["latent_params"].shape[-1] * 8, batch["latent_params"].shape[-2] * 8
 
 
-def _device(module) -> torch.device:
-    """Where a module's weights are; also for a DDP-wrapped encoder, which has no `.device`."""
-    return next(module.parameters()).device
+def batch_conditioning(denoiser: Denoiser, batch: dict, bucket: tuple[int, int]) -> dict:
+    """The denoiser's text conditioning, as its family builds it (model/families.py)."""
+    return denoiser.family.conditioning(batch, denoiser.text_encoders, denoiser.device, bucket, denoiser.unet)
 
 
-def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
-    return text_encoder(input_ids.to(_device(text_encoder)), return_dict=False)[0]
-
-
-def sdxl_time_ids(original_size: torch.Tensor, crop_top_left: torch.Tensor, bucket: tuple[int, int]) -> torch.Tensor:
-    """Per sample (original h, w, crop top, left, target h, w): SDXL is told each image's size and crop, so
-    upscaled or cropped training images do not teach it to draw blurry or cut-off buildings."""
-    width, height = bucket
-    target = torch.tensor([height, width], dtype=original_size.dtype).expand(len(original_size), 2)
-    return torch.cat([original_size, crop_top_left, target], dim=1)
-
-
-def encode_text_sdxl(text_encoder, text_encoder_2, input_ids: torch.Tensor, input_ids_2: torch.Tensor):
-    """As SDXL's pipeline encodes a prompt: both encoders' penultimate states side by side, and the second's pooled projection."""
-    first = text_encoder(input_ids.to(_device(text_encoder)), output_hidden_states=True)
-    second = text_encoder_2(input_ids_2.to(_device(text_encoder_2)), output_hidden_states=True)
-    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
-
-
-def batch_conditioning(batch: dict, text_encoders: list, device, bucket: tuple[int, int]):
-    """The UNet's text conditioning, plus SDXL's `added_cond_kwargs` (None for SD 1.x/2.x, which have none)."""
-    if "text_embeddings" in batch:  # the text cache: SD 1.x/2.x's embedding, SDXL's with its pooled one beside it
-        embeddings = batch["text_embeddings"].to(device, non_blocking=True)
-        if "pooled_text_embeds" not in batch:
-            return embeddings, None
-        pooled = batch["pooled_text_embeds"].to(device, non_blocking=True)
-    elif len(text_encoders) == 1:
-        return encode_text(text_encoders[0], batch["input_ids"]), None
-    else:
-        embeddings, pooled = encode_text_sdxl(*text_encoders, batch["input_ids"], batch["input_ids_2"])
-    time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], bucket)
-    return embeddings, {"text_embeds": pooled, "time_ids": time_ids.to(device, embeddings.dtype)}
-
-
-def control_residuals(denoiser: Denoiser, batch: dict, noisy, timesteps, embeddings, added_cond) -> dict:
+def control_residuals(denoiser: Denoiser, batch: dict, noisy, timesteps, conditioning: dict) -> dict:
     """The ControlNet's additions to the UNet's skip connections and middle block ({} without a ControlNet)."""
     if denoiser.controlnet is None:
         return {}
@@ -118,10 +88,10 @@ def control_residuals(denoiser: Denoiser, batch: dict, noisy, timesteps, embeddi
     down, middle = denoiser.controlnet(
         noisy,
         timesteps,
-        encoder_hidden_states=embeddings,
+        encoder_hidden_states=conditioning["encoder_hidden_states"],
         controlnet_cond=control,
         conditioning_scale=denoiser.control_scale,
-        added_cond_kwargs=added_cond,
+        added_cond_kwargs=conditioning.get("added_cond_kwargs"),
         return_dict=False,
     )
     return {"down_block_additional_residuals": down, "mid_block_additional_residual": middle}
@@ -145,16 +115,11 @@ def denoising_loss(
     """
     objective = denoiser.objective
     with torch.set_grad_enabled(denoiser.text_trains and torch.is_grad_enabled()):
-        embeddings, added_cond = batch_conditioning(batch, denoiser.text_encoders, denoiser.device, bucket)
+        conditioning = batch_conditioning(denoiser, batch, bucket)
     noisy = objective.noisy(latents, noise, timesteps)
     target = objective.target(latents, noise, timesteps)
-    prediction = denoiser.unet(
-        noisy,
-        timesteps,
-        embeddings,
-        added_cond_kwargs=added_cond,
-        **control_residuals(denoiser, batch, noisy, timesteps, embeddings, added_cond),
-    ).sample
+    residuals = control_residuals(denoiser, batch, noisy, timesteps, conditioning)
+    prediction = denoiser.family.predict(denoiser.unet, noisy, timesteps, conditioning, residuals)
     weights = objective.weights(timesteps, snr_gamma)
     if instances is None:
         return diffusion_loss(prediction, target, weights)

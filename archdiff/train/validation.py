@@ -18,18 +18,21 @@ from archdiff.train.checkpoints import checkpoint_name
 
 
 def training_pipeline(source: str, components, unet, controlnet=None):
-    """The base pipeline around the in-memory (possibly training) UNet, ControlNet and encoders: no second copy."""
+    """The base family's pipeline around the in-memory (possibly training) denoiser, ControlNet and encoders: no second
+    copy. SD 3.5 without T5 (memory.t5: drop) gets no T5, and draws with its zero embedding as training saw it."""
     import diffusers
 
-    parts = {"unet": unet, "vae": components.vae, "text_encoder": components.text_encoder, "tokenizer": components.tokenizer}
-    if components.sdxl:
-        parts |= {"text_encoder_2": components.text_encoder_2, "tokenizer_2": components.tokenizer_2, "add_watermarker": False}
-    else:
-        parts |= {"safety_checker": None, "requires_safety_checker": False}
-    family = "StableDiffusionXL" if components.sdxl else "StableDiffusion"
+    family = components.family
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    tokenizers = (components.tokenizer, components.tokenizer_2, components.tokenizer_3)
+    parts = {family.denoiser: unet, "vae": components.vae, **family.pipeline_extras()}
+    for index, encoder in enumerate(components.text_encoders):
+        parts |= {names[index]: encoder, names[index].replace("text_encoder", "tokenizer"): tokenizers[index]}
+    if len(family.text_encoders) > len(components.text_encoders):
+        parts |= {"text_encoder_3": None, "tokenizer_3": None}
     if controlnet is not None:
         parts["controlnet"] = controlnet
-    pipeline_class = getattr(diffusers, f"{family}{'ControlNet' if controlnet is not None else ''}Pipeline")
+    pipeline_class = getattr(diffusers, family.pipeline.replace("Pipeline", "ControlNetPipeline" if controlnet else "Pipeline"))
     with quiet_loading():  # its loading bar would sit in the middle of the training bar
         pipe = pipeline_class.from_pretrained(source, dtype=unet.dtype, **parts)
     pipe.set_progress_bar_config(disable=True)

@@ -6,8 +6,8 @@ import torch
 from archdiff.config import load_recipe
 from archdiff.errors import UserError
 from archdiff.model.base import load_components, resolve_base
+from archdiff.model.families import encode_text_sdxl, sdxl_time_ids
 from archdiff.train.checks import check_family_options
-from archdiff.train.step import encode_text_sdxl, sdxl_time_ids
 
 
 def test_time_ids_are_original_size_crop_and_bucket_height_width():

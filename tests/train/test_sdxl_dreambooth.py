@@ -15,6 +15,7 @@ DREAMBOOTH = (
 
 
 def test_sdxl_dreambooth_draws_class_images_once_and_trains_on_both(tmp_path, monkeypatch):
+    import archdiff.model.families as families
     import archdiff.train.run as run_module
     import archdiff.train.step as step
 
@@ -24,7 +25,7 @@ def test_sdxl_dreambooth_draws_class_images_once_and_trains_on_both(tmp_path, mo
         run_module.ensure_class_images,
         run_module._class_set,
         step.prior_preservation_loss,
-        step.sdxl_time_ids,
+        families.sdxl_time_ids,
     )
 
     def ensure(cfg, targets, pipe, fingerprint):
@@ -43,7 +44,7 @@ def test_sdxl_dreambooth_draws_class_images_once_and_trains_on_both(tmp_path, mo
     monkeypatch.setattr(run_module, "ensure_class_images", ensure)
     monkeypatch.setattr(run_module, "_class_set", lambda *a: class_sets.append(real_class_set(*a)) or class_sets[-1])
     monkeypatch.setattr(step, "prior_preservation_loss", recording_loss)
-    monkeypatch.setattr(step, "sdxl_time_ids", recording_ids)
+    monkeypatch.setattr(families, "sdxl_time_ids", recording_ids)
     overrides = ["base=tiny-sdxl", "train.max_steps=3", "validation.prompts=[]", "data.holdout=0", DREAMBOOTH]
     overrides += ["dreambooth.prior_loss_weight=0.5", "lora.text_encoder=null"]
     first = run(load_recipe("demo-tiny", [f"output={tmp_path / 'first'}", *overrides]))

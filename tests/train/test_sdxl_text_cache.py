@@ -17,8 +17,9 @@ from archdiff.data.catalog import build_catalog
 from archdiff.data.samples import SampleSet, collate, expand_samples
 from archdiff.model.base import load_components, resolve_base
 from archdiff.run_files import MetricsLog
+from archdiff.train.objective import DiffusionObjective
 from archdiff.train.run import run
-from archdiff.train.step import Denoiser, batch_conditioning, denoising_loss
+from archdiff.train.step import Denoiser, denoising_loss
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +47,13 @@ def test_cached_sdxl_conditioning_and_loss_match_the_encoders(tmp_path, monkeypa
     assert "input_ids" not in from_cache and "input_ids_2" not in from_cache and len(from_cache["pooled_text_embeds"]) == 3
     assert torch.equal(from_cache["original_size"], batch["original_size"]), "time ids still come from the batch"
 
+    family = components.family
     with torch.no_grad():
-        encoded, encoded_cond = batch_conditioning(batch, list(components.text_encoders), "cpu", (80, 48))
-        read, read_cond = batch_conditioning(from_cache, [], "cpu", (80, 48))
-        assert encoded.shape == read.shape == (3, 77, 32 + 48)
-        torch.testing.assert_close(read, encoded)
+        encoded = family.conditioning(batch, list(components.text_encoders), "cpu", (80, 48), components.unet)
+        read = family.conditioning(from_cache, [], "cpu", (80, 48), components.unet)
+        assert encoded["encoder_hidden_states"].shape == read["encoder_hidden_states"].shape == (3, 77, 32 + 48)
+        torch.testing.assert_close(read["encoder_hidden_states"], encoded["encoder_hidden_states"])
+        encoded_cond, read_cond = encoded["added_cond_kwargs"], read["added_cond_kwargs"]
         torch.testing.assert_close(read_cond["text_embeds"], encoded_cond["text_embeds"])
         assert torch.equal(read_cond["time_ids"], encoded_cond["time_ids"])
 
@@ -59,7 +62,14 @@ def test_cached_sdxl_conditioning_and_loss_match_the_encoders(tmp_path, monkeypa
         timesteps = torch.tensor([10, 500, 990])
         scheduler, unet = components.noise_scheduler, components.unet
         losses = [
-            denoising_loss(Denoiser(unet, encoders, scheduler, "epsilon", "cpu"), b, (80, 48), latents, noise, timesteps)
+            denoising_loss(
+                Denoiser(unet, encoders, DiffusionObjective(scheduler, "epsilon"), "cpu", family=family),
+                b,
+                (80, 48),
+                latents,
+                noise,
+                timesteps,
+            )
             for encoders, b in ((list(components.text_encoders), batch), ([], from_cache))
         ]
     assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5)
