@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -153,7 +154,10 @@ def create_app(engine, store, config: ServeConfig) -> FastAPI:
             return _error(504, f"the request took longer than the server's limit of {config.timeout:g} s")
         except (Disconnected, Stopped):
             return _error(499, "the client went away")
-        ids = [store.add(png, job.prompt, settings) for png in pngs]
+        per_image = [
+            {key: value for key, value in settings.items() if key != "seeds"} | {"seed": seed} for seed in settings["seeds"]
+        ]
+        ids = [await run_in_threadpool(store.add, png, job.prompt, meta) for png, meta in zip(pngs, per_image, strict=True)]
         return {"images": [base64.b64encode(png).decode() for png in pngs], "ids": ids, "settings": settings}
 
     @app.post("/v1/feedback")
@@ -161,7 +165,7 @@ def create_app(engine, store, config: ServeConfig) -> FastAPI:
         if body.rating not in ("good", "bad"):
             raise RequestError(400, f"rating must be good or bad (got '{body.rating}')")
         try:
-            store.rate(body.id, body.rating)
+            await run_in_threadpool(store.rate, body.id, body.rating)
         except KeyError:
             raise RequestError(404, f"no result with id {body.id}") from None
         return {"id": body.id, "rating": body.rating}
