@@ -222,13 +222,20 @@ def test_upload_starts_from_the_image(page, tmp_path):
     page.fill("#prompt", PROMPT)
     page.set_input_files("#upload", str(sketch))
     expect(page.locator("#upload-preview")).to_be_visible()
+    assert page.input_value("#width") == page.input_value("#height") == ""  # auto: the server keeps the image's proportions
     _set_range(page, "#steps", 2)
     _set_range(page, "#strength", 0.5)
     page.click("#generate")
     card = page.locator("#gallery .card")
     expect(card).to_have_count(1, timeout=60_000)
     assert "from upload, strength 0.5" in card.locator(".facts").inner_text()
-    assert _decode(card.locator("img").get_attribute("src")).text["init_image"] == "upload"
+    image = _decode(card.locator("img").get_attribute("src"))
+    assert image.text["init_image"] == "upload"
+    assert image.width > image.height  # fitted to the 2:1 sketch, not the LoRA's square
+
+    page.click("#upload-clear")
+    expect(page.locator("#upload-options")).to_be_hidden()
+    assert page.input_value("#width") == "64"
 
 
 def test_server_errors_show_in_the_page(page):
@@ -254,11 +261,12 @@ def test_token_is_asked_once_then_sent(open_page, server):
     page = open_page(None)
     page.goto(server.url)
     expect(page.locator("#token-form")).to_be_visible()
+    expect(page.locator("#token-note")).to_be_hidden()
     expect(page.locator("#loras .lora")).to_have_count(0)
 
     page.fill("#token", "wrong-token-123")
     page.click("#token-form button")
-    expect(page.locator("#message")).to_contain_text("not accepted")
+    expect(page.locator("#token-note")).to_contain_text("not accepted")
     expect(page.locator("#token-form")).to_be_visible()
 
     page.fill("#token", TOKEN)
@@ -274,3 +282,30 @@ def test_token_is_asked_once_then_sent(open_page, server):
     page.reload()  # kept in localStorage: not asked again
     expect(page.locator("#loras .lora")).to_have_count(1)
     expect(page.locator("#token-form")).to_be_hidden()
+
+
+def test_follow_lines_mode_sends_the_controlnet(open_page, server, tmp_path):
+    """The ControlNet mode, against a /v1/loras that lists one (the module's server serves none): what the page sends."""
+    from playwright.sync_api import expect
+
+    sketch = tmp_path / "sketch.png"
+    Image.new("L", (64, 64), 255).save(sketch)
+    served = {"loras": [], "controlnets": [{"name": "sketchnet", "control_type": "lines", "scale": 0.7}]}
+    sent = []
+    page = open_page(TOKEN)
+    page.route("**/v1/loras", lambda route: route.fulfill(json=served))
+    refusal = {"status": 404, "json": {"error": "no ControlNet named 'sketchnet' here"}}
+    page.route("**/v1/generate", lambda route: (sent.append(route.request.post_data_json), route.fulfill(**refusal)))
+    page.goto(server.url)
+    expect(page.locator("#no-loras")).to_be_visible()
+    page.fill("#prompt", PROMPT)
+    page.set_input_files("#upload", str(sketch))
+    page.check("#mode-control")
+    expect(page.locator("#img2img-options")).to_be_hidden()
+    expect(page.locator("#controlnet")).to_have_value("sketchnet")
+    expect(page.locator("#control-scale-value")).to_have_text("0.70")  # the ControlNet's own default
+    page.click("#generate")
+    expect(page.locator("#message")).to_have_text("no ControlNet named 'sketchnet' here")
+    (body,) = sent
+    assert body["control_image"].startswith("data:image/png;base64,") and "init_image" not in body
+    assert (body["controlnet"], body["control_scale"], body["loras"]) == ("sketchnet", 0.7, [])

@@ -32,7 +32,10 @@ async function api(path, body) {
   }
   const data = await response.json().catch(() => ({}));
   if (response.ok) return data;
-  if (response.status === 401) askToken(token ? "That token was not accepted; check it and try again." : null);
+  if (response.status === 401) {
+    askToken(token ? "That token was not accepted; check it and try again." : "");
+    throw new ApiError(401, "enter the access token above");
+  }
   const message = data.error || `the server answered ${response.status} ${response.statusText}`;
   throw new ApiError(response.status, message, Number(response.headers.get("Retry-After")) || null);
 }
@@ -45,9 +48,10 @@ function say(text, kind = "error") {
 }
 
 function askToken(note) {
+  $("token-note").textContent = note;
+  $("token-note").hidden = !note;
   $("token-form").hidden = false;
   $("controls").classList.add("locked");
-  if (note) say(note);
   $("token").focus();
 }
 
@@ -70,7 +74,7 @@ async function load() {
     $("base").textContent = `base model: ${health.base}`;
     served = await api("/v1/loras");
   } catch (error) {
-    if (error.status !== 401) say(error.message);
+    if (error.status !== 401) say(error.message); // the token form says it
     return;
   }
   showLoras();
@@ -125,17 +129,18 @@ function chosenLoras() {
 }
 
 // The size a LoRA was trained at suits it best: the first ticked LoRA's (else the first served one's) resolution.
+// With an upload, "auto": the server fits the image's own proportions to that size.
 function defaultSize() {
   if (sizeTouched) return;
   const first = chosenLoras()[0];
   const lora = served.loras.find((l) => first && l.name === first.name) || served.loras[0];
-  const side = lora && lora.resolution ? lora.resolution : "";
+  const side = lora && lora.resolution && !upload ? lora.resolution : "";
   for (const id of ["width", "height"]) setSide($(id), side);
 }
 
 function fillSides(select) {
   const auto = new Option("auto", "");
-  auto.title = "the LoRA's training size, or the base model's";
+  auto.title = "the LoRA's training size (or the base model's), in the proportions of an uploaded image";
   select.replaceChildren(auto, ...SIDES.map((side) => new Option(`${side} px`, side)));
   select.addEventListener("change", () => (sizeTouched = true));
 }
@@ -195,6 +200,7 @@ function takeFile(file) {
     $("upload-preview").hidden = false;
     $("drop-text").hidden = true;
     $("upload-options").hidden = false;
+    defaultSize();
     say("");
   };
   reader.readAsDataURL(file);
@@ -229,6 +235,7 @@ $("upload-clear").addEventListener("click", () => {
   $("upload-preview").removeAttribute("src");
   $("drop-text").hidden = false;
   $("upload-options").hidden = true;
+  defaultSize();
 });
 
 function requestBody() {
