@@ -212,15 +212,24 @@ def test_generate_with_a_lora_then_rate(page, server):
     assert server.ratings()[result_id] == "bad"
 
 
-def test_upload_starts_from_the_image(page, tmp_path):
+def test_a_dropped_image_is_the_start(page):
     from playwright.sync_api import expect
 
-    sketch = tmp_path / "sketch.png"
-    Image.new("RGB", (96, 48), (200, 180, 150)).save(sketch)
+    photo = io.BytesIO()
+    Image.new("RGB", (96, 48), (200, 180, 150)).save(photo, format="PNG")
     expect(page.locator("#loras .lora")).to_have_count(1)
     expect(page.locator("#mode-control-label")).to_be_hidden()  # no ControlNet served: only img2img
     page.fill("#prompt", PROMPT)
-    page.set_input_files("#upload", str(sketch))
+    dropped = page.evaluate_handle(
+        """(data) => {
+            const files = new DataTransfer();
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            files.items.add(new File([bytes], "photo.png", { type: "image/png" }));
+            return files;
+        }""",
+        base64.b64encode(photo.getvalue()).decode(),
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
     expect(page.locator("#upload-preview")).to_be_visible()
     assert page.input_value("#width") == page.input_value("#height") == ""  # auto: the server keeps the image's proportions
     _set_range(page, "#steps", 2)

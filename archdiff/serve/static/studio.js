@@ -99,7 +99,8 @@ function showLoras() {
     item.querySelector("output").textContent = Number(lora.scale).toFixed(2);
     scale.addEventListener("input", () => {
       item.querySelector("output").textContent = Number(scale.value).toFixed(2);
-      item.querySelector(".use").checked = true;
+      item.querySelector(".use").checked = true; // moving the weight means using it
+      defaultSize();
     });
     item.querySelector(".use").addEventListener("change", () => defaultSize());
     if (lora.trigger) {
@@ -157,7 +158,7 @@ function showControlnets() {
   $("mode-control-label").hidden = nets.length === 0;
   $("controlnet").replaceChildren(...nets.map((net) => new Option(`${net.name} (${net.control_type})`, net.name)));
   if (nets.length) setControlScale(nets[0].scale);
-  if (!nets.length) $("mode-img2img").checked = true;
+  else $("mode-img2img").checked = true;
   showMode();
 }
 
