@@ -184,6 +184,7 @@ def test_generate_with_a_lora_then_rate(page, server):
         if held:
             break
         page.wait_for_timeout(50)
+    assert held, "the page sent no POST /v1/generate"
     held[0].continue_()
 
     cards = page.locator("#gallery .card")
