@@ -45,23 +45,28 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
 
 
-def start_server(args: list[str], folder: Path, ready_within: float = 180.0) -> Server:
-    """`archdiff serve ARGS` on a free loopback port, once /health answers; its output goes to folder/server.log."""
+def start_server(args: list[str], folder: Path, ready_within: float = 180.0, env: dict | None = None) -> Server:
+    """`archdiff serve ARGS` on a free loopback port, once /health answers; its output goes to folder/server.log.
+    `env` adds to (or, with None values, removes from) the environment."""
     import httpx
 
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    environment = {
+        key: value
+        for key, value in {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}.items()
+        if value is not None
+    }
     command = [sys.executable, "-m", "archdiff", "serve", *args, "--port", str(port), "--folder", str(folder / "serve")]
     with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=folder, env=environment, stdout=output, stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + ready_within
     while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -281,6 +282,19 @@ def test_chunked_body_over_the_upload_limit_is_413(engine, tmp_path):
 
     with make_client(engine, tmp_path / "serve", limits=Limits(upload_bytes=50_000)) as client:
         refused(client.post("/v1/generate", content=chunks(), headers={"content-type": "application/json"}), 413, "50000 bytes")
+    client.store.close()
+
+
+def test_request_past_the_time_limit_is_504_and_the_next_one_draws(engine, tmp_path):
+    with make_client(engine, tmp_path / "serve", timeout=0.3) as client:
+        started = time.perf_counter()
+        refused(client.post("/v1/generate", json={"prompt": "a house", "steps": 100, "num_images": 4}), 504, "0.3 s")
+        assert time.perf_counter() - started < 3  # stopped between denoising steps, not after 400 of them
+        assert client.get("/health").json()["queue"] == {"waiting": 0, "running": False, "capacity": 4}
+        assert client.store.counts()["results"] == 0
+    client.store.close()
+    with make_client(engine, tmp_path / "serve") as client:
+        assert draw(client, seed=1)["ids"] == [1]
     client.store.close()
 
 

@@ -3,9 +3,11 @@ and, marked slow, the real server under load (benchmarks/serve_load.py's functio
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,30 +123,62 @@ def load_tools():
     return module
 
 
+@pytest.fixture(scope="module")
+def server(lora_runs, tmp_path_factory):
+    """The real server (a subprocess) with both LoRAs, --queue 4 --timeout 60, for the slow tests below, in order."""
+    load = load_tools()
+    args = ["--lora", str(lora_runs["facade"]), "--lora", str(lora_runs["timber"]), "--queue", "4", "--timeout", "60"]
+    started = load.start_server(args, tmp_path_factory.mktemp("server"), env={"ARCHDIFF_API_TOKEN": None})
+    yield started
+    started.stop()
+
+
 @pytest.mark.slow
-def test_fifty_requests_from_ten_clients_all_answered_and_memory_flat(lora_runs, tmp_path, monkeypatch):
+def test_fifty_requests_from_ten_clients_all_answered_and_memory_flat(server):
     import httpx
 
     from archdiff.serve.feedback import FeedbackStore
 
-    monkeypatch.delenv("ARCHDIFF_API_TOKEN", raising=False)
-    load = load_tools()
-    timeout = 60.0
-    args = ["--lora", str(lora_runs["facade"]), "--lora", str(lora_runs["timber"]), "--queue", "4", "--timeout", f"{timeout:g}"]
-    server = load.start_server(args, tmp_path)
-    try:
-        load.fire(server.url, 6, 1, timeout + load.MARGIN, ["facade", "timber"], 2)  # warm-up: every adapter drawn once
-        before = server.rss()
-        outcome = load.fire(server.url, 50, 10, timeout + load.MARGIN, ["facade", "timber"], 2)
-        after = server.rss()
-        health = httpx.get(f"{server.url}/health", timeout=10)
-    finally:
-        server.stop()
+    load, timeout = load_tools(), 60.0
+    load.fire(server.url, 6, 1, timeout + load.MARGIN, ["facade", "timber"], 2)  # warm-up: every adapter drawn once
+    before = server.rss()
+    outcome = load.fire(server.url, 50, 10, timeout + load.MARGIN, ["facade", "timber"], 2)
+    after = server.rss()
+    health = httpx.get(f"{server.url}/health", timeout=10)
     counts = outcome.counts()
     assert set(counts) <= {200, 503} and sum(counts.values()) == 50, counts
     assert counts.get(200, 0) >= 5, counts  # at least the first request and the four that fitted in the queue
     assert max(latency for _, latency in outcome.statuses) < timeout
     assert health.status_code == 200 and health.json()["queue"] == {"waiting": 0, "running": False, "capacity": 4}
     assert abs(after / before - 1) < 0.10, f"RSS {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB after"
-    with FeedbackStore(tmp_path / "serve") as store:
+    with FeedbackStore(server.log.parent / "serve") as store:
         assert store.counts()["results"] == 6 + counts[200]  # every image answered is stored, no other
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="app.py's guard is a BaseHTTPMiddleware (app.middleware('http')): request.is_disconnected() never sees the "
+    "client leave, so a gone client keeps its place in the queue and its job runs to the end",
+)
+def test_clients_that_leave_free_their_places(server):
+    import httpx
+
+    def leave():
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(f"{server.url}/v1/generate", json={"prompt": "a", "steps": 50, "num_images": 2}, timeout=0.5)
+
+    leavers = [threading.Thread(target=leave) for _ in range(5)]  # one draws, four wait: a full queue
+    for thread in leavers:
+        thread.start()
+    for thread in leavers:
+        thread.join()
+    deadline, queue = time.monotonic() + 5, None
+    while time.monotonic() < deadline:
+        queue = httpx.get(f"{server.url}/health", timeout=5).json()["queue"]
+        if queue == {"waiting": 0, "running": False, "capacity": 4}:
+            break
+        time.sleep(0.1)
+    assert queue == {"waiting": 0, "running": False, "capacity": 4}
+    answer = httpx.post(f"{server.url}/v1/generate", json={"prompt": "a", "steps": 2}, timeout=60)
+    assert answer.status_code == 200, answer.text
