@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from archdiff.serve.engine import Request as Job
@@ -107,18 +108,6 @@ def create_app(engine, store, config: ServeConfig) -> FastAPI:
     app = FastAPI(title="archdiff", description="Draw with the studio's LoRAs and ControlNets.", version="1", lifespan=lifespan)
     app.state.queue = queue
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        path = request.url.path
-        if config.token and path not in PUBLIC_PATHS and not path.startswith("/static/"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
-                return _error(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.limits.upload_bytes:
-            return _error(413, f"request body is over the limit of {config.limits.upload_bytes} bytes")
-        return await call_next(request)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
         problem = error.errors()[0]
@@ -130,6 +119,14 @@ def create_app(engine, store, config: ServeConfig) -> FastAPI:
         if isinstance(error.__cause__, BodyTooLarge):  # FastAPI reports any failure to read the body as a 400
             return _error(413, f"request body is over the limit of {config.limits.upload_bytes} bytes")
         return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def unforeseen(request: Request, error: Exception):
+        """A failure nobody foresaw is still JSON (and one line in the server's log), never a plain-text 500."""
+        from archdiff.errors import first_line
+
+        print(f"archdiff serve: {request.url.path}: {type(error).__name__}: {first_line(error)}")
+        return _error(500, f"the server failed on this request ({type(error).__name__}: {first_line(error)})")
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, error: RequestError):
@@ -176,7 +173,28 @@ def create_app(engine, store, config: ServeConfig) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, limit=config.limits.upload_bytes)
+    app.add_middleware(Guard, token=config.token, limit=config.limits.upload_bytes)
     return app
+
+
+class Guard:
+    """The token and the declared body size, as plain ASGI: a BaseHTTPMiddleware (`app.middleware("http")`) hides the
+    client's disconnect from `request.is_disconnected()` and wraps errors raised while reading the body."""
+
+    def __init__(self, app, token: str | None, limit: int):
+        self.app, self.token, self.limit = app, token, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers, path = Headers(scope=scope), scope["path"]
+            if self.token and path not in PUBLIC_PATHS and not path.startswith("/static/"):
+                if not hmac.compare_digest(headers.get("authorization", "").encode(), f"Bearer {self.token}".encode()):
+                    refusal = _error(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'")
+                    return await refusal(scope, receive, send)
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit:
+                return await _error(413, f"request body is over the limit of {self.limit} bytes")(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):

@@ -179,6 +179,8 @@ class Engine:
             raise RequestError(400, "init_image and control_image cannot be combined (no ControlNet img2img); send one")
         if not 0 < request.strength <= 1:
             raise RequestError(400, f"strength must be above 0 and at most 1 (got {request.strength})")
+        if request.init_image is not None and int(request.steps * request.strength) < 1:
+            raise RequestError(400, f"steps x strength leaves img2img no step ({request.steps} x {request.strength}): raise one")
         self._check_control(request)
         return self._settle_size(request)
 

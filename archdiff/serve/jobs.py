@@ -74,7 +74,7 @@ class JobQueue:
                 if why is not None:
                     stop.set()  # the device is free only when the job has stopped: wait for it
             if why is not None:
-                raise why
+                raise why from future.exception()  # retrieved: the stopped job's own error is expected
             return future.result()
         finally:
             self._seconds.append(time.perf_counter() - started)

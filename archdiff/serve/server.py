@@ -30,8 +30,8 @@ def start(base: str | None, loras: list[str], controlnets: list[str], *, folder:
     config = ServeConfig(folder=folder, **address)
     check_config(config)
     _port_free(config.host, config.port)
+    engine = Engine(base, loras, controlnets, config.limits)  # every --lora and --controlnet checked, then loaded
     store = FeedbackStore(folder)
-    engine = Engine(base, loras, controlnets, config.limits)
     shown = ", ".join(engine.loras) or "none"
     print(f"archdiff serve: {engine.base.name} with LoRAs: {shown}; feedback in {folder}")
     print(f"studio: http://{config.host}:{config.port}/   API docs: http://{config.host}:{config.port}/docs")

@@ -82,5 +82,7 @@ def check_config(config: ServeConfig) -> None:
         raise UserError(f"--port must be between 1 and 65535 (got {config.port})")
     if config.queue < 1:
         raise UserError(f"--queue must be at least 1 (got {config.queue})")
+    if config.folder.exists() and not config.folder.is_dir():
+        raise UserError(f"--folder '{config.folder}' is a file; the feedback database needs a folder")
     if not config.timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds (got {config.timeout})")

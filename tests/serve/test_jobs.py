@@ -218,7 +218,6 @@ def test_failing_job_raises_and_frees_the_device():
     assert state["running"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="run() raises TimedOut/Disconnected without retrieving the stopped job's own exception")
 def test_stopped_job_that_raises_logs_nothing(caplog):
     import gc
 

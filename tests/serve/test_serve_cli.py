@@ -74,9 +74,6 @@ def test_no_base_and_no_run_is_refused(serve):
     assert "--base" in user_error(serve()[0])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="server.start opens the FeedbackStore (creating serve/feedback.sqlite) before Engine checks --lora"
-)
 def test_missing_lora_path_is_refused_writing_nothing(serve):
     line = refused_quickly(serve, "--lora", "./no-such-run")
     assert "no-such-run" in line
@@ -156,11 +153,6 @@ def test_fifty_requests_from_ten_clients_all_answered_and_memory_flat(server):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py's guard is a BaseHTTPMiddleware (app.middleware('http')): request.is_disconnected() never sees the "
-    "client leave, so a gone client keeps its place in the queue and its job runs to the end",
-)
 def test_clients_that_leave_free_their_places(server):
     import httpx
 
