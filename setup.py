@@ -15,5 +15,5 @@ DATA_PACKAGES = [
 setup(
     packages=[*find_namespace_packages(include=["archdiff*"]), *DATA_PACKAGES],  # namespace: archdiff/train has no __init__.py
     package_dir=BUNDLED,
-    package_data={package: ["*"] for package in DATA_PACKAGES},
+    package_data={**{package: ["*"] for package in DATA_PACKAGES}, "archdiff.serve": ["static/*"]},  # the studio page
 )

@@ -88,16 +88,20 @@ def parse_controls(images: list[Path], types: list[str], controlnets: list[str],
         if scale is not None:
             _check_scale(scale, "--control-scale")
         net = find_controlnet(where)
-        if control_type is None:
-            trained_type = _recipe_value(net, ("data", "control", "type")) or "none"
-            control_type = _check_type(str(trained_type), f"{net.recipe_path}: data.control.type")
-        if scale is None:
-            scale = _check_scale(_recipe_value(net, ("controlnet", "scale"), 1.0), f"{net.recipe_path}: controlnet.scale")
-        canny = tuple(
-            _recipe_value(net, ("data", "control", key), default) for key, default in (("canny_low", 100), ("canny_high", 200))
-        )
-        controls.append(Control(image, control_type, net, scale, canny))
+        trained_type, trained_scale, canny = trained_settings(net)
+        controls.append(Control(image, control_type or trained_type, net, trained_scale if scale is None else scale, canny))
     return controls
+
+
+def trained_settings(net: ControlNetSource) -> tuple[str, float, tuple[int, int]]:
+    """The control type, scale and Canny thresholds a ControlNet run trained with (none, 1.0, 100/200 for any other)."""
+    trained_type = _recipe_value(net, ("data", "control", "type")) or "none"
+    control_type = _check_type(str(trained_type), f"{net.recipe_path}: data.control.type")
+    scale = _check_scale(_recipe_value(net, ("controlnet", "scale"), 1.0), f"{net.recipe_path}: controlnet.scale")
+    canny = tuple(
+        _recipe_value(net, ("data", "control", key), default) for key, default in (("canny_low", 100), ("canny_high", 200))
+    )
+    return control_type, scale, canny
 
 
 def _recipe_value(net: ControlNetSource, keys: tuple[str, ...], default: object = None) -> object:

@@ -109,7 +109,7 @@ def model_card(run_dir: Path, repo: str) -> ModelCard:
     sdxl = _is_sdxl(base, run_dir, controlnet)
     license_ = base_license(base)
     dreambooth = recipe.get("dreambooth") or {}
-    triggers = _triggers(recipe)
+    triggers = trigger_words(recipe)
     samples = final_samples(run_dir)
     widget = [{"text": prompt, "output": {"url": name}} for name in samples if (prompt := _png_prompt(run_dir / name))]
     kinds = ["controlnet", *(["lora"] if lora else [])] if controlnet else ["lora"]
@@ -193,7 +193,7 @@ def _png_prompt(path: Path) -> str | None:
         return getattr(image, "text", {}).get("prompt")
 
 
-def _triggers(recipe: dict[str, Any]) -> list[str]:
+def trigger_words(recipe: dict[str, Any]) -> list[str]:
     data = recipe.get("data") or {}
     captions = [data.get("caption") or {}, *((source.get("caption") or {}) for source in data.get("sources") or [])]
     return list(dict.fromkeys(caption["trigger"] for caption in captions if caption.get("trigger")))

@@ -163,8 +163,7 @@ def init_image_for(
     line-keeping drawing filter shrinks it, so thin pencil lines survive.
     """
     from archdiff.config.schema import DataConfig
-    from archdiff.data.buckets import assign_bucket, cover_size, make_buckets
-    from archdiff.data.images import UnreadableImage, open_image, resize
+    from archdiff.data.images import UnreadableImage, open_image
 
     if not path.is_file():
         raise UserError(f"{option} '{path}' is not a file")
@@ -172,6 +171,14 @@ def init_image_for(
         image = open_image(path, max_pixels=DataConfig.model_fields["max_pixels"].default)
     except UnreadableImage as error:
         raise UserError(f"{option} '{path}': {error}") from None
+    return fit_to_bucket(image, width, height, resolution, step)
+
+
+def fit_to_bucket(image: Image.Image, width: int | None, height: int | None, resolution: int, step: int) -> Image.Image:
+    """`image` scaled to cover, then centre-cut to --width/--height, or to the bucket of its shape at `resolution`."""
+    from archdiff.data.buckets import assign_bucket, cover_size, make_buckets
+    from archdiff.data.images import resize
+
     if width and height:
         target = (width, height)
     else:

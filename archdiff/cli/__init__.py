@@ -8,7 +8,7 @@ import traceback
 import typer
 
 from archdiff import __version__
-from archdiff.cli import bench, data, eval, export, models, push, recipes, runs, sample, train
+from archdiff.cli import bench, data, eval, export, models, push, recipes, runs, sample, serve, train
 from archdiff.errors import UserError, first_line
 
 # rich_markup_mode=None: plain help, because rendering it with rich costs ~0.2 s of imports on every `--help`.
@@ -30,6 +30,7 @@ app.command("push")(push.push)
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
 app.add_typer(runs.app, name="runs")
+app.add_typer(serve.app, name="serve")
 
 _debug = False  # set by --debug / ARCHDIFF_DEBUG for main(), which sees the error after typer is done
 
