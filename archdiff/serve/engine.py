@@ -126,6 +126,7 @@ class Engine:
         from diffusers import AutoPipelineForImage2Image, ControlNetModel
 
         from archdiff.errors import first_line
+        from archdiff.model.families import FAMILIES
         from archdiff.sample import load_pipeline, quiet_loading
 
         self.pipe = load_pipeline(self.base.source, [], self.base.family, device=device)
@@ -141,7 +142,8 @@ class Engine:
             self.controlnets[name] = ServedControlNet(net.name, net.source, net.control_type, net.scale, net.canny, model)
         self.img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
         self.img2img.set_progress_bar_config(disable=True)
-        self.default_side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        denoiser = getattr(self.pipe, FAMILIES[self.base.family].denoiser)  # a UNet, or SD 3.5's transformer
+        self.default_side = denoiser.config.sample_size * self.pipe.vae_scale_factor
 
     def describe(self) -> dict:
         """What /v1/loras lists: names, never paths."""
