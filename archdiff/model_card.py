@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ import yaml
 from archdiff.errors import UserError
 from archdiff.hub_ids import is_hub_id
 from archdiff.model.base import TINY_PREFIX
+from archdiff.model.families import FAMILIES
 from archdiff.run_files import CONTROLNET_DIR, LORA_WEIGHTS, RECIPE_FILE, SAMPLES_DIR, write_text_atomic
 
 if TYPE_CHECKING:
@@ -42,13 +42,6 @@ _LICENSES = {  # when the base's own card cannot be read (offline, gated)
 _TINY_LICENSE = "apache-2.0"  # archdiff's own random test models, under archdiff's licence
 # RUN/controlnet/NAME goes to NAME at the repo root (see archdiff.push): what ControlNetModel.from_pretrained(repo) reads.
 CONTROLNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
-_OPENCV = " (needs OpenCV: `pip install 'archdiff[controls]'`)"
-_CONTROL_MAPS = {  # data.control.type: the map it expects; what to feed `archdiff sample --control-type TYPE`, which does what
-    "drawing": ("white lines on black, every stroke one width", "a sketch (dark lines on light paper)", "makes that map of it"),
-    "lines": ("white straight line segments on black (MLSD style)", "a photo or drawing", "keeps its straight lines" + _OPENCV),
-    "canny": ("Canny edges, white on black", "a photo or render", "runs `cv2.Canny(image, {low}, {high})` on it" + _OPENCV),
-    "none": ("control images used as given, no map made of them", "an image like its training controls", "uses it as it is"),
-}
 
 
 def inside_run(run_dir: Path, name: str) -> bool:
@@ -106,14 +99,14 @@ def model_card(run_dir: Path, repo: str) -> ModelCard:
     recipe = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8")) or {}
     base = str(recipe.get("base", "?"))
     controlnet, lora = bool(recipe.get("controlnet")), LORA_WEIGHTS in run_weights(recipe)
-    sdxl = _is_sdxl(base, run_dir, controlnet)
+    family = FAMILIES[_family_of_run(base, run_dir, controlnet)]
     license_ = base_license(base)
     dreambooth = recipe.get("dreambooth") or {}
     triggers = trigger_words(recipe)
     samples = final_samples(run_dir)
     widget = [{"text": prompt, "output": {"url": name}} for name in samples if (prompt := _png_prompt(run_dir / name))]
     kinds = ["controlnet", *(["lora"] if lora else [])] if controlnet else ["lora"]
-    tags = [*kinds, "diffusers", "text-to-image", "architecture", "stable-diffusion-xl" if sdxl else "stable-diffusion"]
+    tags = [*kinds, "diffusers", "text-to-image", "architecture", family.hub_tag]
     data = ModelCardData(
         base_model=base if is_hub_id(base) else None,
         license=license_,
@@ -125,21 +118,23 @@ def model_card(run_dir: Path, repo: str) -> ModelCard:
     )
     grid = next((name for name in samples if _GRID.fullmatch(name)), None)
     if controlnet:  # a ControlNet (maybe with a UNet LoRA): its control type and grid, and how to feed it a sketch
+        from archdiff.model_card_controlnet import control_section, controlnet_recipe_section, controlnet_usage_section
+
         sections = [
-            _what_it_is(recipe, base, sdxl, lora),
-            _control_section(recipe),
+            _what_it_is(recipe, base, family, lora),
+            control_section(recipe),
             *([_trigger_section(triggers, dreambooth)] if triggers else []),
             *([_samples_section(recipe, grid)] if grid else []),
-            _controlnet_recipe_section(recipe, base),
-            _controlnet_usage_section(recipe, base, repo, sdxl, lora, triggers),
+            controlnet_recipe_section(recipe, base),
+            controlnet_usage_section(recipe, base, repo, family, lora, triggers),
         ]
     else:
         sections = [
-            _what_it_is(recipe, base, sdxl, lora),
+            _what_it_is(recipe, base, family, lora),
             _trigger_section(triggers, dreambooth),
             *([_samples_section(recipe, grid)] if grid else []),
             _recipe_section(recipe, base),
-            _usage_section(recipe, base, repo, sdxl, triggers),
+            _usage_section(recipe, base, repo, family, triggers),
         ]
     body = "\n\n".join([f"# {repo.split('/')[1]}", *sections, _license_section(base, license_)])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
@@ -164,25 +159,28 @@ def _is_tiny(base: str) -> bool:
     return base.startswith(TINY_PREFIX) and not Path(base).exists()
 
 
-def _is_sdxl(base: str, run_dir: Path, controlnet: bool) -> bool:
-    """SDXL or SD 1.x/2.x, to name the right pipeline class: the base's own model_index.json (tiny, local, or a
+def _family_of_run(base: str, run_dir: Path, controlnet: bool) -> str:
+    """The run's model family, to name the right pipeline class: the base's own model_index.json (tiny, local, or a
     Hub base in the HF cache), else the ControlNet's config (SDXL's text_time conditioning), else the LoRA's keys
-    (text_encoder_2 / add_embedding) or an "xl" in the name."""
+    (SD 3.5's transformer; SDXL's text_encoder_2 / add_embedding) or an "xl" in the name."""
     from safetensors import safe_open
 
     from archdiff.model.base import read_json, resolve_base
     from archdiff.model.controlnet import family_of
 
     try:
-        return resolve_base(base).family == "sdxl"
+        return resolve_base(base).family
     except UserError:
         pass
     if controlnet:
         config = run_dir / CONTROLNET_DIR / CONTROLNET_FILES[0]
-        return family_of(read_json(config, str(config))) == "sdxl"
+        return family_of(read_json(config, str(config)))
     with safe_open(str(run_dir / LORA_WEIGHTS), framework="np") as weights:
         keys = list(weights.keys())
-    return any(key.startswith(("text_encoder_2.", "unet.add_embedding.")) for key in keys) or "xl" in base.lower()
+    if any(key.startswith("transformer.") for key in keys):
+        return "sd3"
+    sdxl = any(key.startswith(("text_encoder_2.", "unet.add_embedding.")) for key in keys) or "xl" in base.lower()
+    return "sdxl" if sdxl else "sd15"
 
 
 def _png_prompt(path: Path) -> str | None:
@@ -213,8 +211,8 @@ def _base_label(base: str) -> str:
     return f"a local base model (`{public_name(base)}`)"
 
 
-def _what_it_is(recipe: dict[str, Any], base: str, sdxl: bool, lora: bool) -> str:
-    family = "Stable Diffusion XL" if sdxl else "Stable Diffusion"
+def _what_it_is(recipe: dict[str, Any], base: str, model_family, lora: bool) -> str:
+    family = model_family.title
     what = f"A LoRA adapter for {family}, on {_base_label(base)}, trained with archdiff on architecture imagery."
     if net := recipe.get("controlnet"):
         what = f"A ControlNet for {family}, on {_base_label(base)}, trained with archdiff on paired architecture images."
@@ -263,13 +261,13 @@ def _recipe_section(recipe: dict[str, Any], base: str) -> str:
     ]
     if text_encoder := lora.get("text_encoder"):
         rows.append(("Text encoder LoRA", f"rank {text_encoder.get('rank')}, alpha {text_encoder.get('alpha')}"))
-    rows += _training_rows(recipe)
+    rows += training_rows(recipe)
     if dreambooth := recipe.get("dreambooth"):
         rows.append(("DreamBooth", f"`{dreambooth.get('instance_prompt')}`, class `{dreambooth.get('class_prompt')}`"))
-    return _recipe_table(rows)
+    return recipe_table(rows)
 
 
-def _training_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
+def training_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
     train, data = recipe.get("train") or {}, recipe.get("data") or {}
     batch = f"{train.get('batch_size')} x {train.get('gradient_accumulation')} accumulated"
     buckets = (data.get("buckets") or {}).get("enabled", True)
@@ -281,7 +279,7 @@ def _training_rows(recipe: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def _recipe_table(rows: list[tuple[str, str]]) -> str:
+def recipe_table(rows: list[tuple[str, str]]) -> str:
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     return f"## Training recipe\n\n| | |\n|---|---|\n{table}\n\nThe full resolved recipe is in [`{RECIPE_FILE}`]({RECIPE_FILE})."
 
@@ -293,13 +291,13 @@ def _source_label(source: dict[str, Any]) -> str:
     return f"{name} x{source.get('repeats', 1)}" if source.get("repeats", 1) != 1 else name
 
 
-def _example_prompt(recipe: dict[str, Any], triggers: list[str]) -> str:
+def example_prompt(recipe: dict[str, Any], triggers: list[str]) -> str:
     validation, dreambooth = recipe.get("validation") or {}, recipe.get("dreambooth") or {}
     prompt = next(iter(validation.get("prompts") or []), None) or dreambooth.get("instance_prompt") or "a brick facade"
     return f"{triggers[0]}, {prompt}" if triggers and not prompt.startswith(triggers[0]) else prompt
 
 
-def _base_source(base: str) -> tuple[str, str]:
+def base_source(base: str) -> tuple[str, str]:
     """The base as the usage code loads it, and a comment line to go before it."""
     if is_hub_id(base):
         return base, ""
@@ -309,11 +307,11 @@ def _base_source(base: str) -> tuple[str, str]:
     return f"path/to/{public_name(base)}", "# the local base this adapter was trained on\n"
 
 
-def _usage_section(recipe: dict[str, Any], base: str, repo: str, sdxl: bool, triggers: list[str]) -> str:
-    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+def _usage_section(recipe: dict[str, Any], base: str, repo: str, family, triggers: list[str]) -> str:
+    pipeline = family.pipeline
     validation = recipe.get("validation") or {}
-    prompt = _example_prompt(recipe, triggers)
-    source, note = _base_source(base)
+    prompt = example_prompt(recipe, triggers)
+    source, note = base_source(base)
     code = (
         "import torch\n"
         f"from diffusers import {pipeline}\n\n"
@@ -325,68 +323,6 @@ def _usage_section(recipe: dict[str, Any], base: str, repo: str, sdxl: bool, tri
         'image.save("sample.png")'
     )
     return f"## Use it with diffusers\n\n```python\n{code}\n```"
-
-
-def _control(recipe: dict[str, Any]) -> dict[str, Any]:
-    return (recipe.get("data") or {}).get("control") or {}
-
-
-def _control_section(recipe: dict[str, Any]) -> str:
-    control = _control(recipe)
-    kind = str(control.get("type", "none"))
-    looks, image, does = _CONTROL_MAPS.get(kind, ("as in its training data", "an image", "makes its map"))
-    does = does.format(low=control.get("canny_low", 100), high=control.get("canny_high", 200))
-    return (
-        f"## Control image\n\nControl type `{kind}`: {looks}. To draw from your own image, feed {image} through "
-        f"`archdiff sample --control-type {kind}`, which {does}. Trained and validated at conditioning scale "
-        f"{(recipe.get('controlnet') or {}).get('scale', 1.0)} (`controlnet_conditioning_scale`)."
-    )
-
-
-def _controlnet_recipe_section(recipe: dict[str, Any], base: str) -> str:
-    net, lora = recipe.get("controlnet") or {}, recipe.get("lora") or {}
-    init = f"from `{public_name(str(net['init']))}`" if net.get("init") else "from a copy of the base UNet's encoder"
-    weights = f"a LoRA (rank {a.get('rank')}, alpha {a.get('alpha')}), merged" if (a := net.get("lora")) else "all weights"
-    rows = [
-        ("Base", f"`{public_name(base)}`"),
-        ("ControlNet", f"{init}, {weights}"),
-        ("Control type", f"`{_control(recipe).get('type', 'none')}`"),
-        ("Conditioning scale", str(net.get("scale", 1.0))),
-    ]
-    if net.get("unet_lora"):
-        rows.append(("UNet LoRA", f"rank {lora.get('rank')}, alpha {lora.get('alpha')}"))
-    if net.get("style_lora"):
-        rows.append(("Style LoRA", f"`{public_name(str(net['style_lora']))}`, frozen"))
-    return _recipe_table(rows + _training_rows(recipe))
-
-
-def _controlnet_usage_section(recipe: dict[str, Any], base: str, repo: str, sdxl: bool, lora: bool, triggers: list[str]) -> str:
-    """diffusers code (the ControlNet from the repo root) and the archdiff command that makes the control map itself."""
-    pipeline = f"StableDiffusion{'XL' if sdxl else ''}ControlNetPipeline"
-    validation, net = recipe.get("validation") or {}, recipe.get("controlnet") or {}
-    kind = str(_control(recipe).get("type", "none"))
-    prompt, scale = _example_prompt(recipe, triggers), net.get("scale", 1.0)
-    source, note = _base_source(base)
-    load_lora = f"pipe.load_lora_weights({json.dumps(repo)}, weight_name={json.dumps(LORA_WEIGHTS)})\n" if lora else ""
-    code = (
-        f"import torch\nfrom diffusers import ControlNetModel, {pipeline}\nfrom diffusers.utils import load_image\n\n"
-        f"controlnet = ControlNetModel.from_pretrained({json.dumps(repo)}, dtype=torch.float16)\n{note}"
-        f"pipe = {pipeline}.from_pretrained({json.dumps(source)}, controlnet=controlnet, dtype=torch.float16)"
-        f'.to("cuda")\n{load_lora}'
-        f'control = load_image("control.png")  # a `{kind}` map: {_CONTROL_MAPS.get(kind, ("as trained",))[0]}\n'
-        f"image = pipe({json.dumps(prompt)}, image=control, controlnet_conditioning_scale={scale}, "
-        f"num_inference_steps={validation.get('steps', 25)}, guidance_scale={validation.get('guidance', 7.5)}).images[0]\n"
-        'image.save("sample.png")'
-    )
-    extra = (f" --lora {repo}" if lora else "") + (f" --control-scale {scale}" if scale != 1.0 else "")
-    command = (
-        f"archdiff sample {shlex.quote(prompt)} --base {shlex.quote(source)} --controlnet {repo} "
-        f"--control sketch.png --control-type {kind}{extra}"
-    )
-    archdiff = f"archdiff makes the `{kind}` map of your image (saved beside the results) and draws from it"
-    return (
-        f"## Use it with diffusers\n\n```python\n{code}\n```\n\n## Use it with archdiff\n\n{archdiff}:\n\n```bash\n{command}\n```"
-    )
 
 
 def _license_section(base: str, license_: str) -> str:

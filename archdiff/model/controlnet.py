@@ -15,7 +15,7 @@ from archdiff.hub_ids import is_hub_id
 from archdiff.run_files import CONTROLNET_DIR, RECIPE_FILE
 
 CONTROLNET_CLASS = "ControlNetModel"
-FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL", "sd3": "SD 3.5"}
 
 
 @dataclass(frozen=True)

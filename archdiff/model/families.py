@@ -48,6 +48,8 @@ class Family:
 
     name: str = "sd15"
     label: str = "SD 1.x/2.x"
+    title: str = "Stable Diffusion"  # and `hub_tag`: how a model card names and tags it
+    hub_tag: str = "stable-diffusion"
     pipeline: str = "StableDiffusionPipeline"
     denoiser: str = "unet"  # its subfolder, and the LoRA keys' prefix
     denoiser_class: str = "UNet2DConditionModel"
@@ -83,6 +85,8 @@ class SDXLFamily(Family):
 
     name: str = "sdxl"
     label: str = "SDXL"
+    title: str = "Stable Diffusion XL"
+    hub_tag: str = "stable-diffusion-xl"
     pipeline: str = "StableDiffusionXLPipeline"
     text_encoders: tuple[str, ...] = ("CLIPTextModel", "CLIPTextModelWithProjection")
     trainable_text: int = 2
@@ -112,6 +116,8 @@ class SD3Family(Family):
 
     name: str = "sd3"
     label: str = "SD 3.5"
+    title: str = "Stable Diffusion 3.5"
+    hub_tag: str = "stable-diffusion-3"
     pipeline: str = "StableDiffusion3Pipeline"
     denoiser: str = "transformer"
     denoiser_class: str = "SD3Transformer2DModel"

@@ -9,7 +9,7 @@ from typing import Any
 
 from archdiff.errors import UserError
 
-FAMILY_NAMES = {"sd15": "SD 1.5/2.x", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd15": "SD 1.5/2.x", "sdxl": "SDXL", "sd3": "SD 3.5"}
 _CONTEXT_FAMILIES = {768: "sd15", 1024: "sd15", 2048: "sdxl"}  # the real bases' text-feature widths
 _DOWN = ("lora_A.weight", "lora_down.weight", "lora.down.weight")
 
@@ -30,9 +30,10 @@ def family_of_base_name(name: str) -> str | None:
             index = Path(cached) if isinstance(cached, str) else None
         if index is None:
             return None
-        return {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}.get(
-            json.loads(index.read_text()).get("_class_name")
-        )
+        from archdiff.model.families import FAMILIES
+
+        pipelines = {family.pipeline: name for name, family in FAMILIES.items()}
+        return pipelines.get(json.loads(index.read_text()).get("_class_name"))
     except Exception:  # noqa: BLE001 - a name that says nothing leaves the decision to the LoRA's shapes
         return None
 
@@ -54,6 +55,8 @@ def lora_family(header: dict[str, Any], recipe_base: str | None = None) -> str |
         return "sdxl"
     if version.startswith("sd_v"):
         return "sd15"
+    if any(key.startswith("transformer.") for key in header):  # SD 3.5's MMDiT (diffusers' own key layout)
+        return "sd3"
     if any(key.startswith(("text_encoder_2.", "lora_te2_", "lora_te1_")) for key in header):
         return "sdxl"
     if any(key.startswith("lora_te_") for key in header):
