@@ -108,7 +108,7 @@ def test_a_cached_sdxl_run_never_loads_a_text_encoder_and_loses_as_an_uncached_o
         monkeypatch.setattr(encoder_class, "from_pretrained", classmethod(refuse))
     loaded = []
     real_load = base_module.load_components
-    monkeypatch.setattr(base_module, "load_components", lambda base: loaded.append(real_load(base)) or loaded[-1])
+    monkeypatch.setattr(base_module, "load_components", lambda base, **kw: loaded.append(real_load(base, **kw)) or loaded[-1])
     cached = run(load_recipe("demo-tiny", [f"output={tmp_path / 'cached'}", *CACHED, *steps]))
     assert "texts 0 encoded, 32 reused" in capsys.readouterr().out
     (components,) = loaded
