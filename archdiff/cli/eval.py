@@ -34,7 +34,7 @@ def eval_command(
         None, "--seeds", help="Seeds each caption is drawn with, e.g. 0,1,2,3 (default: the recipe's eval.seeds)."
     ),
 ) -> None:
-    """Score every checkpoint (and the base without the LoRA) against the held-out images; name the best.
+    """Score every checkpoint and the base, and name the best one.
 
     Images are drawn from the held-out captions at their sizes and kept under RUN/eval/images, so a second call
     with other metrics draws nothing again. Writes RUN/eval/report.json and RUN/eval/report.html.

@@ -9,7 +9,7 @@ import typer
 
 from archdiff.cli import options
 
-app = typer.Typer(help="Serve LoRAs over HTTP with a web studio; export what people rated good.", no_args_is_help=False)
+app = typer.Typer(help="Serve LoRAs over HTTP and in a web studio.", no_args_is_help=False)
 FOLDER = typer.Option(Path("serve"), "--folder", help="Where the feedback database lives (created if missing).")
 
 
@@ -44,7 +44,10 @@ def export_feedback(
     folder: Path = FOLDER,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder at OUT."),
 ) -> None:
-    """Write the results rated good as an image folder that `archdiff train --data OUT` trains on."""
+    """Write the results rated good as training data.
+
+    An image folder with metadata.jsonl that `archdiff train --data OUT` trains on.
+    """
     from archdiff.serve.feedback import export_good
 
     count = export_good(folder, out, overwrite)
