@@ -126,7 +126,7 @@ def test_without_t5_the_run_never_loads_it_and_still_draws(tmp_path, monkeypatch
     monkeypatch.setattr(T5EncoderModel, "from_pretrained", classmethod(refuse))
     settings = ["base=tiny-sd3", "train.snr_gamma=null", "memory.t5=drop", "train.max_steps=4", "validation.seeds=[0]"]
     result = run(load_recipe("demo-tiny", [*settings, f"output={tmp_path / 'no-t5'}"]))
-    assert result.final_val_loss < result.first_val_loss * 1.5 and result.samples, "trained, and the final grid was drawn"
+    assert result.final_val_loss < result.first_val_loss and result.sample_files, "trained, and the final images were drawn"
     recipe = (result.run_dir / "recipe.yaml").read_text()
     assert "t5: drop" in recipe
 
