@@ -149,6 +149,15 @@ class MetricsLog:
         return rows
 
     @staticmethod
+    def last_step(path: Path) -> int:
+        """The last logged step, read while a run may be appending (-1 when nothing is logged or readable yet)."""
+        try:
+            rows = MetricsLog.read(path)
+        except (OSError, ValueError, UserError):
+            return -1
+        return rows[-1]["step"] if rows else -1
+
+    @staticmethod
     def read_if_exists(path: Path | None) -> list[dict[str, Any]]:
         return MetricsLog.read(path) if path is not None and path.is_file() else []
 

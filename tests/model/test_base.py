@@ -155,6 +155,10 @@ def test_random_base_names_resolve_and_unknown_ones_are_refused(tmp_path, monkey
     assert resolve_base("random-sdxl").source == base.source and len(built) == 1, "built once"
     with pytest.raises(UserError, match="unknown random base 'random-sd3'; choose one of: random-sd15, random-sd2v, random-sdxl"):
         resolve_base("random-sd3")
+    sd35m = resolve_base("random-sd35m")  # SD 3.5 Medium's layout: its own name, in the sd3 family's folder
+    assert (sd35m.family, Path(sd35m.source), built[-1]) == ("sd3", tmp_path / "full" / "sd3", ("sd3", "full"))
+    with pytest.raises(UserError, match="unknown tiny base 'tiny-sd35m'; choose one of: .*tiny-sdxl, tiny-sd3$"):
+        resolve_base("tiny-sd35m")
 
 
 def test_safetensors_header_names_a_truncated_file_without_loading_it(tmp_path):

@@ -105,26 +105,6 @@ def test_random_sd35m_has_sd35_mediums_layout_and_size(tmp_path):
     assert t5.is_gated_act and t5.dense_act_fn == "gelu_new"
 
 
-def test_random_sd35m_resolves_to_the_sd3_family_and_other_names_are_refused(tmp_path, monkeypatch):
-    """The real-size build is faked (16 GB); the name mapping and cache folder are what is checked."""
-    import archdiff.model.tiny as tiny
-
-    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path))
-    built, real_builder = [], tiny.random_pipeline
-
-    def small_stand_in(folder, family, size):
-        built.append((family, size))
-        return real_builder(folder, family, "tiny")
-
-    monkeypatch.setattr(tiny, "random_pipeline", small_stand_in)
-    base = resolve_base("random-sd35m")
-    assert (base.family, Path(base.source), built) == ("sd3", tmp_path / "full" / "sd3", [("sd3", "full")])
-    with pytest.raises(UserError, match="unknown random base 'random-sd3'; choose one of: .*random-sdxl, random-sd35m$"):
-        resolve_base("random-sd3")
-    with pytest.raises(UserError, match="unknown tiny base 'tiny-sd35m'; choose one of: .*tiny-sdxl, tiny-sd3$"):
-        resolve_base("tiny-sd35m")
-
-
 def test_tiny_model_command_writes_an_sd3_pipeline(tiny_sd3, tmp_path):
     from archdiff.cli import app
 

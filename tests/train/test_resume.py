@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from killed_runs import signal_at_step
 from safetensors.torch import load_file
 
 from archdiff.config import load_recipe
@@ -41,25 +42,7 @@ def train_command(run_dir, *extra):
 
 def start_and_signal(run_dir, cwd, at_step, signal_number):
     """Start training and send a signal once metrics.jsonl shows `at_step` steps done."""
-    process = subprocess.Popen(train_command(run_dir), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if _logged_steps(metrics) >= at_step:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal_number)
-    stdout, stderr = process.communicate(timeout=120)
-    return process.returncode, stdout, stderr
-
-
-def _logged_steps(metrics) -> int:
-    """The last step in metrics.jsonl, read while the run appends to it (the file can be empty or mid-line)."""
-    try:
-        rows = MetricsLog.read(metrics)
-    except (OSError, ValueError):
-        return -1
-    return rows[-1]["step"] if rows else -1
+    return signal_at_step(train_command(run_dir), run_dir / "metrics.jsonl", at_step, signal_number, cwd=cwd)
 
 
 def lora(run_dir):

@@ -5,15 +5,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from killed_runs import signal_at_step
 from safetensors.torch import load_file
 
 from archdiff.config import load_recipe
 from archdiff.errors import UserError
-from archdiff.run_files import LORA_WEIGHTS, MetricsLog
+from archdiff.run_files import LORA_WEIGHTS
 from archdiff.train.run import run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,19 +97,8 @@ def test_a_killed_sd3_run_resumes_bit_for_bit(tmp_path):
     whole = run(load_recipe("demo-tiny", [*SD3, f"output={tmp_path / 'whole'}", "train.log_every=1", f"train.max_steps={STEPS}"]))
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(_train_command(killed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            rows = MetricsLog.read(killed / "metrics.jsonl")
-        except (OSError, ValueError):
-            rows = []
-        if rows and rows[-1]["step"] >= 5:
-            break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    returncode, _, _ = signal_at_step(_train_command(killed), killed / "metrics.jsonl", 5, signal.SIGKILL, env=env)
+    assert returncode == -signal.SIGKILL
     assert not (killed / LORA_WEIGHTS).exists(), "killed before the end"
     resumed = subprocess.run(_train_command(killed, "--resume", "latest"), capture_output=True, text=True, timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -5,10 +5,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from killed_runs import signal_at_step
 from safetensors.torch import load_file, save_file
 
 from archdiff.config import load_recipe
@@ -128,30 +128,14 @@ def _train_command(run_dir, *extra):
     return [*command, *extra]
 
 
-def _logged_steps(metrics) -> int:
-    """The last step in metrics.jsonl, read while the run appends to it (the file can be missing or mid-line)."""
-    try:
-        rows = MetricsLog.read(metrics)
-    except (OSError, ValueError):
-        return -1
-    return rows[-1]["step"] if rows else -1
-
-
 def test_a_killed_cached_sdxl_run_resumes_bit_for_bit(tmp_path):
     """The session cache's text entries are filled by the uninterrupted run; the killed one reads them. Only the
     killed run and its resumption are processes of their own (one thread each, like this one)."""
     quick = ["train.log_every=1", "train.checkpoint_every=4", f"train.max_steps={STEPS}"]
     whole = run(load_recipe("demo-tiny", [f"output={tmp_path / 'whole'}", *CACHED, *quick])).run_dir  # in-process: no start-up
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(killed), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if _logged_steps(killed / "metrics.jsonl") >= 5:
-            break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    returncode, _, _ = signal_at_step(_train_command(killed), killed / "metrics.jsonl", 5, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
     assert not (killed / "pytorch_lora_weights.safetensors").exists(), "killed before the end"
     resumed = subprocess.run(_train_command(killed, "--resume", "latest"), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
