@@ -254,7 +254,9 @@ class Components:
     @property
     def text_encoders(self) -> tuple:
         """The text encoders the family conditions on, in the pipeline's order (SD 3.x without T5: the two CLIPs)."""
-        count = len(self.family.text_encoders) - (self.tokenizer_3 is None and len(self.family.text_encoders) > 2)
+        count = len(self.family.text_encoders)
+        if count > 2 and self.tokenizer_3 is None:  # memory.t5: drop
+            count = 2
         return tuple(self._encoder(index) for index in range(count))
 
     @property
