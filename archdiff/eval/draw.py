@@ -40,6 +40,7 @@ class DrawSettings:
     guidance: float
     recipe: object = None  # a ControlNet run's Recipe: how its checkpoints' ControlNets are built
     controls: list | None = None  # per job: the control image a ControlNet row follows
+    vae: str | None = None  # a run's `vae:` folder, drawn with instead of the base's vae/
 
 
 def image_key(job: Job, row: Row, settings: DrawSettings, control_id: str | None) -> str:
@@ -50,6 +51,7 @@ def image_key(job: Job, row: Row, settings: DrawSettings, control_id: str | None
         "steps": settings.steps,
         "guidance": settings.guidance,
         "base": settings.base_name,
+        "vae": settings.vae,
         "weights": row.weights_id,
         "control": control_id,
     }
@@ -104,7 +106,7 @@ def draw_missing(rows: list[Row], jobs: list[Job], paths: dict[str, list[Path]],
 def _pipeline(settings: DrawSettings):
     from archdiff.sample import load_pipeline
 
-    return load_pipeline(settings.base_source, [], settings.family)
+    return load_pipeline(settings.base_source, [], settings.family, vae=settings.vae)
 
 
 def _merge_style(pipe, settings: DrawSettings) -> None:

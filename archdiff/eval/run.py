@@ -107,7 +107,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Path]
     checkpoints = find_steps(run_dir, options.checkpoints)
     eval_dir = run_dir / EVAL_DIR
     check_output(eval_dir, "eval folder", folder=True)
-    base = resolve_base(recipe.base)
+    base = resolve_base(recipe.base, recipe.vae)  # a run's `vae:` draws its images as it drew its samples
     if recipe.controlnet:
         from archdiff.train.checks import check_controlnet_options
 
@@ -125,7 +125,7 @@ def evaluate(run_dir: Path, options: EvalOptions) -> tuple[dict[str, Any], Path]
         maps = [reference.control(index) for index in range(len(reference.samples))]
         controls = [maps[job.reference] for job in jobs]
         control_ids = [hashlib.sha256(control.tobytes()).hexdigest()[:20] for control in controls]
-    draw = DrawSettings(recipe.base, base.source, base.family, settings.steps, settings.guidance, recipe, controls)
+    draw = DrawSettings(recipe.base, base.source, base.family, settings.steps, settings.guidance, recipe, controls, base.vae)
     paths = image_paths(eval_dir, rows, jobs, draw, control_ids)
     drawn, reused = draw_missing(rows, jobs, paths, draw)
 
