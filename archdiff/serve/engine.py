@@ -111,10 +111,11 @@ class Engine:
         unique_names([named(text, "--controlnet")[1] for text in controlnets], "--controlnet")
         recipe = run_recipe([LoraSpec.parse(named(text, "--lora")[0]) for text in loras])
         recipe = recipe or next((net.source.recipe for net in self.controlnets.values() if net.source.recipe), {})
+        vae = None if base_name else recipe.get("vae")  # the run's own `vae:` comes with its base, not with --base
         base_name = base_name or recipe.get("base")
         if not base_name:
             raise UserError("no --base given and no --lora or --controlnet run folder names one; pass --base (e.g. tiny-sd15)")
-        self.base = resolve_base(str(base_name))
+        self.base = resolve_base(str(base_name), vae)
         for lora in self.loras.values():
             header = safetensors_header(lora_file(lora), f"--lora '{lora.name}'")
             check_lora_fits(header, f"--lora '{lora.name}'", self.base)
@@ -129,7 +130,7 @@ class Engine:
         from archdiff.model.families import FAMILIES
         from archdiff.sample import load_pipeline, quiet_loading
 
-        self.pipe = load_pipeline(self.base.source, [], self.base.family, device=device)
+        self.pipe = load_pipeline(self.base.source, [], self.base.family, device=device, vae=self.base.vae)
         for lora in self.loras.values():
             try:
                 with quiet_loading():
