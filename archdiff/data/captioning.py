@@ -61,7 +61,7 @@ def caption_folder_of(src: str) -> Path:
             raise UserError(f"'{src}' is a bundled set, which is read-only; copy its folder and caption the copy")
         if path.exists():
             raise UserError(f"SRC '{src}' is a file; give the folder that holds the images")
-        what = "is a Hub dataset id" if is_hub_id(src) else "does not exist"
+        what = "is no local folder (Hub datasets are read-only here)" if is_hub_id(src) else "does not exist"
         raise UserError(f"SRC '{src}' {what}; `data caption` writes into a local image folder: download or copy it there first")
     if (path / "metadata.csv").is_file() and not (path / METADATA_FILE).is_file():
         raise UserError(f"'{src}' keeps its captions in metadata.csv; convert it to metadata.jsonl first")

@@ -203,7 +203,7 @@ def test_training_reads_the_result(tmp_path, captioner, tiny_base):
     ("args", "says"),
     [
         (["facades"], "bundled set, which is read-only"),
-        (["someone/facades"], "is a Hub dataset id"),
+        (["someone/facades"], "Hub datasets are read-only here"),
         (["missing-folder"], "does not exist"),
         (["{folder}", "--template", "{material} facade"], "has no {caption}"),
         (["{folder}", "--model", "{folder}"], "is a folder without config.json"),
