@@ -1,5 +1,5 @@
-"""`archdiff data list | inspect | check-vae | controls`: what `--data NAME` accepts, what a run would make of it,
-and the paired folders ControlNet training reads."""
+"""`archdiff data list | inspect | check-vae | controls | caption`: what `--data NAME` accepts, what a run would make
+of it, the paired folders ControlNet training reads, and machine captions for a folder's uncaptioned images."""
 
 from __future__ import annotations
 
@@ -182,3 +182,41 @@ def controls_command(
         typer.echo(f"  skipped {item.name}: {item.reason}")
     typer.echo(f"{result.written} controls written to {result.folder}, skipped {len(result.skipped)}")
     typer.echo(f"contact sheet: {result.sheet}")
+
+
+@app.command("caption")
+def caption_command(
+    src: str = typer.Argument(..., help="Local image folder; its metadata.jsonl is created or updated in place."),
+    model: str = typer.Option(
+        "Salesforce/blip-image-captioning-base", "--model", "-m", help="BLIP captioning model: Hub id, folder, or tiny-captioner."
+    ),
+    template: str = typer.Option(
+        None, "--template", help="Caption from metadata fields around the model's text, e.g. '{material} facade, {caption}'."
+    ),
+    overwrite_human: bool = typer.Option(False, "--overwrite-human", help="Replace human captions (metadata text, .txt) too."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per generate call."),
+    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, help="Longest caption, in tokens."),
+) -> None:
+    """Write machine captions for the images of SRC that have none.
+
+    Resumable: metadata.jsonl is saved after every batch, and a second run skips what is captioned. Machine captions
+    are marked caption_source: machine, with caption_model.
+    """
+    from archdiff.data.captioning import caption_folder_of, check_template, plan_captions
+
+    folder = caption_folder_of(src)
+    check_template(template)
+    plan = plan_captions(folder, overwrite_human, template)
+    kept = f"{plan.human} human captions kept, {plan.earlier} captioned earlier"
+    if not plan.todo:
+        typer.echo(f"nothing to caption in {folder}: {kept}")
+        return
+    from archdiff.runtime import quiet_libraries
+
+    quiet_libraries()
+    from archdiff.data.captioning import load_captioner, write_captions
+
+    result = write_captions(plan, load_captioner(model), template, batch_size, max_new_tokens)
+    for item in result.skipped:
+        typer.echo(f"  skipped {item.name}: {item.reason}")
+    typer.echo(f"{result.written} captions written to {result.metadata}; {kept}, {len(result.skipped)} skipped")
