@@ -17,7 +17,7 @@ def _nearest_existing(path: Path) -> Path:
     return ancestor
 
 
-def _writable(folder: Path) -> bool:
+def writable(folder: Path) -> bool:
     """Whether a file can be created in `folder`, by trying (permission bits say nothing to root or on read-only mounts)."""
     try:
         with tempfile.TemporaryFile(dir=folder):
@@ -38,6 +38,6 @@ def check_output(path: Path, option: str, *, folder: bool, suffixes: tuple[str, 
     ancestor = _nearest_existing(path if folder else path.parent)
     if not ancestor.is_dir():
         raise UserError(f"{option} '{path}' lies inside '{ancestor}', which is a file; '{ancestor}' is a file, not a folder")
-    if not _writable(ancestor):
+    if not writable(ancestor):
         reason = f"'{ancestor}' is not writable (no write permission in '{ancestor}')"
         raise UserError(f"{option} '{path}' cannot be written: {reason}")

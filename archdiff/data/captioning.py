@@ -53,7 +53,7 @@ class CaptionResult:
 def caption_folder_of(src: str) -> Path:
     """SRC as a local image folder this command may write into; bundled sets and Hub datasets are read-only."""
     from archdiff.hub_ids import is_hub_id
-    from archdiff.outputs import _writable
+    from archdiff.outputs import writable
 
     path = Path(src).expanduser()
     if not path.is_dir():
@@ -70,7 +70,7 @@ def caption_folder_of(src: str) -> Path:
     nested = next((p.parent for name in METADATA_FILES for p in path.glob(f"*/{name}") if not (path / name).is_file()), None)
     if nested is not None:
         raise UserError(f"'{src}' keeps its metadata in '{nested.name}/'; give that folder as SRC")
-    if not _writable(path):
+    if not writable(path):
         raise UserError(f"SRC '{src}' is not writable (no write permission); copy the folder somewhere writable and caption that")
     return path
 
@@ -109,12 +109,12 @@ def _has_text(value: Any) -> bool:
 def _existing_rows(folder: Path) -> list[dict[str, Any]]:
     """metadata.jsonl's rows as they are, then a new row for every image no row names (in any column: a control or
     mask file is not a training image)."""
-    from archdiff.data.sources import _image_files, _metadata_rows
+    from archdiff.data.sources import image_files, metadata_rows
 
     metadata = folder / METADATA_FILE
-    rows = [row for _, row in _metadata_rows(metadata)] if metadata.is_file() else []
+    rows = [row for _, row in metadata_rows(metadata)] if metadata.is_file() else []
     named = {str(value) for row in rows for value in row.values() if isinstance(value, str)}
-    images, _ = _image_files(folder, "train")
+    images, _ = image_files(folder, "train")
     for image in images:
         name = image.relative_to(folder).as_posix()
         if name not in named:
@@ -165,10 +165,10 @@ class Captioner:
 def load_captioner(name: str) -> Captioner:
     """A natively supported captioning model (Hub id, folder or tiny-captioner), or a one-line UserError."""
     from archdiff.data.tiny_captioner import TINY_CAPTIONER, tiny_captioner_folder
-    from archdiff.eval.features import _check_source
+    from archdiff.eval.features import check_model_source
 
     source = tiny_captioner_folder() if name == TINY_CAPTIONER and not Path(name).exists() else name
-    _check_source(source, CAPTIONER_WHAT)
+    check_model_source(source, CAPTIONER_WHAT)
     import torch
     import transformers
     from transformers.utils import logging as transformers_logging

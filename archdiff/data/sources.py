@@ -126,7 +126,7 @@ def _load_local(folder: Path, split: str, control_column: str = "control", contr
         return _load_saved(folder, split), []
     if any(folder.glob("*.parquet")) or any(folder.glob("data/*.parquet")) or any(folder.glob("data/*.arrow")):
         return _load_hub(str(folder), split, str(folder)), []
-    images, skipped = _image_files(folder, split)
+    images, skipped = image_files(folder, split)
     metadata = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
     if not metadata and any((folder / split / name).is_file() for name in METADATA_FILES):
         dataset, inner = _load_local(
@@ -146,7 +146,7 @@ def _load_local(folder: Path, split: str, control_column: str = "control", contr
     return dataset, skipped + unreadable
 
 
-def _image_files(folder: Path, split: str) -> tuple[list[Path], list[Skipped]]:
+def image_files(folder: Path, split: str) -> tuple[list[Path], list[Skipped]]:
     """The image files to train on, and every image-named entry that cannot be, with the reason."""
     from archdiff.data.images import HEIF_HINT, HEIF_SUFFIXES, heif_available
 
@@ -211,7 +211,7 @@ def _csv_rows(metadata: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _metadata_rows(metadata: Path) -> list[tuple[int, dict[str, Any]]]:
+def metadata_rows(metadata: Path) -> list[tuple[int, dict[str, Any]]]:
     """The metadata file's rows with their line numbers; a line-precise error for bad UTF-8, JSON or CSV."""
     text = _metadata_text(metadata)
     if metadata.suffix == ".csv":
@@ -306,7 +306,7 @@ def _load_imagefolder(
     already = {item.name for item in skipped}
     listed: set[Path] = set()
     kept: list[tuple[int, dict[str, Any], Path]] = []
-    for number, row in _metadata_rows(metadata):
+    for number, row in metadata_rows(metadata):
         name = str(row["file_name"])
         path, known = folder / name, Path(name).as_posix() in already
         if Path(name).is_absolute() or not path.resolve().is_relative_to(root):

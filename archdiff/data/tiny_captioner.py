@@ -54,10 +54,10 @@ def _captioner(folder: Path) -> None:
 
 def tiny_captioner_folder() -> str:
     """The tiny captioner's folder in the cache, built on first use."""
-    from archdiff.eval.tiny_models import _write_atomically
+    from archdiff.eval.tiny_models import write_model_atomically
     from archdiff.paths import cache_dir
 
     folder = cache_dir() / "tiny" / "captioner"
     if not (folder / "config.json").is_file():
-        _write_atomically(folder, _captioner)
+        write_model_atomically(folder, _captioner)
     return str(folder)

@@ -61,7 +61,7 @@ def _model_folder(name: str) -> Path:
     return path if path.is_dir() else Path(try_to_load_from_cache(name, "config.json")).parent
 
 
-def _check_source(name: str, what: str) -> None:
+def check_model_source(name: str, what: str) -> None:
     """A missing folder, or a Hub id with no Hub, named in one line before transformers' long messages."""
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -91,7 +91,7 @@ def metric_source(name: str, what: str) -> str:
     """What `from_pretrained` loads for `name` (a tiny model built first), checked without importing torch where it can be:
     a missing folder or an offline Hub id is one line in a fraction of a second."""
     source = _built_tiny(name) if name in TINY_METRIC_MODELS and not Path(name).exists() else name
-    _check_source(source, what)
+    check_model_source(source, what)
     return source
 
 

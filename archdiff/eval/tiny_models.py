@@ -17,7 +17,7 @@ TINY_IMAGE_SIZE = 32  # CLIP: 4x4 patches of 8 px; DINOv2: crop 28 = 2x2 patches
 _TINY_VISION = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 
-def _write_atomically(folder: Path, build) -> Path:
+def write_model_atomically(folder: Path, build) -> Path:
     """`build(staging)` writes the model; a crash never leaves half a model under `folder`."""
     from archdiff.model.tiny import quiet_progress_bars
 
@@ -70,9 +70,9 @@ def _dino(folder: Path) -> None:
 
 def build_tiny_clip(folder: Path) -> Path:
     """A random CLIPModel (2-layer text and vision towers, 32-d embeddings) with its tokenizer and image processor."""
-    return _write_atomically(folder, _clip)
+    return write_model_atomically(folder, _clip)
 
 
 def build_tiny_dino(folder: Path) -> Path:
     """A random Dinov2Model (2 layers, 32-d features) with DINOv2's image processor settings at 28 px."""
-    return _write_atomically(folder, _dino)
+    return write_model_atomically(folder, _dino)

@@ -133,7 +133,7 @@ def test_template_fills_fields_around_the_caption(tmp_path, captioner, monkeypat
 
 def test_unwritable_folder_refused(tmp_path, monkeypatch):
     _images(tmp_path, 1)
-    monkeypatch.setattr("archdiff.outputs._writable", lambda folder: False)
+    monkeypatch.setattr("archdiff.outputs.writable", lambda folder: False)
     with pytest.raises(UserError, match="is not writable"):
         caption_folder_of(str(tmp_path))
 
