@@ -4,9 +4,11 @@ import signal
 import subprocess
 import sys
 
+import numpy
 import pytest
 import torch
 from killed_runs import signal_at_step
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -39,6 +41,10 @@ def diffusers_keys(tensors):
     """A checkpoint's peft keys (adapter.safetensors `x.lora_A.weight`, ema.safetensors `unet.x.lora_A.default.weight`)
     as the run's LoRA file names them (`unet.x.lora_A.weight`)."""
     return {("" if key.startswith("unet.") else "unet.") + key.replace(".default.", "."): value for key, value in tensors.items()}
+
+
+def pixels(path):
+    return torch.from_numpy(numpy.array(Image.open(path)))
 
 
 def assert_same(expected, got):
@@ -122,9 +128,10 @@ def test_sigkill_then_resume_gives_the_same_average_and_loras_bit_for_bit(tmp_pa
 
 @pytest.mark.slow
 def test_validation_measures_the_average_while_training_continues_on_the_raw_weights(tmp_path, tiny_base):
-    """decay 1.0: the average never leaves the untrained LoRA, so val_loss stays the untrained one; the losses
-    and raw weights are those of the same run without EMA."""
-    sets = [f"train.max_steps={4}", *QUICK, "train.checkpoint_every=4"]
+    """decay 1.0: the average never leaves the untrained LoRA, so val_loss and the sample grids stay the untrained
+    ones; the losses and raw weights are those of the same run without EMA."""
+    sets = ["train.max_steps=4", *QUICK[:-1], "train.checkpoint_every=4"]
+    sets += ["validation.every=2", "validation.steps=2", "validation.seeds=[0]"]
     plain = run(load_recipe("demo-tiny", [f"output={tmp_path / 'plain'}", *sets]))
     frozen = run(load_recipe("demo-tiny", [f"output={tmp_path / 'frozen'}", *sets, "train.ema={decay: 1.0}"]))
     plain_rows, frozen_rows = MetricsLog.read(plain.run_dir / "metrics.jsonl"), MetricsLog.read(frozen.run_dir / "metrics.jsonl")
@@ -134,6 +141,12 @@ def test_validation_measures_the_average_while_training_continues_on_the_raw_wei
     assert len(frozen_val) == 3 and set(frozen_val) == {plain_val[0]}, "the average is the untrained LoRA throughout"
     assert plain_val[-1] != plain_val[0], "while the raw weights move the held-out loss"
     assert_same(load_file(plain.lora_file), load_file(frozen.run_dir / "pytorch_lora_weights_raw.safetensors"))
+    grids = {
+        name: [pixels(result.run_dir / "samples" / f"{checkpoint_name(step)}.png") for step in (2, 4)]
+        for name, result in (("plain", plain), ("frozen", frozen))
+    }
+    assert torch.equal(*grids["frozen"]), "the progress grid and the final one draw the same (untrained) average"
+    assert not torch.equal(grids["plain"][1], grids["frozen"][1]), "the raw weights draw something else"
     saved = load_file(frozen.lora_file)
     assert all(not value.any() for key, value in saved.items() if "lora_B" in key), "the untrained LoRA (B = 0) is saved"
 
