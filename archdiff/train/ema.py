@@ -9,6 +9,7 @@ weights back, so training always continues on the raw ones.
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -139,12 +140,13 @@ def save_raw_lora(unet, recipe: Recipe, run_dir: Path, text_encoders, family) ->
     from archdiff.model.lora import save_lora
     from archdiff.run_files import save_error_reason, save_errors
 
-    staging = run_dir / ".raw-lora.partial"
+    staging = run_dir / ".raw-lora.partial"  # save_lora writes one fixed name: the raw file is renamed out of here
     staging.mkdir(parents=True, exist_ok=True)
-    written = save_lora(unet, recipe.lora, staging, text_encoders, family)
     try:
+        written = save_lora(unet, recipe.lora, staging, text_encoders, family)
         os.replace(written, run_dir / RAW_LORA_WEIGHTS)
-        staging.rmdir()
     except save_errors() as error:
         raise UserError(f"could not save the raw LoRA to {run_dir / RAW_LORA_WEIGHTS}: {save_error_reason(error)}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return run_dir / RAW_LORA_WEIGHTS
