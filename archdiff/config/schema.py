@@ -70,6 +70,14 @@ class ControlNetConfig(Section):
     )
 
 
+class EmaConfig(Section):
+    """An exponential moving average of the trainable weights: validation and the saved LoRA use it (README: EMA)."""
+
+    decay: float = Field(0.999, gt=0, le=1, description="Weight kept per update: 0.999 ~ the last ~1000; 0.99 for short runs.")
+    start_step: int = Field(0, ge=0, description="The average copies the raw weights up to this step, then averages.")
+    every: int = Field(1, ge=1, description="Update the average every N optimizer steps.")
+
+
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps (after gradient accumulation).")
     batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
@@ -99,6 +107,7 @@ class TrainConfig(Section):
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"], description="Where metrics and sample grids are logged besides metrics.jsonl."
     )
+    ema: EmaConfig | None = Field(None, description="Average the trained weights ({decay, start_step, every}); null = off.")
 
 
 # What each `memory:` preset sets; keys the recipe writes itself win. Every preset also caches latents

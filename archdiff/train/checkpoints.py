@@ -27,6 +27,7 @@ from archdiff.run_files import (
 
 ADAPTER_FILE = "adapter.safetensors"
 TEXT_ENCODER_ADAPTER_FILES = ("text_encoder_adapter.safetensors", "text_encoder_2_adapter.safetensors")  # SDXL has two
+EMA_FILE = "ema.safetensors"  # train.ema's average (archdiff.train.ema writes and reads it)
 CONTROLNET_FILE = "controlnet.safetensors"  # a ControlNet run's trained weights (all of them, or its LoRA's)
 
 # Recipe fields a resumed run may change: they steer logging, saving and sampling, not the maths.
@@ -118,6 +119,8 @@ def verify_checkpoint(checkpoint: Path) -> TrainerState:
     required += [ADAPTER_FILE] if not controlnet or controlnet.get("unet_lora") else []
     if (state.recipe.get("lora") or {}).get("text_encoder"):
         required.append(TEXT_ENCODER_ADAPTER_FILES[0])
+    if (state.recipe.get("train") or {}).get("ema"):
+        required.append(EMA_FILE)
     missing = [name for name in required if not (checkpoint / name).is_file()]
     if missing:
         raise UserError(f"{checkpoint} is missing {', '.join(missing)}")

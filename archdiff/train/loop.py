@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class TrainContext:
     draw_samples: Callable[[int], None] | None = None  # progress grids every validation.every steps (main process)
     class_batches: Any = None  # DreamBooth's class images, one batch beside each instance batch
     controlnet: Any = None  # a ControlNet run's ControlNet, trained (fully or through its LoRA) instead of the UNet's LoRA
+    ema: Any = None  # train.ema's AdapterEMA: updated after each step, in every checkpoint, swapped in to evaluate
 
 
 @dataclass
@@ -149,6 +151,10 @@ def train_lora(ctx: TrainContext) -> LoopResult:
     controlnet = trained.get("controlnet", [controlnet])[0]
     text_encoders = trained.get("text", text_encoders)
     register_adapter_hooks(accelerator, trained)
+    ema = ctx.ema
+    averaged = ema.swapped if ema is not None else nullcontext  # validation and sample grids see the average
+    if ema is not None:
+        ema.register_hooks(accelerator)
     denoiser = denoiser_for(recipe, ctx.components, unet, text_encoders, device, controlnet)
 
     def validate() -> dict[str, float]:
@@ -158,10 +164,11 @@ def train_lora(ctx: TrainContext) -> LoopResult:
         plain = [accelerator.unwrap_model(model) for model in (unet, *text_encoders)]
         plain_controlnet = accelerator.unwrap_model(controlnet) if controlnet is not None else None
         unwrapped = denoiser_for(recipe, ctx.components, plain[0], plain[1:], device, plain_controlnet)
-        losses = {"val_loss": evaluate(unwrapped, ctx.eval_set, batch_size=cfg.batch_size, autocast=accelerator.autocast)}
-        if controlnet is not None:
-            blank = blank_controls(ctx.eval_set)
-            losses[BLANK_CONTROL_LOSS] = evaluate(unwrapped, blank, batch_size=cfg.batch_size, autocast=accelerator.autocast)
+        with averaged():
+            losses = {"val_loss": evaluate(unwrapped, ctx.eval_set, batch_size=cfg.batch_size, autocast=accelerator.autocast)}
+            if controlnet is not None:
+                blank = blank_controls(ctx.eval_set)
+                losses[BLANK_CONTROL_LOSS] = evaluate(unwrapped, blank, batch_size=cfg.batch_size, autocast=accelerator.autocast)
         return losses
 
     step = batches = 0
@@ -236,6 +243,8 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                     continue
                 guard.step_done()
                 step += 1
+                if ema is not None:
+                    ema.update(step)
                 bar.update(1)
                 last = step == cfg.max_steps
                 is_val_step = step % cfg.val_every == 0 or last
@@ -248,7 +257,8 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                     _log(ctx, bar, step, mean_loss, lr_scheduler.get_last_lr()[0], losses, time.perf_counter() - started, last)
                 if ctx.draw_samples and recipe.validation.every and step % recipe.validation.every == 0 and not last:
                     guard.check()
-                    ctx.draw_samples(step)
+                    with averaged():
+                        ctx.draw_samples(step)
                 if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     checkpoint()
                 if last:

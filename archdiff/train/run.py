@@ -64,6 +64,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     from archdiff.data.samples import SampleSet, data_summary, expand_samples
     from archdiff.model.base import resolve_base
     from archdiff.model.memory import apply_memory_options, check_memory_options
+    from archdiff.train.ema import build_ema, check_ema_options, save_raw_then_average
     from archdiff.train.evaluation import build_eval_set
     from archdiff.train.guards import Interrupted
     from archdiff.train.loop import TrainContext, train_lora
@@ -78,6 +79,7 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     base = resolve_base(recipe.base, recipe.vae)  # a local base's (and vae:'s) configs and weight files are checked here
     check_family_options(recipe, base.family)
     check_cache_options(recipe)
+    check_ema_options(recipe)
     controlnet_init = check_controlnet_options(recipe, base)
     data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
     catalog = build_catalog(data, controls=recipe.controlnet is not None)
@@ -171,14 +173,16 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
         draw = partial(_progress_grid, recipe, base.source, components, controlnet, controls, accelerator, run_dir, score)
     trained_text = components.trainable_text_encoders if recipe.lora.text_encoder else ()  # frozen ones may never load
     class_batches = ClassBatches(class_set, seed, accelerator.process_index) if class_set else None
+    ema = build_ema(recipe, components.unet, trained_text)
     context = TrainContext(
-        recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches, controlnet
+        recipe, components, train_set, eval_set, accelerator, metrics, run_dir, checkpoint, draw, class_batches, controlnet, ema
     )
     started = time.perf_counter()
     try:
         result = train_lora(context)
     except Interrupted:
         if main:
+            save_raw_then_average(ema, components.unet, recipe, run_dir, trained_text, components.family)
             save_run_models(components.unet, controlnet, recipe, base, run_dir, trained_text, components.family)
         accelerator.end_training()
         raise
@@ -189,6 +193,8 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     # 5. save and sample
     unet = accelerator.unwrap_model(components.unet)
     controlnet = accelerator.unwrap_model(controlnet) if paired else None
+    if main:
+        save_raw_then_average(ema, unet, recipe, run_dir, trained_text, components.family)  # samples use the average too
     lora_file = save_run_models(unet, controlnet, recipe, base, run_dir, trained_text, components.family) if main else None
     samples = []
     if main:
@@ -221,8 +227,10 @@ def _text_encoders(components, base_name: str) -> tuple:
 def missing_final_outputs(recipe: Recipe, run_dir: Path) -> list[str]:
     """What a finished run writes after its last checkpoint and does not have (it was killed in between)."""
     from archdiff.run_files import LORA_WEIGHTS, kohya_run_file
+    from archdiff.train.ema import RAW_LORA_WEIGHTS
 
     files = [run_dir / LORA_WEIGHTS, kohya_run_file(run_dir, recipe.name)] if recipe.unet_lora_trains else []
+    files += [run_dir / RAW_LORA_WEIGHTS] if recipe.train.ema else []
     if recipe.validation.prompts:
         files.append(run_dir / SAMPLES_DIR / f"{checkpoint_name(recipe.train.max_steps)}.png")
     wanted = {path.name: path for path in files}
