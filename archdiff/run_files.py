@@ -18,6 +18,7 @@ from typing import Any
 from archdiff.errors import UserError, first_line
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+RAW_LORA_WEIGHTS = "pytorch_lora_weights_raw.safetensors"  # with train.ema: the raw weights beside the averaged LoRA
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 BLANK_CONTROL_LOSS = "val_loss_blank_control"  # its column of a ControlNet run's held-out loss with blank controls
@@ -30,7 +31,17 @@ LOGS_DIR = "logs"  # TensorBoard / W&B
 CONTROLNET_DIR = "controlnet"  # a ControlNet run's result: config.json + diffusion_pytorch_model.safetensors
 EVAL_DIR = "eval"  # `archdiff eval`: report.json, report.html, the drawn images and each checkpoint's LoRA
 EVAL_REPORT = "report.json"  # in EVAL_DIR: every score and the best checkpoint (`export --checkpoint best` reads it)
-RUN_ENTRIES = (LORA_WEIGHTS, CONTROLNET_DIR, RECIPE_FILE, METRICS_FILE, SAMPLES_DIR, DATA_FILE, CHECKPOINTS_DIR, LOGS_DIR)
+RUN_ENTRIES = (
+    LORA_WEIGHTS,
+    RAW_LORA_WEIGHTS,
+    CONTROLNET_DIR,
+    RECIPE_FILE,
+    METRICS_FILE,
+    SAMPLES_DIR,
+    DATA_FILE,
+    CHECKPOINTS_DIR,
+    LOGS_DIR,
+)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -63,6 +74,7 @@ def claim_run_dir(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / METRICS_FILE).unlink(missing_ok=True)
     (folder / LORA_WEIGHTS).unlink(missing_ok=True)
+    (folder / RAW_LORA_WEIGHTS).unlink(missing_ok=True)
     for entry in (CHECKPOINTS_DIR, LOGS_DIR, SAMPLES_DIR, CONTROLNET_DIR, EVAL_DIR):
         shutil.rmtree(folder / entry, ignore_errors=True)
 

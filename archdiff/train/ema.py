@@ -15,9 +15,8 @@ from pathlib import Path
 
 from archdiff.config.schema import EmaConfig, Recipe
 from archdiff.errors import UserError, first_line
+from archdiff.run_files import RAW_LORA_WEIGHTS
 from archdiff.train.checkpoints import EMA_FILE  # in every checkpoint: the averaged tensors, their update count in the metadata
-
-RAW_LORA_WEIGHTS = "pytorch_lora_weights_raw.safetensors"  # beside the run's (averaged) LoRA: the weights as trained
 
 
 def check_ema_options(recipe: Recipe) -> None:
