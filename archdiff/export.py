@@ -89,10 +89,22 @@ def read_run_lora(run_dir: Path) -> RunLora:
     return RunLora(run_dir, tensors, configs, run_recipe(run_dir))
 
 
+def kohya_refusal(configs: dict[str, dict]) -> str | None:
+    """Why a LoRA has no kohya file (DoRA, rsLoRA, LoKr, LoHa: not written in their LyCORIS layouts here), or None."""
+    for config in configs.values():
+        kind = str(config.get("peft_type") or "LORA")
+        if kind != "LORA":
+            return f"{kind.title()} adapters are not exported in kohya's LyCORIS layout; export them as peft"
+        if config.get("use_rslora") or config.get("use_dora"):
+            return "rsLoRA and DoRA adapters have no kohya equivalent; export them as diffusers or peft"
+    return None
+
+
 def kohya_alpha(config: dict, module: str) -> float:
     """The alpha kohya's loaders expect: scale = alpha / rank, as peft's lora_alpha / r."""
-    if config.get("use_rslora") or config.get("use_dora"):
-        raise UserError("rsLoRA and DoRA adapters have no kohya equivalent; export them as diffusers or peft")
+    refusal = kohya_refusal({"": config})
+    if refusal:
+        raise UserError(refusal)
     pattern = config.get("alpha_pattern") or {}
     matches = [alpha for key, alpha in pattern.items() if module.endswith(key)]
     return float(matches[0] if matches else config["lora_alpha"])
@@ -193,9 +205,12 @@ def default_output(run_dir: Path, fmt: str, name: str, tag: str = "") -> Path:
     return run_dir / "export" / (f"{name}{tag}-kohya.safetensors" if fmt == "kohya" else f"{fmt}{tag}")
 
 
-def write_run_kohya(run_dir: Path, base) -> Path:
-    """The run folder's own kohya file, written with the diffusers one: what users copy into ComfyUI or A1111."""
+def write_run_kohya(run_dir: Path, base) -> Path | None:
+    """The run folder's own kohya file, written with the diffusers one: what users copy into ComfyUI or A1111 (None for an
+    adapter type kohya's layout cannot hold)."""
     lora = read_run_lora(run_dir)
+    if kohya_refusal(lora.configs):  # DoRA, LoKr, LoHa: the run keeps its diffusers (and peft) files only
+        return None
     output = kohya_run_file(run_dir, str(lora.recipe.get("name", run_dir.name)))
     _write_kohya(lora, base.family, base_version(base.source, base.family), output)
     return output
@@ -330,27 +345,14 @@ def reproducible_safetensors(tensors: dict, metadata: dict[str, str]) -> bytes:
 def _write_peft(lora: RunLora, base_name: str, folder: Path) -> None:
     """One peft adapter folder per component (`unet/`, `text_encoder/`...): what `PeftModel.from_pretrained` reads.
 
-    The config is written by peft itself, from the adapter config diffusers stored with the weights.
+    The config is written by peft itself (LoRA, DoRA, LoKr or LoHa), from the adapter config diffusers stored with the weights.
     """
-    from dataclasses import fields
+    from archdiff.model.lora import save_peft_adapter
 
-    from peft import LoraConfig
-    from peft.utils import SAFETENSORS_WEIGHTS_NAME
-    from safetensors.torch import save_file
-
-    known = {field.name for field in fields(LoraConfig)}
     for component in COMPONENTS:
         tensors = lora.component(component)
-        if not tensors:
-            continue
-        target = folder / component
-        stored = {key: value for key, value in lora.configs[component].items() if key in known}
-        config = LoraConfig(**{**stored, "base_model_name_or_path": base_name, "inference_mode": True})
-        config.save_pretrained(str(target))
-        save_file(
-            {f"base_model.model.{key}": value.contiguous() for key, value in tensors.items()},
-            str(target / SAFETENSORS_WEIGHTS_NAME),
-        )
+        if tensors:
+            save_peft_adapter(lora.configs[component], tensors, folder / component, base_name)
 
 
 def fuse_into_pipeline(base, run_dir: Path, scale: float, folder: Path) -> None:

@@ -1,0 +1,167 @@
+"""lora.type (DoRA, LoKr, LoHa) and lora.conv: short tiny-sd15 runs that learn, files that load outside archdiff, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from archdiff.errors import UserError
+from archdiff.run_files import LORA_WEIGHTS
+
+TYPES = ("dora", "lokr", "loha")
+CONV_RANK = 2
+
+
+@pytest.fixture(scope="module")
+def adapter_runs(tmp_path_factory, tiny_base) -> dict[str, object]:
+    """40 steps of each type at lr 1e-3, conv1/conv2 at rank 2 (attention and ff at the recipe's 16)."""
+    from archdiff.config import load_recipe
+    from archdiff.train.run import run
+
+    results = {}
+    for kind in TYPES:
+        overrides = [
+            f"output={tmp_path_factory.mktemp('adapters') / kind}",
+            f"lora.type={kind}",
+            f"lora.conv={{rank: {CONV_RANK}, alpha: 1}}",
+            "train.max_steps=40",
+            "train.warmup_steps=0",
+            "train.val_every=40",
+            "train.checkpoint_every=null",
+            "validation.prompts=[]",
+        ]
+        results[kind] = run(load_recipe("demo-tiny", overrides))
+    return results
+
+
+@pytest.mark.parametrize("kind", TYPES)
+def test_each_type_lowers_held_out_loss(adapter_runs, kind):
+    result = adapter_runs[kind]
+    assert result.final_val_loss < result.first_val_loss
+
+
+def _tensors(path: Path) -> tuple[dict, dict]:
+    with safe_open(str(path), "pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, json.loads(handle.metadata()["lora_adapter_metadata"])
+
+
+def test_conv_modules_get_their_own_rank(adapter_runs):
+    """The rank sits in a different dimension per type: lora_A's rows, hada_w1_a's columns, lokr_w2_a's columns."""
+    rank_of = {
+        "dora": ("lora_A.weight", lambda t: t.shape[0]),
+        "loha": ("hada_w1_a", lambda t: t.shape[1]),
+        "lokr": ("lokr_w2_a", lambda t: t.shape[1]),
+    }
+    for kind, (suffix, rank) in rank_of.items():
+        tensors, metadata = _tensors(adapter_runs[kind].run_dir / LORA_WEIGHTS)
+        conv = [key for key in tensors if key.endswith(f"resnets.0.conv1.{suffix}")]
+        attention = [key for key in tensors if key.endswith(f"attn1.to_q.{suffix}")]
+        assert conv and {rank(tensors[key]) for key in conv} == {CONV_RANK}, kind
+        if kind != "lokr":  # LoKr's attention factors are small enough to be stored whole: no rank there
+            assert attention and {rank(tensors[key]) for key in attention} == {16}, kind
+        assert metadata["unet.rank_pattern"] == {"conv1": CONV_RANK, "conv2": CONV_RANK}
+        assert metadata["unet.alpha_pattern"] == {"conv1": 1.0, "conv2": 1.0}
+
+
+def _image(pipe, seed: int = 0) -> np.ndarray:
+    import torch
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe("timber house", num_inference_steps=4, generator=generator, output_type="np").images[0]
+
+
+def test_dora_loads_in_plain_diffusers_and_changes_images(adapter_runs, tiny_base):
+    from diffusers import StableDiffusionPipeline
+
+    run_dir = adapter_runs["dora"].run_dir
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    plain = _image(pipe)
+    pipe.load_lora_weights(str(run_dir), weight_name=LORA_WEIGHTS)
+    assert any("lora_magnitude_vector" in name for name, _ in pipe.unet.named_parameters())
+    assert np.abs(_image(pipe) - plain).mean() > 1e-3
+    assert not (run_dir / "peft").exists()
+    assert not list(run_dir.glob("*kohya*")), "DoRA has no kohya file"
+
+
+PEFT_SCRIPT = """
+import sys, numpy as np, torch
+from diffusers import StableDiffusionPipeline
+from peft import PeftModel
+base, adapter, out = sys.argv[1:]
+pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
+pipe.set_progress_bar_config(disable=True)
+def draw():
+    generator = torch.Generator("cpu").manual_seed(0)
+    return pipe("timber house", num_inference_steps=4, generator=generator, output_type="np").images[0]
+plain = draw()
+pipe.unet = PeftModel.from_pretrained(pipe.unet, adapter).base_model.model
+assert "archdiff" not in sys.modules
+np.save(out, np.stack([plain, draw()]))
+"""
+
+
+@pytest.mark.parametrize("kind", ("lokr", "loha"))
+def test_lokr_loha_load_in_plain_peft_and_archdiff_alike(adapter_runs, tiny_base, tmp_path, kind):
+    """peft alone (a subprocess that never imports archdiff) reads RUN/peft/unet and changes the images; `sample --lora
+    RUN` (load_pipeline) draws the same image from the run's file."""
+    from archdiff.sample import LoraSpec, load_pipeline
+
+    run_dir = adapter_runs[kind].run_dir
+    adapter = run_dir / "peft" / "unet"
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == kind.upper()
+    out = tmp_path / "images.npy"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", PEFT_SCRIPT, tiny_base, str(adapter), str(out)], check=True, env=env)
+    plain, adapted = np.load(out)
+    assert np.abs(adapted - plain).mean() > 1e-3
+    pipe = load_pipeline(tiny_base, [LoraSpec(run_dir)], device="cpu")
+    np.testing.assert_allclose(_image(pipe), adapted, atol=1e-4)
+    assert not list(run_dir.glob("*kohya*")), f"{kind} has no kohya file"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lora.type=lokr", "lora.dropout=0.1"], "lora.dropout applies to lora and dora"),
+        (["lora.type=loha", "lora.text_encoder={rank: 4}"], "lora.type loha trains the UNet only"),
+        (["lora.conv={rank: 4}", "lora.target_modules=[to_q]"], "lora.target_modules names none"),
+        (["lora.type=lycoris"], "lora.type"),
+    ],
+)
+def test_recipe_refusals_are_one_line(overrides, message):
+    from archdiff.config import load_recipe
+
+    with pytest.raises(UserError) as caught:
+        load_recipe("demo-tiny", overrides)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("kind", "names"), [("dora", "diffusers or peft"), ("lokr", "export them as peft")])
+def test_kohya_export_refused_naming_the_format_that_works(adapter_runs, tmp_path, kind, names):
+    from archdiff.export import export_run
+
+    output = tmp_path / "out.safetensors"
+    with pytest.raises(UserError) as caught:
+        export_run(adapter_runs[kind].run_dir, "kohya", output)
+    assert names in str(caught.value) and "\n" not in str(caught.value)
+    assert not output.exists()
+
+
+def test_peft_export_of_lokr_matches_the_run_folder(adapter_runs, tmp_path):
+    from archdiff.export import export_run
+
+    run_dir = adapter_runs["lokr"].run_dir
+    exported = export_run(run_dir, "peft", tmp_path / "peft")
+    mine = json.loads((exported / "unet" / "adapter_config.json").read_text())
+    assert mine["peft_type"] == "LOKR" and mine["rank_pattern"] == {"conv1": CONV_RANK, "conv2": CONV_RANK}
+    assert (exported / "unet" / "adapter_model.safetensors").read_bytes() == (
+        run_dir / "peft" / "unet" / "adapter_model.safetensors"
+    ).read_bytes()
