@@ -18,6 +18,7 @@ from pathlib import Path
 from archdiff.checkpoint_loras import checkpoint_lora
 from archdiff.errors import UserError, first_line
 from archdiff.export_checkpoint import pick_checkpoint
+from archdiff.export_lycoris import PEFT_KEYS, lycoris_unet_state_dict
 from archdiff.run_files import (
     CHECKPOINT_STATE,
     CONTROLNET_DIR,
@@ -90,11 +91,8 @@ def read_run_lora(run_dir: Path) -> RunLora:
 
 
 def kohya_refusal(configs: dict[str, dict]) -> str | None:
-    """Why a LoRA has no kohya file (DoRA, rsLoRA, LoKr, LoHa: not written in their LyCORIS layouts here), or None."""
+    """Why a LoRA has no kohya file (DoRA and rsLoRA: kohya's loaders have no such scaling), or None."""
     for config in configs.values():
-        kind = str(config.get("peft_type") or "LORA")
-        if kind != "LORA":
-            return f"{kind.title()} adapters are not exported in kohya's LyCORIS layout; export them as peft"
         if config.get("use_rslora") or config.get("use_dora"):
             return "rsLoRA and DoRA adapters have no kohya equivalent; export them as diffusers or peft"
     return None
@@ -107,7 +105,13 @@ def kohya_alpha(config: dict, module: str) -> float:
         raise UserError(refusal)
     pattern = config.get("alpha_pattern") or {}
     matches = [alpha for key, alpha in pattern.items() if module.endswith(key)]
-    return float(matches[0] if matches else config["lora_alpha"])
+    return float(matches[0] if matches else config.get("lora_alpha", config.get("alpha")))  # LoKr/LoHa: `alpha`
+
+
+def lycoris_kind(lora: RunLora) -> str | None:
+    """LOKR or LOHA when the UNet's adapter is one (written in LyCORIS's layout), else None."""
+    kind = str(lora.configs.get("unet", {}).get("peft_type") or "LORA")
+    return kind if kind in PEFT_KEYS else None
 
 
 def kohya_state_dict(lora: RunLora, family: str) -> dict:
@@ -118,9 +122,13 @@ def kohya_state_dict(lora: RunLora, family: str) -> dict:
     """
     import torch
 
-    result = {}
     from archdiff.model.families import FAMILIES
 
+    algo = lycoris_kind(lora)
+    if algo:  # LoKr / LoHa (UNet only): LyCORIS's layout
+        unet = lora.configs["unet"]
+        return lycoris_unet_state_dict(lora.component("unet"), unet, algo, lambda module: kohya_alpha(unet, module))
+    result = {}
     for component, prefix in FAMILIES[family].kohya:  # SD 1.x/2.x's text encoder is `lora_te_`, SDXL's `lora_te1_/2_`
         config = lora.configs.get(component)
         for key, tensor in lora.component(component).items():
@@ -153,10 +161,15 @@ def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
     name = str(recipe.get("name", lora.run_dir.name))
     if lora.checkpoint is not None:  # named apart from the final LoRA wherever a tool lists it
         name = f"{name}-{lora.checkpoint.name}"
+    kind, conv = lycoris_kind(lora), recipe.get("lora", {}).get("conv") or {}
+    network_args = {"algo": kind.lower()} if kind else {}
+    if conv:
+        network_args.update(conv_dim=str(conv.get("rank")), conv_alpha=f"{conv.get('alpha'):g}")
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "lycoris.kohya" if kind else "networks.lora",
         "ss_network_dim": str(unet["r"]),
-        "ss_network_alpha": f"{unet['lora_alpha']:g}",
+        "ss_network_alpha": f"{kohya_alpha(unet, ''):g}",
+        "ss_network_args": json.dumps(network_args) if network_args else "",
         "archdiff_target_modules": json.dumps(unet["target_modules"]),
         "ss_base_model_version": BASE_VERSIONS[version][0],
         "ss_v2": str(version.startswith("v2")),

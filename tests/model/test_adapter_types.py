@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from archdiff.errors import UserError
@@ -88,7 +89,7 @@ def test_dora_loads_in_plain_diffusers_and_changes_images(adapter_runs, tiny_bas
     assert any("lora_magnitude_vector" in name for name, _ in pipe.unet.named_parameters())
     assert np.abs(_image(pipe) - plain).mean() > 1e-3
     assert not (run_dir / "peft").exists()
-    assert not list(run_dir.glob("*kohya*")), "DoRA has no kohya file"
+    assert [path.name for path in run_dir.glob("*.safetensors")] == [LORA_WEIGHTS], "DoRA has no kohya file"
 
 
 PEFT_SCRIPT = """
@@ -124,7 +125,6 @@ def test_lokr_loha_load_in_plain_peft_and_archdiff_alike(adapter_runs, tiny_base
     assert np.abs(adapted - plain).mean() > 1e-3
     pipe = load_pipeline(tiny_base, [LoraSpec(run_dir)], device="cpu")
     np.testing.assert_allclose(_image(pipe), adapted, atol=1e-4)
-    assert not list(run_dir.glob("*kohya*")), f"{kind} has no kohya file"
 
 
 @pytest.mark.parametrize(
@@ -144,15 +144,60 @@ def test_recipe_refusals_are_one_line(overrides, message):
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("kind", "names"), [("dora", "diffusers or peft"), ("lokr", "export them as peft")])
-def test_kohya_export_refused_naming_the_format_that_works(adapter_runs, tmp_path, kind, names):
+def test_kohya_export_of_dora_refused_naming_the_formats_that_work(adapter_runs, tmp_path):
     from archdiff.export import export_run
 
     output = tmp_path / "out.safetensors"
     with pytest.raises(UserError) as caught:
-        export_run(adapter_runs[kind].run_dir, "kohya", output)
-    assert names in str(caught.value) and "\n" not in str(caught.value)
+        export_run(adapter_runs["dora"].run_dir, "kohya", output)
+    assert "export them as diffusers or peft" in str(caught.value) and "\n" not in str(caught.value)
     assert not output.exists()
+
+
+def lycoris_delta(tensors: dict, module: str, shape) -> torch.Tensor:
+    """A module's weight delta as ComfyUI's LyCORIS loader rebuilds it (written from its code, not from peft's)."""
+    get = tensors.get
+    if f"{module}.hada_w1_a" in tensors:
+        delta = (get(f"{module}.hada_w1_a") @ get(f"{module}.hada_w1_b")) * (
+            get(f"{module}.hada_w2_a") @ get(f"{module}.hada_w2_b")
+        )
+        dim = get(f"{module}.hada_w1_b").shape[0]
+    else:
+        dim, w1, w2 = None, get(f"{module}.lokr_w1"), get(f"{module}.lokr_w2")
+        if w1 is None:
+            w1, dim = get(f"{module}.lokr_w1_a") @ get(f"{module}.lokr_w1_b"), get(f"{module}.lokr_w1_b").shape[0]
+        if w2 is None:
+            w2, dim = get(f"{module}.lokr_w2_a") @ get(f"{module}.lokr_w2_b"), get(f"{module}.lokr_w2_b").shape[0]
+        delta = torch.kron(w1[:, :, None, None] if w2.dim() == 4 else w1, w2)
+    alpha = get(f"{module}.alpha")
+    scale = alpha.item() / dim if alpha is not None and dim is not None else 1.0
+    return delta.reshape(shape) * scale
+
+
+@pytest.mark.parametrize("kind", ("lokr", "loha"))
+def test_lycoris_kohya_file_rebuilds_the_fused_weights(adapter_runs, tiny_base, tmp_path, kind):
+    """Base + the delta a LyCORIS loader rebuilds from the kohya file = the weights of `export --format fused`, for every
+    adapted module (attention stored whole or factored, conv at its own rank); the run folder holds the same file."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from archdiff.export import export_run
+
+    run_dir = adapter_runs[kind].run_dir
+    exported = export_run(run_dir, "kohya", tmp_path / "kohya.safetensors")
+    kohya = load_file(exported)
+    assert [path.read_bytes() for path in run_dir.glob("*.safetensors") if path.name != LORA_WEIGHTS] == [exported.read_bytes()]
+    base = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet").state_dict()
+    fused = UNet2DConditionModel.from_pretrained(export_run(run_dir, "fused", tmp_path / "fused"), subfolder="unet").state_dict()
+    by_kohya_name = {f"lora_unet_{key.removesuffix('.weight').replace('.', '_')}": key for key in base}
+    modules = {key.rsplit(".", 1)[0] for key in kohya}
+    adapted = {key.rsplit(".", 1)[0] for key in load_file(run_dir / LORA_WEIGHTS)}
+    assert len(modules) == len(adapted) > 50
+    for module in modules:
+        key = by_kohya_name[module]
+        delta = lycoris_delta(kohya, module, base[key].shape)
+        torch.testing.assert_close(base[key] + delta, fused[key], atol=2e-6, rtol=1e-5)
+    assert sum(float((fused[k] - base[k]).abs().max()) > 1e-4 for k in map(by_kohya_name.get, modules)) > len(modules) // 2
 
 
 def test_peft_export_of_lokr_matches_the_run_folder(adapter_runs, tmp_path):
@@ -165,3 +210,16 @@ def test_peft_export_of_lokr_matches_the_run_folder(adapter_runs, tmp_path):
     assert (exported / "unet" / "adapter_model.safetensors").read_bytes() == (
         run_dir / "peft" / "unet" / "adapter_model.safetensors"
     ).read_bytes()
+
+
+def test_fused_export_of_loha_draws_what_the_adapter_draws(adapter_runs, tiny_base, tmp_path):
+    """`export --format fused` merges a LoHa through the same loader: the plain pipeline it writes draws the adapter's image."""
+    from diffusers import StableDiffusionPipeline
+
+    from archdiff.export import export_run
+    from archdiff.sample import LoraSpec, load_pipeline
+
+    run_dir = adapter_runs["loha"].run_dir
+    fused = StableDiffusionPipeline.from_pretrained(export_run(run_dir, "fused", tmp_path / "fused"))
+    fused.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(_image(fused), _image(load_pipeline(tiny_base, [LoraSpec(run_dir)], device="cpu")), atol=1e-4)
