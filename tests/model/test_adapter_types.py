@@ -223,3 +223,21 @@ def test_fused_export_of_loha_draws_what_the_adapter_draws(adapter_runs, tiny_ba
     fused = StableDiffusionPipeline.from_pretrained(export_run(run_dir, "fused", tmp_path / "fused"))
     fused.set_progress_bar_config(disable=True)
     np.testing.assert_allclose(_image(fused), _image(load_pipeline(tiny_base, [LoraSpec(run_dir)], device="cpu")), atol=1e-4)
+
+
+def test_checkpoints_hold_the_lokr_tensors_once_and_export_like_the_run(adapter_runs, tmp_path):
+    """A checkpoint stores peft's LoKr tensors (not a second copy under the parameters' names), and `export --checkpoint`
+    of the last one writes the run's own LyCORIS tensors."""
+    from safetensors.torch import load_file
+
+    from archdiff.export import export_run
+    from archdiff.run_files import complete_checkpoints
+    from archdiff.train.checkpoints import ADAPTER_FILE
+
+    run_dir = adapter_runs["lokr"].run_dir
+    saved = load_file(complete_checkpoints(run_dir)[-1] / ADAPTER_FILE)
+    assert set(saved) == {key.removeprefix("unet.") for key in load_file(run_dir / LORA_WEIGHTS)}
+    from_checkpoint = load_file(export_run(run_dir, "kohya", tmp_path / "step.safetensors", checkpoint="latest"))
+    from_run = load_file(export_run(run_dir, "kohya", tmp_path / "run.safetensors"))
+    assert from_checkpoint.keys() == from_run.keys()
+    assert all(torch.equal(from_checkpoint[key], from_run[key]) for key in from_run)
