@@ -18,6 +18,7 @@ from pathlib import Path
 from archdiff.checkpoint_loras import checkpoint_lora
 from archdiff.errors import UserError, first_line
 from archdiff.export_checkpoint import pick_checkpoint
+from archdiff.export_lycoris import PEFT_KEYS, lycoris_unet_state_dict
 from archdiff.run_files import (
     CHECKPOINT_STATE,
     CONTROLNET_DIR,
@@ -89,13 +90,28 @@ def read_run_lora(run_dir: Path) -> RunLora:
     return RunLora(run_dir, tensors, configs, run_recipe(run_dir))
 
 
+def kohya_refusal(configs: dict[str, dict]) -> str | None:
+    """Why a LoRA has no kohya file (DoRA and rsLoRA: kohya's loaders have no such scaling), or None."""
+    for config in configs.values():
+        if config.get("use_rslora") or config.get("use_dora"):
+            return "rsLoRA and DoRA adapters have no kohya equivalent; export them as diffusers or peft"
+    return None
+
+
 def kohya_alpha(config: dict, module: str) -> float:
     """The alpha kohya's loaders expect: scale = alpha / rank, as peft's lora_alpha / r."""
-    if config.get("use_rslora") or config.get("use_dora"):
-        raise UserError("rsLoRA and DoRA adapters have no kohya equivalent; export them as diffusers or peft")
+    refusal = kohya_refusal({"": config})
+    if refusal:
+        raise UserError(refusal)
     pattern = config.get("alpha_pattern") or {}
     matches = [alpha for key, alpha in pattern.items() if module.endswith(key)]
-    return float(matches[0] if matches else config["lora_alpha"])
+    return float(matches[0] if matches else config.get("lora_alpha", config.get("alpha")))  # LoKr/LoHa: `alpha`
+
+
+def lycoris_kind(lora: RunLora) -> str | None:
+    """LOKR or LOHA when the UNet's adapter is one (written in LyCORIS's layout), else None."""
+    kind = str(lora.configs.get("unet", {}).get("peft_type") or "LORA")
+    return kind if kind in PEFT_KEYS else None
 
 
 def kohya_state_dict(lora: RunLora, family: str) -> dict:
@@ -106,9 +122,13 @@ def kohya_state_dict(lora: RunLora, family: str) -> dict:
     """
     import torch
 
-    result = {}
     from archdiff.model.families import FAMILIES
 
+    algo = lycoris_kind(lora)
+    if algo:  # LoKr / LoHa (UNet only): LyCORIS's layout
+        unet = lora.configs["unet"]
+        return lycoris_unet_state_dict(lora.component("unet"), unet, algo, lambda module: kohya_alpha(unet, module))
+    result = {}
     for component, prefix in FAMILIES[family].kohya:  # SD 1.x/2.x's text encoder is `lora_te_`, SDXL's `lora_te1_/2_`
         config = lora.configs.get(component)
         for key, tensor in lora.component(component).items():
@@ -141,10 +161,15 @@ def kohya_metadata(lora: RunLora, version: str) -> dict[str, str]:
     name = str(recipe.get("name", lora.run_dir.name))
     if lora.checkpoint is not None:  # named apart from the final LoRA wherever a tool lists it
         name = f"{name}-{lora.checkpoint.name}"
+    kind, conv = lycoris_kind(lora), recipe.get("lora", {}).get("conv") or {}
+    network_args = {"algo": kind.lower()} if kind else {}
+    if conv:
+        network_args.update(conv_dim=str(conv.get("rank")), conv_alpha=f"{conv.get('alpha'):g}")
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "lycoris.kohya" if kind else "networks.lora",
         "ss_network_dim": str(unet["r"]),
-        "ss_network_alpha": f"{unet['lora_alpha']:g}",
+        "ss_network_alpha": f"{kohya_alpha(unet, ''):g}",
+        "ss_network_args": json.dumps(network_args) if network_args else "",
         "archdiff_target_modules": json.dumps(unet["target_modules"]),
         "ss_base_model_version": BASE_VERSIONS[version][0],
         "ss_v2": str(version.startswith("v2")),
@@ -193,9 +218,12 @@ def default_output(run_dir: Path, fmt: str, name: str, tag: str = "") -> Path:
     return run_dir / "export" / (f"{name}{tag}-kohya.safetensors" if fmt == "kohya" else f"{fmt}{tag}")
 
 
-def write_run_kohya(run_dir: Path, base) -> Path:
-    """The run folder's own kohya file, written with the diffusers one: what users copy into ComfyUI or A1111."""
+def write_run_kohya(run_dir: Path, base) -> Path | None:
+    """The run folder's own kohya file, written with the diffusers one: what users copy into ComfyUI or A1111 (None for an
+    adapter type kohya's layout cannot hold)."""
     lora = read_run_lora(run_dir)
+    if kohya_refusal(lora.configs):  # DoRA, LoKr, LoHa: the run keeps its diffusers (and peft) files only
+        return None
     output = kohya_run_file(run_dir, str(lora.recipe.get("name", run_dir.name)))
     _write_kohya(lora, base.family, base_version(base.source, base.family), output)
     return output
@@ -330,27 +358,14 @@ def reproducible_safetensors(tensors: dict, metadata: dict[str, str]) -> bytes:
 def _write_peft(lora: RunLora, base_name: str, folder: Path) -> None:
     """One peft adapter folder per component (`unet/`, `text_encoder/`...): what `PeftModel.from_pretrained` reads.
 
-    The config is written by peft itself, from the adapter config diffusers stored with the weights.
+    The config is written by peft itself (LoRA, DoRA, LoKr or LoHa), from the adapter config diffusers stored with the weights.
     """
-    from dataclasses import fields
+    from archdiff.model.lora import save_peft_adapter
 
-    from peft import LoraConfig
-    from peft.utils import SAFETENSORS_WEIGHTS_NAME
-    from safetensors.torch import save_file
-
-    known = {field.name for field in fields(LoraConfig)}
     for component in COMPONENTS:
         tensors = lora.component(component)
-        if not tensors:
-            continue
-        target = folder / component
-        stored = {key: value for key, value in lora.configs[component].items() if key in known}
-        config = LoraConfig(**{**stored, "base_model_name_or_path": base_name, "inference_mode": True})
-        config.save_pretrained(str(target))
-        save_file(
-            {f"base_model.model.{key}": value.contiguous() for key, value in tensors.items()},
-            str(target / SAFETENSORS_WEIGHTS_NAME),
-        )
+        if tensors:
+            save_peft_adapter(lora.configs[component], tensors, folder / component, base_name)
 
 
 def fuse_into_pipeline(base, run_dir: Path, scale: float, folder: Path) -> None:

@@ -73,6 +73,7 @@ def load_pipeline(
     from diffusers import AutoencoderKL
 
     from archdiff.model.families import FAMILIES
+    from archdiff.model.lora import load_adapter
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -93,7 +94,7 @@ def load_pipeline(
         name, (where, weight_name) = f"lora{index}", lora.location()
         try:
             with quiet_loading():
-                pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=name)
+                load_adapter(pipe, where, weight_name, name)  # LoKr/LoHa through peft, the rest through diffusers
         except Exception as exc:  # noqa: BLE001 - a wrong file, a LoRA for another base, an unreachable Hub: one line each
             reason = first_line(exc)
             raise UserError(f"--lora '{lora.path}' could not be loaded onto this base: {reason}") from None

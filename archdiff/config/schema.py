@@ -33,6 +33,13 @@ class TextEncoderLoraConfig(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"], min_length=1)
 
 
+class ConvLoraConfig(Section):
+    """The ResNet convolutions' own rank and alpha (kohya's conv_dim / conv_alpha)."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+
+
 class LoraConfig(Section):
     rank: int = Field(16, ge=1)
     alpha: float = Field(16.0, gt=0)
@@ -43,6 +50,28 @@ class LoraConfig(Section):
         description="UNet module names (peft matching): attention by default; add ff.net.0.proj, ff.net.2, conv1, conv2 ...",
     )
     text_encoder: TextEncoderLoraConfig | None = Field(None, description="Also train a LoRA on the text encoder; null = off.")
+    # adapter types (issue 19)
+    type: Literal["lora", "dora", "lokr", "loha"] = Field(
+        "lora", description="Adapter: lora, dora (LoRA + learned magnitude), lokr (Kronecker), loha (Hadamard); peft tuners."
+    )
+    conv: ConvLoraConfig | None = Field(
+        None, description="Own rank/alpha for the conv* target modules (kohya's conv_dim/conv_alpha); null = the same."
+    )
+
+    @model_validator(mode="after")
+    def _adapter_type_fits(self):
+        if self.type in ("lokr", "loha") and self.dropout:
+            raise ValueError(f"lora.dropout applies to lora and dora; lora.type {self.type} has none here: set it to 0")
+        if self.type in ("lokr", "loha") and self.text_encoder is not None:
+            raise ValueError(f"lora.type {self.type} trains the UNet only: drop lora.text_encoder, or use type lora or dora")
+        if self.conv is not None and not conv_targets(self.target_modules):
+            raise ValueError("lora.conv sets the conv modules' rank, but lora.target_modules names none (add conv1, conv2 ...)")
+        return self
+
+
+def conv_targets(target_modules: list[str]) -> list[str]:
+    """The target names that are convolutions: ResNet conv1/conv2/conv_shortcut, resamplers' conv, conv_in/out."""
+    return [name for name in target_modules if name.rsplit(".", 1)[-1].startswith("conv")]
 
 
 class ControlNetLoraConfig(Section):

@@ -188,10 +188,12 @@ def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Pa
 def trained_state_dict(model) -> dict:
     """What a model trains: its adapter's tensors when it has one (never the frozen base) and any other weight that
     trains beside it (a fresh ControlNet's zero convolutions), else all its weights."""
-    from archdiff.model.lora import lora_state_dict
+    from archdiff.model.lora import is_adapter_key, lora_state_dict
 
     if getattr(model, "peft_config", None):
-        beside = {key: p.detach().contiguous() for key, p in model.named_parameters() if p.requires_grad and "lora_" not in key}
+        beside = {
+            key: p.detach().contiguous() for key, p in model.named_parameters() if p.requires_grad and not is_adapter_key(key)
+        }
         return {**lora_state_dict(model), **beside}
     return {key: value.contiguous() for key, value in model.state_dict().items()}
 
@@ -199,9 +201,11 @@ def trained_state_dict(model) -> dict:
 def load_trained_state(model, tensors: dict) -> None:
     from peft.utils import set_peft_model_state_dict
 
+    from archdiff.model.lora import is_adapter_key
+
     if getattr(model, "peft_config", None):
-        set_peft_model_state_dict(model, {key: value for key, value in tensors.items() if "lora_" in key})
-        beside = {key: value for key, value in tensors.items() if "lora_" not in key}
+        set_peft_model_state_dict(model, {key: value for key, value in tensors.items() if is_adapter_key(key)})
+        beside = {key: value for key, value in tensors.items() if not is_adapter_key(key)}
         if beside:
             model.load_state_dict(beside, strict=False)
     else:
