@@ -148,13 +148,14 @@ class _adapter:
 
     def __enter__(self):
         from archdiff.errors import UserError, first_line
+        from archdiff.model.lora import load_adapter
         from archdiff.run_files import LORA_WEIGHTS
         from archdiff.sample import quiet_loading
 
         if self.row.lora is not None:
             try:
                 with quiet_loading():
-                    self.pipe.load_lora_weights(str(self.row.lora), weight_name=LORA_WEIGHTS, adapter_name=self.row.name)
+                    load_adapter(self.pipe, str(self.row.lora), LORA_WEIGHTS, self.row.name)
             except Exception as error:  # noqa: BLE001 - a checkpoint that does not fit the base: one line naming it
                 raise UserError(f"{self.row.name}'s LoRA could not be loaded onto the base: {first_line(error)}") from None
             self.pipe.set_adapters([self.row.name])

@@ -128,13 +128,14 @@ class Engine:
 
         from archdiff.errors import first_line
         from archdiff.model.families import FAMILIES
+        from archdiff.model.lora import load_adapter
         from archdiff.sample import load_pipeline, quiet_loading
 
         self.pipe = load_pipeline(self.base.source, [], self.base.family, device=device, vae=self.base.vae)
         for lora in self.loras.values():
             try:
                 with quiet_loading():
-                    self.pipe.load_lora_weights(lora.location[0], weight_name=lora.location[1], adapter_name=lora.name)
+                    load_adapter(self.pipe, lora.location[0], lora.location[1], lora.name)
             except Exception as error:  # noqa: BLE001 - a LoRA that does not fit: one line naming it
                 raise UserError(f"--lora '{lora.name}' could not be loaded onto the base: {first_line(error)}") from None
         for name, net in list(self.controlnets.items()):
