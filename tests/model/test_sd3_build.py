@@ -121,13 +121,13 @@ def test_tiny_model_command_writes_an_sd3_pipeline(tiny_sd3, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
-def test_sd3_bases_sample_but_do_not_train_yet(tiny_sd3, tmp_path):
+def test_sd3_bases_sample_and_refuse_what_the_family_cannot_train(tiny_sd3, tmp_path):
     from archdiff.config import load_recipe
     from archdiff.sample import load_pipeline
     from archdiff.train.run import run
 
     assert type(load_pipeline(tiny_sd3, [], "sd3", device="cpu")).__name__ == "StableDiffusion3Pipeline"
     recipe = load_recipe("demo-tiny", ["base=tiny-sd3", f"output={tmp_path / 'run'}"])
-    with pytest.raises(UserError, match="SD 3.5 training is not supported yet"):
+    with pytest.raises(UserError, match=r"train.snr_gamma \(Min-SNR .*\) is not supported on SD 3.5 bases"):
         run(recipe)
     assert not (tmp_path / "run").exists(), "refused before anything is written"

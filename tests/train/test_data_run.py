@@ -84,16 +84,16 @@ def test_several_sources_mix_with_their_repeats(tmp_path, tiny_base):
 
 def test_a_v_prediction_base_trains_with_the_velocity_target(tmp_path, monkeypatch, capsys):
     """The target comes from the base's scheduler: tiny-sd2v is v-prediction, like SD 2.x 768-v."""
-    import archdiff.train.step as step
+    import archdiff.train.objective as objective
 
     seen = []
-    real_target = step.training_target
+    real_target = objective.training_target
 
     def recording_target(*args):
         seen.append(args[-1])
         return real_target(*args)
 
-    monkeypatch.setattr(step, "training_target", recording_target)
+    monkeypatch.setattr(objective, "training_target", recording_target)
     overrides = [f"output={tmp_path / 'v'}", "base=tiny-sd2v", "train.max_steps=60", "validation.prompts=[]"]
     result = run(load_recipe("demo-tiny", overrides))
     assert "target: v_prediction (from the base's scheduler)" in capsys.readouterr().out
