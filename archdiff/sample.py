@@ -23,6 +23,7 @@ from archdiff.run_files import RECIPE_FILE
 
 VAE_FACTOR = 8  # the VAE halves the size 3 times: image sides are multiples of 8
 MAX_SIDE = 4096  # px per side; far beyond what SD 1.x or SDXL draw well, and already tens of GB of activations
+MAX_SEED = 2**32  # what every generator takes (torch's range is wider; numpy's and most UIs' is this): seeds stay portable
 
 
 def _whole(value: object, name: str, path: Path) -> int | None:
@@ -32,9 +33,11 @@ def _whole(value: object, name: str, path: Path) -> int | None:
 
 
 def check_sample_settings(
-    *, steps: int, guidance: float, num_images: int, width: int | None, height: int | None, strength: float
+    *, steps: int, guidance: float, num_images: int, width: int | None, height: int | None, strength: float, seed: int = 0
 ) -> None:
     """Every number `sample` takes, checked before anything loads: one line naming the value and what it must be."""
+    if not 0 <= seed <= MAX_SEED - max(num_images, 1):
+        raise UserError(f"--seed {seed} is out of range: image i uses seed + i, which must stay between 0 and {MAX_SEED - 1}")
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")
     if num_images < 1:
@@ -267,7 +270,9 @@ def sample_to_folder(
     from archdiff.model.lora_fit import check_lora_fits
     from archdiff.outputs import check_output
 
-    check_sample_settings(steps=steps, guidance=guidance, num_images=num_images, width=width, height=height, strength=strength)
+    check_sample_settings(
+        steps=steps, guidance=guidance, num_images=num_images, width=width, height=height, strength=strength, seed=seed
+    )
     output = output or default_output(prompt)
     check_output(output, "--output", folder=True)
     controls = controls or []

@@ -204,12 +204,15 @@ def test_hub_lora_from_the_hf_cache_draws_like_the_run_folder(small_lora_runs, t
         ({"steps": 0}, r"--steps must be at least 1 \(got 0\)"),
         ({"guidance": float("inf")}, r"--guidance must be a finite number, 0 or more \(got inf\)"),
         ({"strength": 0.0}, r"--strength must be above 0 and at most 1 \(got 0.0\)"),
+        ({"seed": -1}, r"--seed -1 is out of range: image i uses seed \+ i, which must stay between 0 and 4294967295"),
+        ({"seed": 2**64}, r"--seed 18446744073709551616 is out of range"),
+        ({"seed": 2**32 - 1, "num_images": 2}, r"--seed 4294967295 is out of range"),
     ],
 )
 def test_sample_settings_are_checked_before_anything_loads(settings, says):
     from archdiff.sample import check_sample_settings
 
-    values = {"steps": 1, "guidance": 7.5, "num_images": 1, "width": 64, "height": 64, "strength": 0.6} | settings
+    values = {"steps": 1, "guidance": 7.5, "num_images": 1, "width": 64, "height": 64, "strength": 0.6, "seed": 0} | settings
     with pytest.raises(UserError, match=says):
         check_sample_settings(**values)
     check_sample_settings(**(values | {key: {"guidance": 0.0, "strength": 1.0}.get(key, 8) for key in settings}))

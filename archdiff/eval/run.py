@@ -19,12 +19,12 @@ from archdiff.errors import UserError
 from archdiff.eval.draw import DrawSettings, Row
 from archdiff.eval.plan import EvalData, LazyImages, plan_jobs
 from archdiff.run_files import EVAL_DIR, METRICS_FILE, RECIPE_FILE, MetricsLog, checkpoint_step
+from archdiff.sample import MAX_SEED
 
 GRIDS_DIR = "grids"
 GRID_GROUPS = 4  # captions shown per row's grid (each with all its seeds)
 GRID_CELL = 192  # px: tiny 64 px images are enlarged, large ones shrunk
 SELECT_FALLBACK = ("fd_dino", "kid_dino", "clip_score", "control_f1")
-MAX_SEED = 2**32  # what every generator takes (torch's range is wider; numpy's and most UIs' is this)
 
 
 @dataclass(frozen=True)

@@ -241,3 +241,12 @@ def test_export_and_sample_inputs(archdiff, tmp_path: Path, args: list[str], exp
     for text in expected:
         assert text in message
     assert "archdiff bench:" not in result.stdout, "a refused benchmark announces nothing"
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64), str(2**32 - 1)])
+def test_sample_seed_out_of_range(archdiff, tmp_path: Path, seed: str) -> None:
+    """A seed torch or other generators cannot take (or whose later images overflow) is refused before any model loads."""
+    output = tmp_path / "out"
+    message = user_error(archdiff("sample", "x", "--base", "tiny-sd15", "--seed", seed, "-n", "2", "--output", str(output)))
+    assert f"--seed {seed} is out of range" in message
+    assert not output.exists()
