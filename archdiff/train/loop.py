@@ -233,6 +233,7 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                        step_lr = optimizer.param_groups[0]["lr"]  # what this update uses; the scheduler then moves on
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -254,7 +255,7 @@ def train_lora(ctx: TrainContext) -> LoopResult:
                     mean_loss = accelerator.gather(running_loss).mean().item() / running_count
                     running_loss.zero_()
                     running_count = 0
-                    _log(ctx, bar, step, mean_loss, lr_scheduler.get_last_lr()[0], losses, time.perf_counter() - started, last)
+                    _log(ctx, bar, step, mean_loss, step_lr, losses, time.perf_counter() - started, last)
                 if ctx.draw_samples and recipe.validation.every and step % recipe.validation.every == 0 and not last:
                     guard.check()
                     with averaged():

@@ -111,10 +111,10 @@ def test_the_lr_schedule_and_checkpoints_count_optimizer_steps(accumulated_run):
     assert [row["step"] for row in rows] == list(range(1, STEPS + 1))
     peak, warmup = recipe.train.learning_rate, recipe.train.warmup_steps
 
-    def linear(step):  # diffusers' linear schedule with warmup, written out
+    def linear(step):  # diffusers' linear schedule with warmup, written out: the lr of the update after `step` updates
         return peak * step / warmup if step < warmup else peak * (STEPS - step) / (STEPS - warmup)
 
-    assert [row["lr"] for row in rows] == pytest.approx([linear(step) for step in range(1, STEPS + 1)])
+    assert [row["lr"] for row in rows] == pytest.approx([linear(step - 1) for step in range(1, STEPS + 1)])
     states = [read_state(checkpoint) for checkpoint in complete_checkpoints(accumulated_run)]
     assert [(s.step, s.batches) for s in states] == [(step, 2 * step) for step in range(1, STEPS + 1)]
 
