@@ -302,7 +302,8 @@ def sample_to_folder(
     elif width is None and height is None:
         width = height = resolution
     headers = [safetensors_header(lora.path, f"--lora '{lora.path}'") for lora in local_loras]  # whole files only
-    resolved = resolve_base(base_name, recipe.get("vae"))  # the run's `vae:` draws its images too
+    same_base = base is None or base == str(recipe.get("base"))
+    resolved = resolve_base(base_name, recipe.get("vae") if same_base else None)  # the run's `vae:`, on the run's own base
     for spec, header in zip(loras, headers, strict=True):
         recipe_base = lora_recipe(spec.path).get("base") if spec.path.is_dir() else None
         check_lora_fits(header, f"--lora '{spec.path}'", resolved, str(recipe_base) if recipe_base else None)

@@ -119,6 +119,13 @@ def test_a_run_with_a_vae_trains_draws_samples_and_exports_with_it(tmp_path, oth
     pixels = [torch.tensor(list(image.getdata()), dtype=torch.float) for image in (validation, Image.open(drawn), with_base_vae)]
     assert (pixels[0] - pixels[1]).abs().max() <= 1, "`archdiff sample` of the run draws what its validation drew"
     assert (pixels[0] - pixels[2]).abs().mean() > 5, "and the base's own VAE would have drawn something else"
+    another_base = shutil.copytree(resolve_base("tiny-sdxl").source, tmp_path / "another-base")
+    (on_another_base,) = sample_to_folder(
+        prompt, str(another_base), [LoraSpec(result.run_dir)], steps=2, guidance=7.5, seed=0, num_images=1, width=None,
+        height=None, output=tmp_path / "another",
+    )  # fmt: skip
+    on_another = torch.tensor(list(Image.open(on_another_base).getdata()), dtype=torch.float)
+    assert (on_another - pixels[2]).abs().max() <= 1, "--base naming another model draws with that model's own VAE"
 
     fused = export_run(result.run_dir, "fused", tmp_path / "fused")
     expected, written = load_file(other_vae / WEIGHTS), load_file(fused / "vae" / WEIGHTS)
