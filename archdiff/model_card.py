@@ -133,7 +133,7 @@ def model_card(run_dir: Path, repo: str) -> ModelCard:
             _what_it_is(recipe, base, family, lora),
             _trigger_section(triggers, dreambooth),
             *([_samples_section(recipe, grid)] if grid else []),
-            _recipe_section(recipe, base),
+            _recipe_section(recipe, base, family),
             _usage_section(recipe, base, repo, family, triggers),
         ]
     body = "\n\n".join([f"# {repo.split('/')[1]}", *sections, _license_section(base, license_)])
@@ -252,12 +252,12 @@ def _samples_section(recipe: dict[str, Any], grid: str) -> str:
     )
 
 
-def _recipe_section(recipe: dict[str, Any], base: str) -> str:
+def _recipe_section(recipe: dict[str, Any], base: str, family) -> str:
     lora = recipe.get("lora") or {}
     rows = [
         ("Base", f"`{public_name(base)}`"),
         ("LoRA", f"rank {lora.get('rank')}, alpha {lora.get('alpha')}"),
-        ("UNet targets", ", ".join(f"`{m}`" for m in lora.get("target_modules") or [])),
+        (f"{family.denoiser_title} targets", ", ".join(f"`{m}`" for m in lora.get("target_modules") or [])),
     ]
     if text_encoder := lora.get("text_encoder"):
         rows.append(("Text encoder LoRA", f"rank {text_encoder.get('rank')}, alpha {text_encoder.get('alpha')}"))

@@ -53,6 +53,7 @@ class Family:
     pipeline: str = "StableDiffusionPipeline"
     denoiser: str = "unet"  # its subfolder, and the LoRA keys' prefix
     denoiser_class: str = "UNet2DConditionModel"
+    denoiser_title: str = "UNet"  # how a model card names it
     scheduler_class: str = "DDPMScheduler"
     objective: str = "diffusion"  # diffusion (DDPM: epsilon or v) | flow (rectified flow): train/objective.py
     text_encoders: tuple[str, ...] = ("CLIPTextModel",)  # text_encoder, text_encoder_2, ... in order
@@ -121,6 +122,7 @@ class SD3Family(Family):
     pipeline: str = "StableDiffusion3Pipeline"
     denoiser: str = "transformer"
     denoiser_class: str = "SD3Transformer2DModel"
+    denoiser_title: str = "Transformer"
     scheduler_class: str = "FlowMatchEulerDiscreteScheduler"
     objective: str = "flow"
     text_encoders: tuple[str, ...] = ("CLIPTextModelWithProjection", "CLIPTextModelWithProjection", "T5EncoderModel")
