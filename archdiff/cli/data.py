@@ -188,7 +188,14 @@ def controls_command(
 def caption_command(
     src: str = typer.Argument(..., help="Local image folder; its metadata.jsonl is created or updated in place."),
     model: str = typer.Option(
-        "Salesforce/blip-image-captioning-base", "--model", "-m", help="BLIP captioning model: Hub id, folder, or tiny-captioner."
+        "Salesforce/blip-image-captioning-base",
+        "--model",
+        "-m",
+        help="BLIP captioner or image-text-to-text model (LLaVA, Qwen-VL, Florence-2, ...): Hub id, folder, tiny-captioner "
+        "or tiny-vlm-captioner.",
+    ),
+    prompt: str = typer.Option(
+        None, "--prompt", help="What an image-text-to-text model is asked (default: building type, materials, setting)."
     ),
     template: str = typer.Option(
         None, "--template", help="Caption from metadata fields around the model's text, e.g. '{material} facade, {caption}'."
@@ -216,7 +223,7 @@ def caption_command(
     quiet_libraries()
     from archdiff.data.captioning import load_captioner, write_captions
 
-    result = write_captions(plan, load_captioner(model), template, batch_size, max_new_tokens)
+    result = write_captions(plan, load_captioner(model, prompt), template, batch_size, max_new_tokens)
     for item in result.skipped:
         typer.echo(f"  skipped {item.name}: {item.reason}")
     typer.echo(f"{result.written} captions written to {result.metadata}; {kept}, {len(result.skipped)} skipped")

@@ -26,6 +26,7 @@ MACHINE = "machine"
 CAPTION_FIELD = "caption"  # the template's placeholder for the model's text
 DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"
 CAPTIONER_WHAT = "captioning model"
+DEFAULT_PROMPT = "Describe this architectural image in one sentence: the building type, its materials and its setting."
 _MODEL_TYPES = {"blip": "BlipForConditionalGeneration"}  # natively supported, prompt-free image captioners
 
 
@@ -160,41 +161,81 @@ class Captioner:
     model: Any
     processor: Any
     device: str
+    prompt: str | None  # what an instruction model is asked; None for a prompt-free captioner (BLIP)
 
 
-def load_captioner(name: str) -> Captioner:
-    """A natively supported captioning model (Hub id, folder or tiny-captioner), or a one-line UserError."""
-    from archdiff.data.tiny_captioner import TINY_CAPTIONER, tiny_captioner_folder
+def load_captioner(name: str, prompt: str | None = None) -> Captioner:
+    """A natively supported captioning model (Hub id, folder, tiny-captioner or tiny-vlm-captioner), or a one-line UserError.
+
+    BLIP captions an image as it is; any other model transformers runs as image-text-to-text (LLaVA, Florence-2,
+    Qwen-VL, SmolVLM, ...) is asked `prompt` (DEFAULT_PROMPT when None), through its chat template when it has one.
+    """
+    from archdiff.data.tiny_captioner import tiny_captioner_source
     from archdiff.eval.features import check_model_source
 
-    source = tiny_captioner_folder() if name == TINY_CAPTIONER and not Path(name).exists() else name
+    if prompt is not None and not prompt.strip():
+        raise UserError("--prompt is empty: ask the model something, or leave --prompt out for the default question")
+    source = tiny_captioner_source(name)
     check_model_source(source, CAPTIONER_WHAT)
     import torch
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     from transformers.utils import logging as transformers_logging
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     transformers_logging.disable_progress_bar()
     try:
         config = transformers.AutoConfig.from_pretrained(source)
-        if config.model_type not in _MODEL_TYPES:
-            raise ValueError(f"it is a {config.model_type} model; data caption runs BLIP captioners, e.g. {DEFAULT_MODEL}")
-        model = getattr(transformers, _MODEL_TYPES[config.model_type]).from_pretrained(source)
+        instructed = config.model_type not in _MODEL_TYPES and config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        if not instructed and config.model_type not in _MODEL_TYPES:
+            raise ValueError(
+                f"it is a {config.model_type} model; data caption runs BLIP captioners (e.g. {DEFAULT_MODEL}) "
+                "and the image-text-to-text models transformers supports natively"
+            )
+        if prompt is not None and not instructed:
+            raise UserError(f"--prompt: '{name}' is a {config.model_type} captioner, which takes no prompt; drop --prompt")
+        model_class = (
+            transformers.AutoModelForImageTextToText if instructed else getattr(transformers, _MODEL_TYPES[config.model_type])
+        )
+        model = model_class.from_pretrained(source, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
         processor = transformers.AutoProcessor.from_pretrained(source, backend="pil")
+    except UserError:
+        raise
     except Exception as error:  # noqa: BLE001 - bad folder, failed download, wrong kind: the same fix for the user
         raise UserError(f"{CAPTIONER_WHAT} '{name}' could not be loaded ({first_line(error)})") from None
     finally:
         transformers_logging.enable_progress_bar()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Captioner(name, model.eval().to(device), processor, device)
+    prompt = (prompt or DEFAULT_PROMPT) if instructed else None
+    tokenizer = getattr(processor, "tokenizer", None)
+    if prompt is not None and tokenizer is not None and not getattr(config.get_text_config(), "is_encoder_decoder", False):
+        tokenizer.padding_side = "left"  # a batch of prompts must end where generation starts
+    return Captioner(name, model.eval().to(device), processor, device, prompt)
+
+
+def _instruction(processor, prompt: str) -> str:
+    """The model's own chat format around one image and the prompt; the bare prompt for task-prompt models (Florence-2)."""
+    if not getattr(processor, "chat_template", None):
+        return prompt
+    message = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+    return processor.apply_chat_template([message], add_generation_prompt=True)
 
 
 def _generate(captioner: Captioner, images: list, max_new_tokens: int) -> list[str]:
     import torch
 
+    processor = captioner.processor
     with torch.inference_mode():
-        inputs = captioner.processor(images=images, return_tensors="pt").to(captioner.device)
-        tokens = captioner.model.generate(**inputs, max_new_tokens=max_new_tokens)
-    return [text.strip() for text in captioner.processor.batch_decode(tokens, skip_special_tokens=True)]
+        if captioner.prompt is None:
+            inputs = processor(images=images, return_tensors="pt")
+        else:
+            texts = [_instruction(processor, captioner.prompt)] * len(images)
+            inputs = processor(text=texts, images=images, padding=True, return_tensors="pt")
+        inputs = inputs.to(captioner.device)
+        tokens = captioner.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    asked = inputs.get("input_ids") if captioner.prompt is not None else None
+    if asked is not None and tokens.shape[1] > asked.shape[1] and torch.equal(tokens[:, : asked.shape[1]], asked):
+        tokens = tokens[:, asked.shape[1] :]  # decoder-only models return the prompt before the answer
+    return [text.strip() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
 
 
 def _write_rows(metadata: Path, rows: list[dict[str, Any]]) -> None:

@@ -1,5 +1,6 @@
-"""`archdiff data caption` with the tiny random BLIP: batching, per-batch saves, resume after SIGKILL, human captions
-kept, templates, a folder training accepts, and one-line refusals. The captions are nonsense; the plumbing is real."""
+"""`archdiff data caption` with the tiny random BLIP (and a tiny LLaVA for instruction models): batching, per-batch
+saves, resume after SIGKILL, human captions kept, templates, a folder training accepts, and one-line refusals. The
+captions are nonsense; the plumbing is real."""
 
 from __future__ import annotations
 
@@ -209,8 +210,20 @@ def test_training_reads_the_result(tmp_path, captioner, tiny_base):
         (["{folder}", "--model", "{folder}"], "is a folder without config.json"),
         (["{folder}", "--model", "someone/captioner"], "not downloaded and the Hugging Face Hub is not reachable"),
         (["{folder}", "--model", "{tiny_text_encoder}"], "it is a clip_text_model model"),
+        (["{folder}", "--model", "tiny-captioner", "--prompt", "what is it?"], "is a blip captioner, which takes no prompt"),
+        (["{folder}", "--model", "tiny-vlm-captioner", "--prompt", " "], "--prompt is empty"),
     ],
-    ids=["bundled", "hub-dataset", "missing", "template-no-caption", "not-a-model", "offline-model", "not-blip"],
+    ids=[
+        "bundled",
+        "hub-dataset",
+        "missing",
+        "template-no-caption",
+        "not-a-model",
+        "offline-model",
+        "not-captioner",
+        "blip-prompt",
+        "empty-prompt",
+    ],  # fmt: skip
 )
 def test_refusals_one_line_exit_2(tmp_path, tiny_base, args, says):
     folder = tmp_path / "photos"
@@ -221,3 +234,58 @@ def test_refusals_one_line_exit_2(tmp_path, tiny_base, args, says):
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("archdiff: error:"), result.stderr
     assert says in lines[0]
     assert not (folder / "metadata.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def vlm_captioner():
+    return load_captioner("tiny-vlm-captioner", "Name the facade material.")
+
+
+def test_instruction_model_is_asked_in_its_chat_format(vlm_captioner):
+    """The prompt reaches an instruction model inside its chat template, the image token before it; a model without a
+    chat template (Florence-2's task prompts) gets the bare prompt."""
+    from types import SimpleNamespace
+
+    assert vlm_captioner.prompt == "Name the facade material."
+    asked = captioning._instruction(vlm_captioner.processor, vlm_captioner.prompt)
+    assert asked == "USER: <image>\nName the facade material. ASSISTANT:"
+    assert captioning._instruction(SimpleNamespace(chat_template=None), "<MORE_DETAILED_CAPTION>") == "<MORE_DETAILED_CAPTION>"
+    assert load_captioner("tiny-vlm-captioner").prompt == captioning.DEFAULT_PROMPT
+
+
+def test_instruction_model_batches_caption_as_one_by_one(vlm_captioner):
+    """Prompts are padded on the left and the echoed prompt is cut off: a batch of mixed sizes gives each image the
+    caption it gets alone, and no caption repeats the question."""
+    images = [Image.new("RGB", size, colour) for size, colour in (((120, 90), (200, 100, 50)), ((64, 200), (20, 100, 250)))]
+    batched = captioning._generate(vlm_captioner, images, 12)
+    alone = [captioning._generate(vlm_captioner, [image], 12)[0] for image in images]
+    assert batched == alone and all(batched) and batched[0] != batched[1]
+    assert not any("facade" in caption or "USER" in caption for caption in batched)
+
+
+def test_instruction_model_captions_a_folder_through_the_cli(tmp_path):
+    """`--model tiny-vlm-captioner --prompt`: every image captioned and marked, a human caption kept, and a second run
+    has nothing left to do."""
+    folder = tmp_path / "photos"
+    names = _images(folder, 3)
+    (folder / "img01.txt").write_text("brick facade", encoding="utf-8")
+    args = [
+        "data",
+        "caption",
+        str(folder),
+        "--model",
+        "tiny-vlm-captioner",
+        "--prompt",
+        "Name the material.",
+        "--batch-size",
+        "2",
+    ]
+    first = _cli(tmp_path, *args)
+    assert first.returncode == 0, first.stderr
+    rows = _rows(folder)
+    assert rows["img01.png"]["text"] == "brick facade" and "caption_source" not in rows["img01.png"]
+    for name in (names[0], names[2]):
+        assert rows[name]["text"].strip() and rows[name]["caption_model"] == "tiny-vlm-captioner"
+    again = _cli(tmp_path, *args)
+    assert again.returncode == 0 and "nothing to caption" in again.stdout
+    assert _rows(folder) == rows
