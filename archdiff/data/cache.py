@@ -26,6 +26,7 @@ from archdiff.paths import cache_dir
 FORMAT_VERSION = 1  # bump when image preparation changes what an entry holds
 CONTROL_VERSION = 1  # bump when an extractor in data/controls.py changes what it draws
 SHARD_ENTRIES = 256
+TEXT_ENTRIES = {"text_embeddings": "text", "pooled_text_embeds": "pooled", "t5_text_embeddings": "t5"}  # batch key: key prefix
 ENCODE_BATCH = 8
 
 
@@ -93,19 +94,14 @@ class Caches:
         return _key("control", record.content_hash, paired, record.kind, sample.bucket, sample.tile, op, *extractor)
 
     @staticmethod
-    def text_key(caption: str) -> str:
-        return _key("text", caption)
-
-    @staticmethod
-    def pooled_key(caption: str) -> str:
-        return _key("pooled", caption)
+    def text_key(caption: str, entry: str = "text_embeddings") -> str:
+        return _key(TEXT_ENTRIES[entry], caption)
 
     def text_item(self, caption: str) -> dict[str, torch.Tensor]:
-        """A caption's cached conditioning as batch entries: its embedding, and SDXL's pooled one beside it."""
-        item = {"text_embeddings": self.texts.get(self.text_key(caption))}
-        if self.pooled_key(caption) in self.texts:
-            item["pooled_text_embeds"] = self.texts.get(self.pooled_key(caption))
-        return item
+        """A caption's cached conditioning as batch entries: its embedding, and what its family keeps beside it
+        (SDXL's and SD 3.x's pooled projections, SD 3.x's T5 states)."""
+        keys = {entry: self.text_key(caption, entry) for entry in TEXT_ENTRIES}
+        return {entry: self.texts.get(key) for entry, key in keys.items() if key in self.texts}
 
     def report(self) -> str:
         parts = []
@@ -196,24 +192,19 @@ def fill_texts(cache: TensorCache, sets: list[SampleSet], components, caches: Ca
 
 
 def _encoded_captions(components, captions: list[str]) -> dict[str, torch.Tensor]:
-    """What the training step computes from each caption: SD 1.x/2.x's last hidden state; SDXL's two encoders'
-    penultimate states side by side, and the second's pooled projection under its own key."""
-    from archdiff.model.families import encode_text, encode_text_sdxl
-
-    ids = tokenize(components.tokenizer, captions)
-    if not components.sdxl:
-        embeddings = encode_text(components.text_encoder, ids).float().cpu()
-        return {Caches.text_key(c): embeddings[i] for i, c in enumerate(captions)}
-    ids_2 = tokenize(components.tokenizer_2, captions)
-    embeddings, pooled = (t.float().cpu() for t in encode_text_sdxl(*components.text_encoders, ids, ids_2))
-    entries = {Caches.text_key(c): embeddings[i] for i, c in enumerate(captions)}
-    return entries | {Caches.pooled_key(c): pooled[i] for i, c in enumerate(captions)}
+    """What the training step computes from each caption, as its family keeps it (Family.text_entries)."""
+    ids = [tokenize(tokenizer, captions) for tokenizer in components.tokenizers]
+    entries = components.family.text_entries(list(components.text_encoders), ids)
+    return {
+        Caches.text_key(caption, entry): values[index].float().cpu()
+        for entry, values in entries.items()
+        for index, caption in enumerate(captions)
+    }
 
 
 def text_cache_folder(components) -> Path:
-    """Keyed by every text encoder's files: SDXL's entries change when either encoder does."""
-    encoders = ("text_encoder", "text_encoder_2") if components.sdxl else ("text_encoder",)
-    return cache_dir() / "text" / "-".join(components.fingerprint(encoder) for encoder in encoders)
+    """Keyed by every text encoder's files in use: SDXL's and SD 3.x's entries change when any encoder does."""
+    return cache_dir() / "text" / "-".join(components.fingerprint(encoder) for encoder in components.text_encoder_folders)
 
 
 def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, components) -> Caches:

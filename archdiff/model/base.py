@@ -252,12 +252,22 @@ class Components:
         return self.family.name == "sdxl"
 
     @property
-    def text_encoders(self) -> tuple:
-        """The text encoders the family conditions on, in the pipeline's order (SD 3.x without T5: the two CLIPs)."""
+    def text_encoder_folders(self) -> tuple[str, ...]:
+        """The subfolders of the text encoders the family conditions on, without loading them (SD 3.x without T5: two)."""
         count = len(self.family.text_encoders)
         if count > 2 and self.tokenizer_3 is None:  # memory.t5: drop
             count = 2
-        return tuple(self._encoder(index) for index in range(count))
+        return ("text_encoder", "text_encoder_2", "text_encoder_3")[:count]
+
+    @property
+    def text_encoders(self) -> tuple:
+        """The text encoders the family conditions on, in the pipeline's order (SD 3.x without T5: the two CLIPs)."""
+        return tuple(self._encoder(index) for index in range(len(self.text_encoder_folders)))
+
+    @property
+    def tokenizers(self) -> tuple:
+        """One tokenizer per text encoder in use, in the same order."""
+        return (self.tokenizer, self.tokenizer_2, self.tokenizer_3)[: len(self.text_encoder_folders)]
 
     @property
     def trainable_text_encoders(self) -> tuple:

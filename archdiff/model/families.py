@@ -32,6 +32,16 @@ def encode_text_sdxl(text_encoder, text_encoder_2, input_ids, input_ids_2):
     return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
 
 
+def _sd3_clip_states(encoders: list, ids: list):
+    """SD 3.x's two CLIPs: penultimate states side by side (before padding to T5's width), pooled projections joined."""
+    import torch
+
+    outputs = [
+        encoder(tokens.to(_device(encoder)), output_hidden_states=True) for encoder, tokens in zip(encoders, ids, strict=True)
+    ]
+    return torch.cat([out.hidden_states[-2] for out in outputs], dim=-1), torch.cat([out.text_embeds for out in outputs], dim=-1)
+
+
 def sdxl_time_ids(original_size, crop_top_left, bucket: tuple[int, int]):
     """Per sample (original h, w, crop top, left, target h, w): SDXL is told each image's size and crop, so
     upscaled or cropped training images do not teach it to draw blurry or cut-off buildings."""
@@ -69,6 +79,11 @@ class Family:
         """Keyword arguments its pipeline takes when archdiff builds one (no safety checker, no watermark)."""
         return {"safety_checker": None, "requires_safety_checker": False}
 
+    def text_entries(self, encoders: list, ids: list) -> dict:
+        """What the text cache keeps of a batch of captions (one token-id tensor per encoder), by batch key:
+        what `conditioning` reads back instead of running the encoders."""
+        return {"text_embeddings": encode_text(encoders[0], ids[0])}
+
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
         """The denoiser's text conditioning for a batch of token ids (or cached embeddings); `model` the denoiser."""
         if "text_embeddings" in batch:
@@ -99,6 +114,10 @@ class SDXLFamily(Family):
 
     def pipeline_extras(self) -> dict[str, Any]:
         return {"add_watermarker": False}
+
+    def text_entries(self, encoders: list, ids: list) -> dict:
+        embeddings, pooled = encode_text_sdxl(*encoders, *ids)
+        return {"text_embeddings": embeddings, "pooled_text_embeds": pooled}
 
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
         """Both encoders' states (or the text cache's, with the pooled one beside them) and the size/crop ids."""
@@ -132,25 +151,30 @@ class SD3Family(Family):
     def pipeline_extras(self) -> dict[str, Any]:
         return {}
 
+    def text_entries(self, encoders: list, ids: list) -> dict:
+        """The CLIPs' joined states and pooled projections; T5's states apart (absent under memory.t5: drop)."""
+        clip, pooled = _sd3_clip_states(encoders[:2], ids[:2])
+        t5 = {"t5_text_embeddings": encode_text(encoders[2], ids[2])} if len(encoders) > 2 else {}
+        return {"text_embeddings": clip, "pooled_text_embeds": pooled, **t5}
+
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
         """As StableDiffusion3Pipeline.encode_prompt: CLIP-L and CLIP-G penultimate states side by side, padded to T5's
         width, then T5's tokens after them; the pooled projections joined. Without T5 (memory.t5: drop) its part is
-        zeros, which SD 3.5 was trained to accept."""
+        zeros, which SD 3.5 was trained to accept. With the text cache, the same parts come from the batch."""
         import torch
 
-        clip_states, pooled = [], []
-        for encoder, key in zip(encoders[:2], ("input_ids", "input_ids_2"), strict=True):
-            output = encoder(batch[key].to(_device(encoder)), output_hidden_states=True)
-            clip_states.append(output.hidden_states[-2])
-            pooled.append(output.text_embeds)
-        clip = torch.cat(clip_states, dim=-1)
-        if len(encoders) > 2:
-            t5_states = encode_text(encoders[2], batch["input_ids_3"]).to(clip.dtype)
+        if "text_embeddings" in batch:
+            clip = batch["text_embeddings"].to(device, non_blocking=True)
+            pooled = batch["pooled_text_embeds"].to(device, non_blocking=True)
+            t5_states = batch["t5_text_embeddings"].to(device, non_blocking=True) if "t5_text_embeddings" in batch else None
         else:
+            clip, pooled = _sd3_clip_states(encoders[:2], [batch["input_ids"], batch["input_ids_2"]])
+            t5_states = encode_text(encoders[2], batch["input_ids_3"]) if len(encoders) > 2 else None
+        if t5_states is None:
             width = getattr(model, "module", model).config.joint_attention_dim  # DDP wraps the model
             t5_states = torch.zeros(len(clip), SD3_MAX_TEXT, width, device=clip.device, dtype=clip.dtype)
         clip = torch.nn.functional.pad(clip, (0, t5_states.shape[-1] - clip.shape[-1]))
-        return {"encoder_hidden_states": torch.cat([clip, t5_states], dim=-2), "pooled_projections": torch.cat(pooled, dim=-1)}
+        return {"encoder_hidden_states": torch.cat([clip, t5_states.to(clip.dtype)], dim=-2), "pooled_projections": pooled}
 
     def predict(self, model, noisy, timesteps, conditioning: dict, residuals: dict):
         return model(hidden_states=noisy, timestep=timesteps, **conditioning).sample

@@ -40,7 +40,6 @@ def check_family_options(recipe: Recipe, family: str) -> None:
         refused = {
             "controlnet": recipe.controlnet is not None,
             "dreambooth": recipe.dreambooth is not None,
-            "data.cache.text": recipe.data.cache.text,
             "train.snr_gamma (Min-SNR weighs DDPM timesteps; SD 3.5 trains on rectified flow)": recipe.train.snr_gamma,
             "train.prediction_type (SD 3.5 predicts the flow's velocity)": recipe.train.prediction_type,
         }

@@ -125,7 +125,6 @@ def test_without_t5_the_run_never_loads_it_and_still_draws(tmp_path, monkeypatch
     [
         (["base=tiny-sd3", "train.snr_gamma=5.0"], "train.snr_gamma"),
         (["base=tiny-sd3", "train.snr_gamma=null", "train.prediction_type=epsilon"], "train.prediction_type"),
-        (["base=tiny-sd3", "train.snr_gamma=null", "data.cache.text=true"], "data.cache.text"),
         (["base=tiny-sd3", "train.snr_gamma=null", "dreambooth={instance_prompt: 'a sks house'}"], "dreambooth"),
         (["base=tiny-sd3", "train.snr_gamma=null", "controlnet={}"], "controlnet"),
         (["base=tiny-sd15", "memory.t5=drop"], "memory.t5"),
