@@ -68,6 +68,12 @@ class Covers:
             self.images.clear()
             self.used = 0
 
+    def __getstate__(self):  # DataLoader workers started by spawn (macOS) pickle the dataset: send no images, no lock
+        return {"budget": self.budget, "used": 0, "images": {}}
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
 
 @dataclass
 class Catalog:

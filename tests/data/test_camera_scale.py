@@ -188,3 +188,41 @@ def test_the_scan_cache_forgets_files_that_are_gone(tmp_path, fresh_cache):
     assert sorted(stamp.split("|")[0].rsplit("/", 1)[1] for stamp in stored["hashes"]) == ["b.png", "c.png"]
     assert first["a.png"] not in stored["results"] and first["b.png"] in stored["results"]
     assert len(stored["results"]) == 2
+
+
+def test_a_run_scans_on_rank_0_first_and_keeps_decodes_only_for_a_latent_cache(tmp_path, monkeypatch, tiny_base):
+    """Under DDP the other ranks wait at accelerate's main_process_first, then read rank 0's scan cache."""
+    import accelerate
+
+    import archdiff.data.catalog as catalog_module
+    from archdiff.config import load_recipe
+    from archdiff.train.run import run
+
+    events = []
+
+    class FakeState:
+        def __init__(self, cpu=False):
+            events.append(("state", cpu))
+
+        @__import__("contextlib").contextmanager
+        def main_process_first(self):
+            events.append("enter")
+            try:
+                yield
+            finally:
+                events.append("exit")
+
+    class Scanned(Exception):
+        pass
+
+    def scan(cfg, controls=False, keep_covers=False):
+        events.append(("scan", keep_covers))
+        raise Scanned
+
+    monkeypatch.setattr(accelerate, "PartialState", FakeState)
+    monkeypatch.setattr(catalog_module, "build_catalog", scan)
+    for latents in (True, False):
+        recipe = load_recipe("demo-tiny", [f"output={tmp_path / 'run'}", f"data.cache.latents={str(latents).lower()}"])
+        with pytest.raises(Scanned):
+            run(recipe)
+    assert events == [("state", True), "enter", ("scan", True), "exit", ("state", True), "enter", ("scan", False), "exit"]
