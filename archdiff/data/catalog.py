@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from archdiff.config.schema import DataConfig
+from archdiff.data.covers import CoverKeeper, Covers
 from archdiff.data.pairs import PairedControl, scan_control
 from archdiff.data.sources import LoadedSource, Skipped, load_source
 from archdiff.errors import UserError
@@ -24,7 +24,6 @@ from archdiff.paths import cache_dir
 from archdiff.run_files import write_text_atomic
 
 SCAN_CACHE_VERSION = 2  # bump when what a scan learns about an image changes
-COVERS_BUDGET = 1 << 30  # bytes of scanned images kept for the latent cache build (~1,300 at 512 px, ~330 at 1024)
 
 KINDS = ("photo", "drawing")
 
@@ -40,39 +39,6 @@ class ImageRecord:
     content_hash: str
     fields: dict[str, Any] = field(hash=False, compare=False)  # the metadata row, without the image
     control: PairedControl | None = field(default=None, hash=False, compare=False)  # a ControlNet run's paired control
-
-
-class Covers:
-    """Bucket-cover-sized images the scan decoded anyway, kept for the latent cache build: each file decoded once.
-
-    Bounded by a byte budget; past it the cache build decodes the file again, to the same bytes (the same call).
-    """
-
-    def __init__(self, budget: int = COVERS_BUDGET):
-        self.budget, self.used = budget, 0
-        self.images: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-
-    def put(self, key: tuple, image) -> None:
-        size = image.width * image.height * len(image.getbands())
-        with self._lock:
-            if key not in self.images and self.used + size <= self.budget:
-                self.images[key] = image
-                self.used += size
-
-    def get(self, key: tuple):
-        return self.images.get(key)
-
-    def clear(self) -> None:
-        with self._lock:
-            self.images.clear()
-            self.used = 0
-
-    def __getstate__(self):  # DataLoader workers started by spawn (macOS) pickle the dataset: send no images, no lock
-        return {"budget": self.budget, "used": 0, "images": {}}
-
-    def __setstate__(self, state) -> None:
-        self.__dict__.update(state, _lock=threading.Lock())
 
 
 @dataclass
@@ -111,22 +77,6 @@ def _row_kind(source: LoadedSource, row: dict[str, Any], name: str) -> str:
             f"data '{source.label}': {name} has {source.config.kind_column}={kind!r}; expected one of {', '.join(KINDS)}"
         )
     return kind
-
-
-@dataclass(frozen=True)
-class CoverKeeper:
-    """How a row's image is decoded when a latent cache will be built: at the scale covering its bucket, resized to
-    cover it and kept in `covers` under the key `prepared_image` looks up, so the cache build need not decode it again."""
-
-    kind: str
-    cover: Callable[[int, int], tuple[int, int]]  # full upright size -> the size it is resized to
-    covers: Covers
-    decode: str
-
-    def keep(self, digest: str, image, size: tuple[int, int]) -> None:
-        from archdiff.data.images import resize
-
-        self.covers.put((digest, size, self.kind, self.decode), image if image.size == size else resize(image, size, self.kind))
 
 
 class ScanCache:
@@ -325,7 +275,7 @@ def build_catalog(cfg: DataConfig, controls: bool = False, keep_covers: bool = F
                 "name the column with the source's control_column, or set data.control.type (lines, canny, drawing) "
                 "to make controls from the images themselves"
             )
-    covers = Covers(COVERS_BUDGET if keep_covers else 0)
+    covers = Covers() if keep_covers else Covers(0)
     buckets = bucket_list(cfg)
 
     def cover(width: int, height: int) -> tuple[int, int]:

@@ -131,7 +131,7 @@ def test_workers_change_neither_the_records_nor_any_cache_entry(tmp_path, monkey
 
 
 def test_the_cache_build_reuses_the_scans_decodes_and_decodes_again_past_the_budget(tmp_path, fresh_cache, monkeypatch):
-    import archdiff.data.catalog as catalog_module
+    import archdiff.data.covers as covers_module
 
     folder = mixed_folder(tmp_path / "d")
     cfg = DataConfig(sources=[{"path": str(folder)}], resolution=64, buckets={"step": 16}, holdout=0)
@@ -149,7 +149,7 @@ def test_the_cache_build_reuses_the_scans_decodes_and_decodes_again_past_the_bud
     assert all(np.array_equal(a, b) for a, b in zip(kept, fresh, strict=True)), "kept images are the fresh decode's pixels"
 
     monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "other"))
-    monkeypatch.setattr(catalog_module, "COVERS_BUDGET", 2 * 80 * 64 * 3)  # room for two 80x64 (or smaller) images
+    monkeypatch.setattr(covers_module, "COVERS_BUDGET", 2 * 80 * 64 * 3)  # room for two 80x64 (or smaller) images
     small = build_catalog(cfg, keep_covers=True)
     assert len(small.covers.images) == 2 and small.covers.used <= small.covers.budget
 
