@@ -114,7 +114,7 @@ class DataConfig(Section):
     decode: Literal["reduced", "full"] = Field(
         "reduced",
         description="reduced: JPEGs decode at the smallest DCT scale (1/2, 1/4, 1/8) still covering their bucket, then "
-        "resize (over 40 dB from a full decode, 2-4x faster on camera photos) | full: every image at full size, as before.",
+        "resize (over 40 dB from a full decode; about 2x faster to decode camera photos) | full: all at full size, as before.",
     )
     decode_workers: int | None = Field(
         None, ge=1, description="Threads that scan and prepare images for the caches; null: every CPU this process may use."
