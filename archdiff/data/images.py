@@ -21,6 +21,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 WHITE = (255, 255, 255)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: the multi-picture JPEGs some cameras write, decoded like JPEG
 ROTATIONS = {"rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180, "rot270": Image.Transpose.ROTATE_270}
 
 
@@ -108,7 +109,7 @@ def _decoded(image: Image.Image, reduce_to: tuple[int, int] | None) -> Image.Ima
     Draft sizes are in stored orientation, hence the swap for sideways photos; PNG, TIFF and the rest decode fully.
     """
     try:
-        if reduce_to and image.format == "JPEG":
+        if reduce_to and image.format in JPEG_FORMATS:
             image.draft(None, reduce_to[::-1] if _sideways(image) else reduce_to)
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -135,7 +136,7 @@ def jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     """
     with _pil_pixel_guard_lifted():
         image = _opened(data, max_pixels)
-        if image.format != "JPEG":
+        if image.format not in JPEG_FORMATS:
             return None
         try:
             return upright_size(image)
