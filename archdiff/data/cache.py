@@ -81,9 +81,10 @@ class Caches:
     reused: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})
 
     @staticmethod
-    def latent_key(sample: Sample, op: str) -> str:
+    def latent_key(sample: Sample, op: str, decode: str) -> str:
+        """`decode` (data.decode) too: a reduced decode's pixels differ from a full one's, by a little."""
         record = sample.record
-        return _key(record.content_hash, record.kind, sample.bucket, sample.tile, op)
+        return _key(record.content_hash, record.kind, sample.bucket, sample.tile, op, decode)
 
     @staticmethod
     def control_key(sample: Sample, op: str, cfg: DataConfig) -> str:
@@ -91,7 +92,7 @@ class Caches:
         record, control = sample.record, cfg.control
         paired = record.control.digest if record.control else None
         extractor = (CONTROL_VERSION, control.type, control.canny_low, control.canny_high)
-        return _key("control", record.content_hash, paired, record.kind, sample.bucket, sample.tile, op, *extractor)
+        return _key("control", record.content_hash, paired, record.kind, sample.bucket, sample.tile, op, *extractor, cfg.decode)
 
     @staticmethod
     def text_key(caption: str, entry: str = "text_embeddings") -> str:
@@ -132,27 +133,36 @@ def _wanted(sets: list[SampleSet], key) -> dict[str, tuple[SampleSet, Sample, st
 
 @torch.no_grad()
 def fill_latents(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
-    """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket."""
-    from archdiff.data.images import to_tensor
+    """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket.
 
-    wanted = _wanted(sets, lambda sample_set, sample, op: Caches.latent_key(sample, op))
+    Worker threads decode and resize the next batches while this thread encodes (data.decode_workers).
+    """
+    from archdiff.data.images import to_tensor
+    from archdiff.data.workers import default_workers, ordered_map
+
+    wanted = _wanted(sets, lambda sample_set, sample, op: Caches.latent_key(sample, op, sample_set.catalog.decode))
     missing = [(key, *job) for key, job in wanted.items() if key not in cache]
     caches.encoded["latents"], caches.reused["latents"] = len(missing), len(wanted) - len(missing)
     missing.sort(key=lambda job: job[2].bucket)
+    workers = default_workers(sets[0].cfg.decode_workers) if sets else 1
+
+    def pixels_of(job) -> torch.Tensor:
+        _, s, sample, op = job
+        return to_tensor(prepared_image(s.catalog, sample, s.cfg.max_pixels, op))
+
+    prepared = ordered_map(pixels_of, missing, workers, ahead=2 * max(workers, ENCODE_BATCH))
     pending: dict[str, torch.Tensor] = {}
     with tqdm(total=len(missing), desc="cache latents", unit="img", disable=not missing) as progress:
         for start in range(0, len(missing), ENCODE_BATCH):
-            jobs = missing[start : start + ENCODE_BATCH]
+            jobs = [(job, next(prepared)) for job in missing[start : start + ENCODE_BATCH]]
             by_bucket: dict = {}
             for job in jobs:
-                by_bucket.setdefault(job[2].bucket, []).append(job)
+                by_bucket.setdefault(job[0][2].bucket, []).append(job)
             for group in by_bucket.values():
-                pixels = torch.stack(
-                    [to_tensor(prepared_image(s.catalog, sample, s.cfg.max_pixels, op)) for _, s, sample, op in group]
-                )
+                pixels = torch.stack([tensor for _, tensor in group])
                 vae = components.vae  # loads it, the first time only
                 params = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters.float().cpu()
-                pending.update({key: params[i] for i, (key, *_) in enumerate(group)})
+                pending.update({job[0]: params[i] for i, (job, _) in enumerate(group)})
             progress.update(len(jobs))
             _store(cache, pending)
     _store(cache, pending, final=True)
@@ -225,4 +235,5 @@ def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, co
         fill_texts(texts, sets, components, caches)
     for sample_set in sets:
         sample_set.caches = caches
+        sample_set.catalog.covers.clear()  # the scan's images served the cache build; training reads latents
     return caches

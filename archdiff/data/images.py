@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 WHITE = (255, 255, 255)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: the multi-picture JPEGs some cameras write, decoded like JPEG
 ROTATIONS = {"rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180, "rot270": Image.Transpose.ROTATE_270}
 
 
@@ -76,30 +77,71 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise TooManyPixels(f"{width}x{height} = {pixels} pixels, over data.max_pixels ({max_pixels})")
 
 
-def open_image(source: str | Path | bytes, max_pixels: int) -> Image.Image:
-    """Decode fully, upright (EXIF) and RGB, so a broken file fails at scan time rather than mid-training.
-
-    The pixel count comes from the header and is checked before any decoding (decompression bombs).
-    """
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+def _opened(data: bytes, max_pixels: int) -> Image.Image:
+    """The file's header, its pixel count checked before any decoding (decompression bombs). Call under the lifted guard."""
     if not data:
         raise UnreadableImage("empty file")
     if _is_heif(data) and not heif_available():
         raise HeifUnsupported(HEIF_HINT)
-    with _pil_pixel_guard_lifted():
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise UnreadableImage("not an image") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise UnreadableImage(f"truncated or corrupt image ({error})") from None
-        check_pixels(image.width, image.height, max_pixels)
-        try:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise UnreadableImage(f"truncated or corrupt image ({error})") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise UnreadableImage(f"truncated or corrupt image ({error})") from None
+    check_pixels(image.width, image.height, max_pixels)
+    return image
+
+
+def _sideways(image: Image.Image) -> bool:
+    """Whether EXIF orientation turns the stored image by 90 degrees (tags 5-8), swapping its width and height."""
+    return image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """An opened (not yet decoded) image's full size after EXIF orientation, from its header."""
+    return (image.height, image.width) if _sideways(image) else image.size
+
+
+def _decoded(image: Image.Image, reduce_to: tuple[int, int] | None) -> Image.Image:
+    """Load an opened image, a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) still covering `reduce_to` (upright size).
+
+    Draft sizes are in stored orientation, hence the swap for sideways photos; PNG, TIFF and the rest decode fully.
+    """
+    try:
+        if reduce_to and image.format in JPEG_FORMATS:
+            image.draft(None, reduce_to[::-1] if _sideways(image) else reduce_to)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise UnreadableImage(f"truncated or corrupt image ({error})") from None
     return to_rgb(image)
+
+
+def open_image(source: str | Path | bytes, max_pixels: int, reduce_to: tuple[int, int] | None = None) -> Image.Image:
+    """Decode upright (EXIF) and RGB, so a broken file fails at scan time rather than mid-training.
+
+    `reduce_to` (w, h): a JPEG may come back smaller, though never below it in either side (the caller resizes
+    anyway); a scaled JPEG decode skips most of the inverse DCT and the full-size pixels: about 2x faster on camera photos.
+    """
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    with _pil_pixel_guard_lifted():
+        return _decoded(_opened(data, max_pixels), reduce_to)
+
+
+def jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """A JPEG's full upright size from its header alone (a tenth of a millisecond), so a scan can pick its decode scale.
+
+    None for other formats: they decode at full size anyway (a PNG's EXIF may even follow its pixels).
+    """
+    with _pil_pixel_guard_lifted():
+        image = _opened(data, max_pixels)
+        if image.format not in JPEG_FORMATS:
+            return None
+        try:
+            return upright_size(image)
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            raise UnreadableImage(f"truncated or corrupt image ({error})") from None
 
 
 def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:

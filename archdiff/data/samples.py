@@ -82,11 +82,19 @@ def crop_to_bucket(image, sample: Sample, size: tuple[int, int], crop: tuple[int
 
 
 def prepared_image(catalog: Catalog, sample: Sample, max_pixels: int, op: str = "", geometry=None):
-    """The bucket-sized image a run trains on: centre-cropped unless `geometry` (size, crop) says otherwise, then `op`."""
+    """The bucket-sized image a run trains on: centre-cropped unless `geometry` (size, crop) says otherwise, then `op`.
+
+    data.decode reduced: a JPEG decodes at the smallest scale covering the resize (tiles need every native pixel);
+    an image the scan already decoded and resized this way comes from `catalog.covers`, the same pixels.
+    """
     from archdiff.data.images import apply_augmentation, open_image
 
     size, crop = geometry or crop_geometry(sample, center=True, rng=None)[::2]
-    image = open_image(catalog.image_bytes(sample.record), max_pixels)
+    record = sample.record
+    image = None if sample.tile else catalog.covers.get((record.content_hash, size, record.kind, catalog.decode))
+    if image is None:
+        reduce_to = size if catalog.decode == "reduced" and not sample.tile else None
+        image = open_image(catalog.image_bytes(record), max_pixels, reduce_to=reduce_to)
     return apply_augmentation(crop_to_bucket(image, sample, size, crop), op)
 
 
@@ -198,7 +206,7 @@ class SampleSet:
         item = {"original_size": torch.tensor(original), "crop_top_left": torch.tensor(crop)}
         target = None
         if self.caches and self.caches.latents:
-            item["latent_params"] = self.caches.latents.get(self.caches.latent_key(sample, op))
+            item["latent_params"] = self.caches.latents.get(self.caches.latent_key(sample, op, self.catalog.decode))
         else:
             target = prepared_image(self.catalog, sample, self.cfg.max_pixels, "", (size, crop))  # decoded once for both
             item["pixel_values"] = to_tensor(apply_augmentation(target, op))

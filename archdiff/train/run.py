@@ -55,7 +55,7 @@ class RunResult:
 
 def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> RunResult:
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import set_seed
     from transformers.utils import logging as transformers_logging
 
@@ -82,7 +82,8 @@ def run(recipe: Recipe, overwrite: bool = False, resume: str | None = None) -> R
     check_ema_options(recipe)
     controlnet_init = check_controlnet_options(recipe, base)
     data = instance_data(recipe.data, recipe.dreambooth) if recipe.dreambooth else recipe.data
-    catalog = build_catalog(data, controls=recipe.controlnet is not None)
+    with PartialState(cpu=not cuda).main_process_first():  # DDP: rank 0 scans, the others read its scan cache
+        catalog = build_catalog(data, controls=recipe.controlnet is not None, keep_covers=data.cache.latents)
     train_records, holdout_records = split_holdout(catalog.records, data.holdout, data.holdout_group, recipe.train.seed)
     train_samples = expand_samples(train_records, data, train=True)
     holdout_samples = expand_samples(holdout_records, data, train=False)

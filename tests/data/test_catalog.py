@@ -128,7 +128,8 @@ def test_a_changed_image_is_decoded_again_and_the_pixel_limit_applies_to_cached_
 
     decoded = []
     real_open = images.open_image
-    monkeypatch.setattr(images, "open_image", lambda source, max_pixels: decoded.append(1) or real_open(source, max_pixels))
+    counted = lambda source, max_pixels, **how: decoded.append(1) or real_open(source, max_pixels, **how)  # noqa: E731
+    monkeypatch.setattr(images, "open_image", counted)
     Image.new("RGB", (20, 50), "black").save(data / "a.png")
     os.utime(data / "a.png", ns=(1, 1))  # a new modification time even on a coarse-grained file system
     catalog = build_catalog(cfg)
