@@ -133,39 +133,55 @@ def _wanted(sets: list[SampleSet], key) -> dict[str, tuple[SampleSet, Sample, st
 
 @torch.no_grad()
 def fill_latents(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
-    """Encode every (sample, augmentation) the sets can ask for and the cache lacks, bucket by bucket.
+    """Encode every (sample, augmentation) the sets can ask for and the cache lacks, in batches of one bucket.
 
-    Worker threads decode and resize the next batches while this thread encodes (data.decode_workers).
+    Worker threads (data.decode_workers) each decode a batch; on a CPU each also encodes it (torch releases the GIL,
+    and a batch is encoded alone, so its latents do not depend on the worker count); on a GPU this thread encodes
+    while the workers decode the next batches.
     """
-    from archdiff.data.images import to_tensor
     from archdiff.data.workers import default_workers, ordered_map
 
     wanted = _wanted(sets, lambda sample_set, sample, op: Caches.latent_key(sample, op, sample_set.catalog.decode))
     missing = [(key, *job) for key, job in wanted.items() if key not in cache]
     caches.encoded["latents"], caches.reused["latents"] = len(missing), len(wanted) - len(missing)
+    if not missing:
+        return
     missing.sort(key=lambda job: job[2].bucket)
-    workers = default_workers(sets[0].cfg.decode_workers) if sets else 1
+    batches = [
+        group for start in range(0, len(missing), ENCODE_BATCH) for group in _by_bucket(missing[start : start + ENCODE_BATCH])
+    ]
+    vae = components.vae  # loads it: something is missing
+    on_cpu = vae.device.type == "cpu"
 
-    def pixels_of(job) -> torch.Tensor:
-        _, s, sample, op = job
-        return to_tensor(prepared_image(s.catalog, sample, s.cfg.max_pixels, op))
+    def prepared(batch: list) -> tuple[list[str], torch.Tensor]:
+        from archdiff.data.images import to_tensor
 
-    prepared = ordered_map(pixels_of, missing, workers, ahead=2 * max(workers, ENCODE_BATCH))
+        pixels = torch.stack([to_tensor(prepared_image(s.catalog, sample, s.cfg.max_pixels, op)) for _, s, sample, op in batch])
+        return [key for key, *_ in batch], _encoded(vae, pixels) if on_cpu else pixels
+
+    workers = default_workers(sets[0].cfg.decode_workers)
     pending: dict[str, torch.Tensor] = {}
-    with tqdm(total=len(missing), desc="cache latents", unit="img", disable=not missing) as progress:
-        for start in range(0, len(missing), ENCODE_BATCH):
-            jobs = [(job, next(prepared)) for job in missing[start : start + ENCODE_BATCH]]
-            by_bucket: dict = {}
-            for job in jobs:
-                by_bucket.setdefault(job[0][2].bucket, []).append(job)
-            for group in by_bucket.values():
-                pixels = torch.stack([tensor for _, tensor in group])
-                vae = components.vae  # loads it, the first time only
-                params = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters.float().cpu()
-                pending.update({job[0]: params[i] for i, (job, _) in enumerate(group)})
-            progress.update(len(jobs))
+    with tqdm(total=len(missing), desc="cache latents", unit="img") as progress:
+        for keys, values in ordered_map(prepared, batches, workers, ahead=2 * workers):
+            params = values if on_cpu else _encoded(vae, values)
+            pending.update(zip(keys, params, strict=True))
+            progress.update(len(keys))
             _store(cache, pending)
     _store(cache, pending, final=True)
+
+
+def _by_bucket(jobs: list) -> list[list]:
+    """A chunk of jobs split by bucket (a batch stacks images of one size), in order of first appearance."""
+    groups: dict = {}
+    for job in jobs:
+        groups.setdefault(job[2].bucket, []).append(job)
+    return list(groups.values())
+
+
+@torch.no_grad()  # also on worker threads, where grad mode is not inherited
+def _encoded(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE's latent distribution parameters (mean and log-variance) for a batch of pixels, in float32 on the CPU."""
+    return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters.float().cpu()
 
 
 def fill_controls(cache: TensorCache, sets: list[SampleSet], caches: Caches) -> None:

@@ -44,8 +44,11 @@ CHANGEABLE_ON_RESUME = (
     "validation.",
     "eval.",
     "data.num_workers",
+    "data.decode_workers",
     "hub",
 )
+# Fields added since a checkpoint may have been written, whose default is not what runs did before them.
+BEFORE_THE_FIELD = {"data.decode": "full"}  # images were decoded at full size before data.decode existed
 
 
 class AlreadyFinished(Exception):
@@ -173,7 +176,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def changes_that_break_resume(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted recipe keys that differ and that a bit-exact continuation cannot absorb."""
-    old, new = flatten(saved), flatten(current)
+    old, new = BEFORE_THE_FIELD | flatten(saved), flatten(current)
     differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
     return [key for key in differing if not key.startswith(CHANGEABLE_ON_RESUME)]
 
@@ -181,8 +184,12 @@ def changes_that_break_resume(saved: dict[str, Any], current: dict[str, Any]) ->
 def check_resumable(state: TrainerState, current: dict[str, Any], checkpoint: Path) -> None:
     broken = changes_that_break_resume(state.recipe, current)
     if broken:
-        shown = ", ".join(f"{key} ({flatten(state.recipe).get(key)!r} -> {flatten(current).get(key)!r})" for key in broken)
-        raise UserError(f"cannot resume from {checkpoint}: the recipe changed in {shown}; start a new run instead")
+        saved = BEFORE_THE_FIELD | flatten(state.recipe)
+        shown = ", ".join(f"{key} ({saved.get(key)!r} -> {flatten(current).get(key)!r})" for key in broken)
+        back = " ".join(f"--set {key}={json.dumps(saved.get(key))}" for key in broken)
+        raise UserError(
+            f"cannot resume from {checkpoint}: the recipe changed in {shown}; set it back ({back}) or start a new run instead"
+        )
 
 
 def trained_state_dict(model) -> dict:

@@ -77,3 +77,20 @@ def test_metrics_drop_a_half_written_last_line_and_name_damage_elsewhere(tmp_pat
     path.write_text('{"step": 0}\n{"st\n{"step": 2}\n')
     with pytest.raises(UserError, match=r"metrics.jsonl line 2 is not JSON"):
         MetricsLog.read(path)
+
+
+def test_a_checkpoint_from_before_data_decode_resumes_with_full_decodes_only(tmp_path):
+    """Runs before data.decode decoded every image in full: their checkpoints carry no such field, and resuming them
+    with today's default (reduced) would change every cached latent; the refusal says how to set it back."""
+    from archdiff.train.checkpoints import TrainerState, changes_that_break_resume, check_resumable
+
+    current = load_recipe("demo-tiny").model_dump(mode="json")
+    before = {
+        **current,
+        "data": {key: value for key, value in current["data"].items() if key not in ("decode", "decode_workers")},
+    }
+    assert changes_that_break_resume(before, current) == ["data.decode"]
+    with pytest.raises(UserError, match=r"data\.decode \('full' -> 'reduced'\); set it back \(--set data\.decode=\"full\"\)"):
+        check_resumable(TrainerState(10, 10, before), current, tmp_path / "step-000010")
+    full = load_recipe("demo-tiny", ["data.decode=full", "data.decode_workers=1"]).model_dump(mode="json")
+    assert changes_that_break_resume(before, full) == [], "the same decodes, any worker count"
