@@ -61,7 +61,8 @@ def load_source(config: SourceConfig, default_caption: CaptionConfig, controls: 
         dataset, skipped = _load_local(path, split, config.control_column, controls, config.mask_column)
         label = str(path)
     elif config.path in bundled_names():
-        dataset, skipped = _load_local(bundled_datasets_dir() / config.path, split, config.control_column, controls, config.mask_column)
+        folder = bundled_datasets_dir() / config.path
+        dataset, skipped = _load_local(folder, split, config.control_column, controls, config.mask_column)
         label = config.path
     elif manifest := find_manifest(config.path):
         caption = config.caption or manifest.caption

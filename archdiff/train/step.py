@@ -122,7 +122,7 @@ def denoising_loss(
     residuals = control_residuals(denoiser, batch, noisy, timesteps, conditioning)
     prediction = denoiser.family.predict(denoiser.unet, noisy, timesteps, conditioning, residuals)
     weights = objective.weights(timesteps, snr_gamma)
-    mask = batch["loss_mask"].to(prediction.device, non_blocking=True) if "loss_mask" in batch else None
+    masking = {"mask": batch["loss_mask"].to(prediction.device, non_blocking=True)} if "loss_mask" in batch else {}
     if instances is None:
-        return diffusion_loss(prediction, target, weights, mask)
-    return prior_preservation_loss(prediction, target, weights, instances, prior_weight, mask)
+        return diffusion_loss(prediction, target, weights, **masking)
+    return prior_preservation_loss(prediction, target, weights, instances, prior_weight, **masking)

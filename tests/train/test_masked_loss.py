@@ -1,0 +1,203 @@
+"""Masked loss: the per-sample masked mean, masks cached like latents, refusals, exact resume, and what masking buys:
+the noise a mask hides is not learnt."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from killed_runs import signal_at_step
+from PIL import Image
+from safetensors.torch import load_file
+
+from archdiff.config import load_recipe
+from archdiff.train.objective import diffusion_loss, masked, prior_preservation_loss
+from archdiff.train.run import run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))  # tests/cli/hostile.py: how the CLI is run
+
+from hostile import run_archdiff, tree_digest, user_error  # noqa: E402
+
+SIZE = 64
+QUIET = ["validation.prompts=[]", "train.checkpoint_every=null", "train.warmup_steps=0"]
+
+
+def pattern(rng) -> np.ndarray:
+    """A smooth colour wave of random period, angle and phase: what every training image shows."""
+    period, phase, angle = rng.uniform(96, 160), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    wave = (0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase))[..., None]
+    return (wave * np.array([200, 60, 30]) + (1 - wave) * np.array([30, 80, 200])).round().astype(np.uint8)
+
+
+def pattern_folder(root: Path, train: int, held: int, seed: int, noisy: bool) -> Path:
+    """`train` pattern images (with `noisy`, a random half of each replaced by fresh noise, and masked out) and
+    `held` clean ones named clean*.png, whose empty mask cell learns everywhere."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    rows = []
+    for i in range(train + held):
+        image, mask = pattern(rng), np.full((SIZE, SIZE), 255, np.uint8)
+        if noisy and i < train:
+            half = slice(0, SIZE // 2) if rng.random() < 0.5 else slice(SIZE // 2, SIZE)
+            image[:, half] = rng.integers(0, 256, (SIZE, SIZE // 2, 3))
+            mask[:, half] = 0
+        name = f"clean{i:03d}.png" if i >= train else f"img{i:03d}.png"
+        Image.fromarray(image).save(root / name)
+        Image.fromarray(mask).save(root / f"mask{i:03d}.png")
+        rows.append({"file_name": name, "text": "pattern", "mask": f"mask{i:03d}.png" if i < train else ""})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def sources(folder: Path, mask: bool = True) -> str:
+    return f"data.sources=[{json.dumps({'path': str(folder), **({'mask_column': 'mask'} if mask else {})})}]"
+
+
+def test_the_masked_loss_is_the_mean_error_over_what_the_mask_keeps():
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(3, 4, 8, 8, generator=generator), torch.randn(3, 4, 8, 8, generator=generator)
+    mask = torch.rand(3, 1, 8, 8, generator=generator)
+    mask[1] = 0.0  # nothing to learn from this sample
+    error = (prediction - target).double() ** 2
+    expected = []
+    for i in range(3):
+        kept = sum(float(mask[i, 0, r, c]) * 4 for r in range(8) for c in range(8))
+        total = sum(float(mask[i, 0, r, c]) * float(error[i, ch, r, c]) for ch in range(4) for r in range(8) for c in range(8))
+        expected.append(total / kept if kept else 0.0)
+    assert torch.allclose(masked(error.float(), mask), torch.tensor(expected, dtype=torch.float32), rtol=1e-5)
+    weights = torch.tensor([0.5, 2.0, 1.5])
+    assert diffusion_loss(prediction, target, weights, mask).item() == pytest.approx(
+        sum(w * e for w, e in zip([0.5, 2.0, 1.5], expected, strict=True)) / 3, rel=1e-5
+    )
+    ones = torch.ones(3, 1, 8, 8)
+    assert diffusion_loss(prediction, target, weights, ones).item() == pytest.approx(
+        diffusion_loss(prediction, target, weights).item(), rel=1e-6
+    )
+    dreambooth = prior_preservation_loss(prediction, target, None, 2, 0.5, mask)
+    assert dreambooth.item() == pytest.approx((expected[0] + expected[1]) / 2 + 0.5 * expected[2], rel=1e-5)
+    trained = prediction.clone().requires_grad_()
+    diffusion_loss(trained, target, None, mask).backward()
+    assert torch.isfinite(trained.grad).all() and not trained.grad[1].any(), "an all-zero mask: no NaN and no gradient"
+
+
+def test_masked_out_noise_is_not_learnt(tmp_path, tiny_base, monkeypatch):
+    """Issue 19, must-hold 3: the held-out loss is measured on the same clean pattern images in each run."""
+    import archdiff.data.catalog as catalog_module
+
+    monkeypatch.setattr(catalog_module, "split_holdout", _hold_the_clean_images)
+    losses = {}
+    for name, folder, mask in (("clean", "clean", False), ("masked", "noisy", True), ("unmasked", "noisy", False)):
+        if not (tmp_path / folder).exists():
+            pattern_folder(tmp_path / folder, TRAIN_IMAGES, 8, seed=0, noisy=folder == "noisy")
+        overrides = [f"output={tmp_path / name}", sources(tmp_path / folder, mask), *QUIET, *EXPERIMENT]
+        losses[name] = run(load_recipe("demo-tiny", overrides)).final_val_loss
+    print(losses)
+    assert losses["masked"] <= losses["clean"] * (1 + MASKED_TOLERANCE)
+    assert losses["unmasked"] >= losses["masked"] * (1 + UNMASKED_GAP)
+
+
+def _hold_the_clean_images(records, fraction, group, seed):
+    return [r for r in records if not r.name.startswith("clean")], [r for r in records if r.name.startswith("clean")]
+
+
+def test_cached_masks_give_the_uncached_losses_and_training_decodes_nothing(tmp_path, tiny_base, monkeypatch, capsys):
+    import archdiff.data.samples as samples
+
+    folder = pattern_folder(tmp_path / "noisy", 8, 0, seed=1, noisy=True)
+    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
+    common = [sources(folder), *QUIET, "train.max_steps=3", "data.holdout=0.25", "train.val_every=3"]
+    plain = run(load_recipe("demo-tiny", [f"output={tmp_path / 'plain'}", *common]))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached run decoded an image or a mask while training")
+
+    monkeypatch.setattr(samples, "prepared_image", refuse)
+    monkeypatch.setattr(samples, "prepared_mask", refuse)
+    cached = run(load_recipe("demo-tiny", [f"output={tmp_path / 'cached'}", *common, "data.cache.latents=true"]))
+    assert "masks 14 encoded, 0 reused" in capsys.readouterr().out, "6 training images, flipped and not, and 2 held out"
+    assert cached.first_val_loss == pytest.approx(plain.first_val_loss, rel=1e-5)
+    assert cached.final_val_loss == pytest.approx(plain.final_val_loss, rel=1e-4)
+    assert plain.first_val_loss != pytest.approx(
+        run(
+            load_recipe("demo-tiny", [f"output={tmp_path / 'unmasked'}", *common[1:], sources(folder, mask=False)])
+        ).first_val_loss,
+        rel=1e-3,
+    ), "the held-out loss is masked too"
+
+
+@pytest.mark.slow
+def test_a_killed_masked_run_resumes_bit_for_bit(tmp_path, tiny_base):
+    folder = pattern_folder(tmp_path / "noisy", 8, 0, seed=2, noisy=True)
+    settings = [sources(folder), "train.log_every=1", "train.checkpoint_every=2", "validation.prompts=[]", "data.holdout=0.25"]
+
+    def command(run_dir, *extra):
+        sets = [arg for setting in settings for arg in ("--set", setting)]
+        return [
+            sys.executable,
+            "-m",
+            "archdiff",
+            "train",
+            "-r",
+            "demo-tiny",
+            "-o",
+            str(run_dir),
+            "--max-steps",
+            "8",
+            *sets,
+            *extra,
+        ]
+
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    code, _, _ = signal_at_step(command(tmp_path / "killed"), tmp_path / "killed" / "metrics.jsonl", 3, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    resumed = subprocess.run(command(tmp_path / "killed", "--resume", "latest"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = load_file(tmp_path / "whole" / "pytorch_lora_weights.safetensors")
+    got = load_file(tmp_path / "killed" / "pytorch_lora_weights.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_masks_that_cannot_apply_are_refused_in_one_line(tmp_path, tiny_base):
+    import os
+
+    cache = Path(os.environ["ARCHDIFF_CACHE"])
+    folder = pattern_folder(tmp_path / "noisy", 2, 0, seed=3, noisy=True)
+    train = ["train", "-r", "demo-tiny", "-o", str(tmp_path / "run"), "--max-steps", "1"]
+    both = json.dumps([{"path": str(folder), "mask_column": "mask", "mask_alpha": True}])
+    line = user_error(run_archdiff(tmp_path, cache, *train, "--set", f"data.sources={both}"))
+    assert "mask_column and mask_alpha are both set" in line
+    missing = json.dumps([{"path": str(folder), "mask_column": "matte"}])
+    line = user_error(run_archdiff(tmp_path, cache, *train, "--set", f"data.sources={missing}"))
+    assert "has no mask column 'matte'" in line and "mask_alpha" in line
+    assert not (tmp_path / "run").exists()
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(folder / "mask000.png")  # a wide mask for a square image
+    before = tree_digest(folder)
+    sheet = tmp_path / "sheet.png"
+    line = user_error(run_archdiff(tmp_path, cache, "data", "inspect", str(folder), "--mask-column", "mask", "-o", str(sheet)))
+    assert "img000.png is 64x64 but its mask mask000.png is 64x32" in line
+    assert not sheet.exists() and tree_digest(folder) == before
+
+
+def test_the_contact_sheet_tints_what_masks_ignore(tmp_path, tiny_base):
+    import os
+
+    folder = pattern_folder(tmp_path / "noisy", 2, 0, seed=4, noisy=True)
+    sheet = tmp_path / "sheet.png"
+    done = run_archdiff(
+        tmp_path, Path(os.environ["ARCHDIFF_CACHE"]), "data", "inspect", str(folder), "--mask-column", "mask", "-o", str(sheet)
+    )
+    assert done.returncode == 0, done.stderr
+    pixels = np.asarray(Image.open(sheet).convert("RGB")).astype(int)
+    reddish = (pixels[..., 0] > pixels[..., 2] + 60) & (pixels[..., 1] < 120)
+    plain = run_archdiff(
+        tmp_path, Path(os.environ["ARCHDIFF_CACHE"]), "data", "inspect", str(folder), "-o", str(tmp_path / "plain.png")
+    )
+    assert plain.returncode == 0, plain.stderr
+    untinted = np.asarray(Image.open(tmp_path / "plain.png").convert("RGB")).astype(int)
+    assert reddish.sum() > ((untinted[..., 0] > untinted[..., 2] + 60) & (untinted[..., 1] < 120)).sum() + 100 * 100
