@@ -239,7 +239,9 @@ class SampleSet:
         """The sample's mask on the latent grid, (1, h, w): from the cache when the latents are cached, else prepared."""
         from archdiff.data.masks import latent_mask
 
-        if self.caches and self.caches.masks and sample.record.mask is not None:
+        if sample.record.mask is None:
+            return latent_mask(None, sample.bucket)
+        if self.caches and self.caches.masks:
             return self.caches.masks.get(self.caches.mask_key(sample, op))
         return latent_mask(prepared_mask(self.catalog, sample, self.cfg.max_pixels, op, geometry), sample.bucket)
 

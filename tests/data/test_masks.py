@@ -161,3 +161,26 @@ def test_tint_marks_what_the_mask_ignores():
     assert pixels[:, :2].tolist() == [[[0, 0, 255]] * 2] * 2, "learnt pixels unchanged"
     assert pixels[:, 2:].tolist() == [[[110, 15, 142]] * 2] * 2, "ignored pixels half red"
     assert tinted(image, None) is image
+
+
+def test_cached_masks_are_exactly_the_prepared_ones(tmp_path, monkeypatch):
+    import archdiff.data.samples as samples
+    from archdiff.data.cache import Caches, TensorCache, fill_masks
+
+    monkeypatch.setenv("ARCHDIFF_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    images = [noise(rng, 96, 64), noise(rng, 64, 64), noise(rng, 64, 64)]
+    folder = write_folder(tmp_path / "data", images, [images[0][..., 1], "", images[2][..., 2]], ["photo", "photo", "drawing"])
+    cfg = DataConfig(
+        sources=[{"path": str(folder), "mask_column": "mask"}], resolution=64, random_flip=True, rotate_drawings=True, holdout=0
+    )
+    catalog = build_catalog(cfg)
+    train = SampleSet(catalog, expand_samples(catalog.records, cfg, True), cfg, Tokens(), seed=0, train=True)
+    keys = [(index, epoch) for epoch in range(6) for index in range(len(train))]
+    prepared = [train[key]["loss_mask"] for key in keys]
+    caches = Caches(None, None, masks=TensorCache(tmp_path / "masks"))
+    fill_masks(caches.masks, [train], caches)
+    assert caches.report() == "cache: masks 6 encoded, 0 reused", "photo: plain and flipped; drawing: 4 rotations; none for no mask"
+    train.caches = caches
+    monkeypatch.setattr(samples, "prepared_mask", lambda *args: pytest.fail("a cached mask was prepared again"))
+    assert all(torch.equal(train[key]["loss_mask"], mask) for key, mask in zip(keys, prepared, strict=True))
