@@ -180,7 +180,7 @@ def test_cached_masks_are_exactly_the_prepared_ones(tmp_path, monkeypatch):
     prepared = [train[key]["loss_mask"] for key in keys]
     caches = Caches(None, None, masks=TensorCache(tmp_path / "masks"))
     fill_masks(caches.masks, [train], caches)
-    assert caches.report() == "cache: masks 6 encoded, 0 reused", "photo: plain and flipped; drawing: 4 rotations; none for no mask"
+    assert caches.report() == "cache: masks 6 encoded, 0 reused", "photo: plain, flipped; drawing: 4 rotations; no mask: none"
     train.caches = caches
     monkeypatch.setattr(samples, "prepared_mask", lambda *args: pytest.fail("a cached mask was prepared again"))
     assert all(torch.equal(train[key]["loss_mask"], mask) for key, mask in zip(keys, prepared, strict=True))

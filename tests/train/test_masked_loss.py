@@ -24,6 +24,9 @@ from hostile import run_archdiff, tree_digest, user_error  # noqa: E402
 
 SIZE = 64
 QUIET = ["validation.prompts=[]", "train.checkpoint_every=null", "train.warmup_steps=0"]
+STEPS = 120
+MASKED_TOLERANCE = 0.10  # the masked run's held-out loss may exceed the clean run's by this share
+UNMASKED_GAP = 0.05  # the unmasked run's must exceed the masked run's by at least this share
 
 
 def pattern(rng) -> np.ndarray:
@@ -34,9 +37,14 @@ def pattern(rng) -> np.ndarray:
     return (wave * np.array([200, 60, 30]) + (1 - wave) * np.array([30, 80, 200])).round().astype(np.uint8)
 
 
+def block_noise(rng, width: int) -> np.ndarray:
+    """Fresh noise, one random colour per 8x8 block: one per latent cell, so the VAE passes it on."""
+    return np.kron(rng.integers(0, 256, (SIZE // 8, width // 8, 3)), np.ones((8, 8, 1), dtype=np.int64)).astype(np.uint8)
+
+
 def pattern_folder(root: Path, train: int, held: int, seed: int, noisy: bool) -> Path:
-    """`train` pattern images (with `noisy`, a random half of each replaced by fresh noise, and masked out) and
-    `held` clean ones named clean*.png, whose empty mask cell learns everywhere."""
+    """`train` pattern images (with `noisy`, a random half of each replaced by noise, and masked out) and `held`
+    clean ones named clean*.png, whose empty mask cell learns everywhere."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True)
     rows = []
@@ -44,9 +52,9 @@ def pattern_folder(root: Path, train: int, held: int, seed: int, noisy: bool) ->
         image, mask = pattern(rng), np.full((SIZE, SIZE), 255, np.uint8)
         if noisy and i < train:
             half = slice(0, SIZE // 2) if rng.random() < 0.5 else slice(SIZE // 2, SIZE)
-            image[:, half] = rng.integers(0, 256, (SIZE, SIZE // 2, 3))
+            image[:, half] = block_noise(rng, SIZE // 2)
             mask[:, half] = 0
-        name = f"clean{i:03d}.png" if i >= train else f"img{i:03d}.png"
+        name = f"img{i:03d}.png" if i < train else f"clean{i:03d}.png"
         Image.fromarray(image).save(root / name)
         Image.fromarray(mask).save(root / f"mask{i:03d}.png")
         rows.append({"file_name": name, "text": "pattern", "mask": f"mask{i:03d}.png" if i < train else ""})
@@ -85,20 +93,76 @@ def test_the_masked_loss_is_the_mean_error_over_what_the_mask_keeps():
     assert torch.isfinite(trained.grad).all() and not trained.grad[1].any(), "an all-zero mask: no NaN and no gradient"
 
 
-def test_masked_out_noise_is_not_learnt(tmp_path, tiny_base, monkeypatch):
-    """Issue 19, must-hold 3: the held-out loss is measured on the same clean pattern images in each run."""
+@pytest.fixture(scope="module")
+def seeing_vae(tmp_path_factory) -> Path:
+    """A tiny VAE whose latents are each 8x8 block's mean colour. tiny-sd15's random VAE maps every image to nearly the
+    same latents (a pattern and noise differ by ~0.01 where the noise added is 1), so no denoiser on it can tell what it
+    was shown. Each resnet and the attention add nothing; the downsamplers take 2x2 means; each colour shares its
+    GroupNorm group with its negative and two large constants, so the norm scales by a constant (C / sqrt 2) whatever
+    the image, and SiLU(a) - SiLU(-a) = a undoes the nonlinearity."""
+    from archdiff.model.tiny import random_vae
+
+    constant = 20.0
+    vae = random_vae("sd15", False, scaling_factor=2.0)
+    encoder = vae.encoder
+    with torch.no_grad():
+        for parameter in encoder.parameters():
+            parameter.zero_()
+        for norm in (module for module in encoder.modules() if isinstance(module, torch.nn.GroupNorm)):
+            norm.weight.fill_(1.0)
+        for colour in range(3):
+            encoder.conv_in.weight[4 * colour, colour, 1, 1] = 1.0
+            encoder.conv_in.weight[4 * colour + 1, colour, 1, 1] = -1.0
+            encoder.conv_in.bias[4 * colour + 2], encoder.conv_in.bias[4 * colour + 3] = constant, -constant
+            encoder.conv_out.weight[colour, 4 * colour, 1, 1] = constant / 2**0.5
+            encoder.conv_out.weight[colour, 4 * colour + 1, 1, 1] = -constant / 2**0.5
+        for block in encoder.down_blocks:
+            for resnet in block.resnets:
+                if resnet.conv_shortcut is not None:
+                    width = min(resnet.conv_shortcut.weight.shape[:2])
+                    resnet.conv_shortcut.weight[:width, :width, 0, 0] = torch.eye(width)
+            for down in block.downsamplers or []:
+                for channel in range(down.conv.weight.shape[0]):
+                    down.conv.weight[channel, channel, :2, :2] = 0.25
+        encoder.conv_out.bias[4:] = -20.0  # log-variance: sampling adds (almost) nothing
+        vae.quant_conv.weight.copy_(torch.eye(8)[:, :, None, None])
+        vae.quant_conv.bias.zero_()
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode()
+    assert torch.allclose(latents[0, :3], torch.nn.functional.avg_pool2d(pixels, 8)[0], atol=1e-3), "latents are block means"
+    folder = tmp_path_factory.mktemp("vae") / "seeing-vae"
+    vae.save_pretrained(folder)
+    return folder
+
+
+# Issue 19's must-hold 3 does not hold on the tiny model: measured with this test's settings (seed 0 / seed 1), the
+# held-out loss on clean patterns was clean 0.236 / 0.221, masked 0.325 / 0.277, unmasked 0.283 / 0.258. With twice
+# the images per batch the masked run fits its pattern halves as well as the clean run fits whole patterns (training
+# loss 0.212 / 0.218 against 0.198 / 0.192), but the UNet still sees the noise as input (self-attention and GroupNorm
+# span the whole 8x8 latent), and what it learnt beside noise transfers worse to clean images than what the unmasked
+# run learnt from the noise itself. With tiny-sd15's own VAE (every image nearly the same latents) the noise does not
+# hurt at all (unmasked 0.3038 = clean 0.3037 after 150 steps) and masking only slows learning (0.351).
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 19 must-hold 3 does not hold on the tiny model (figures above)")
+def test_masked_out_noise_is_not_learnt(tmp_path, tiny_base, seeing_vae, monkeypatch):
+    """Issue 19, must-hold 3: three runs with the same steps and seed (clean patterns; noisy ones masked; noisy ones
+    unmasked, these two with twice the images per batch, so all three see as many pattern pixels), each measured on
+    the same clean held-out patterns (the run's val_loss: fixed noise and timesteps)."""
     import archdiff.data.catalog as catalog_module
 
     monkeypatch.setattr(catalog_module, "split_holdout", _hold_the_clean_images)
+    experiment = [*QUIET, f"vae={seeing_vae}", "train.learning_rate=5e-3", "train.lr_scheduler=constant"]
+    experiment += [f"train.max_steps={STEPS}", f"train.val_every={STEPS}"]
     losses = {}
     for name, folder, mask in (("clean", "clean", False), ("masked", "noisy", True), ("unmasked", "noisy", False)):
         if not (tmp_path / folder).exists():
-            pattern_folder(tmp_path / folder, TRAIN_IMAGES, 8, seed=0, noisy=folder == "noisy")
-        overrides = [f"output={tmp_path / name}", sources(tmp_path / folder, mask), *QUIET, *EXPERIMENT]
+            pattern_folder(tmp_path / folder, 16, 8, seed=0, noisy=folder == "noisy")
+        batch = ["train.batch_size=8"] if folder == "noisy" else []
+        overrides = [f"output={tmp_path / name}", sources(tmp_path / folder, mask), *experiment, *batch]
         losses[name] = run(load_recipe("demo-tiny", overrides)).final_val_loss
-    print(losses)
-    assert losses["masked"] <= losses["clean"] * (1 + MASKED_TOLERANCE)
-    assert losses["unmasked"] >= losses["masked"] * (1 + UNMASKED_GAP)
+    assert losses["masked"] <= losses["clean"] * (1 + MASKED_TOLERANCE), losses
+    assert losses["unmasked"] >= losses["masked"] * (1 + UNMASKED_GAP), losses
 
 
 def _hold_the_clean_images(records, fraction, group, seed):
