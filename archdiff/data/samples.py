@@ -234,7 +234,6 @@ class SampleSet:
                 item["input_ids_3"] = tokenize(self.tokenizer_3, [caption])[0]
         return item
 
-
     def loss_mask(self, sample: Sample, op: str, geometry):
         """The sample's mask on the latent grid, (1, h, w): from the cache when the latents are cached, else prepared."""
         from archdiff.data.masks import latent_mask
