@@ -53,15 +53,16 @@ RECIPE = typer.Option(
 )
 
 
-def _data_config(data: str, recipe: str | None):
-    """DATA with default data settings, or with the recipe's (its sources replaced by DATA)."""
+def _data_config(data: str, recipe: str | None, settings: dict | None = None):
+    """DATA (with source `settings`) with default data settings, or with the recipe's (its sources replaced by DATA)."""
+    source = {"path": data, **(settings or {})}
     if recipe is None:
         from archdiff.config.schema import DataConfig
 
-        return DataConfig(sources=[{"path": data}])
+        return DataConfig(sources=[source])
     from archdiff.config import load_recipe
 
-    return load_recipe(recipe, [f"data.sources={json.dumps([{'path': data}])}"]).data
+    return load_recipe(recipe, [f"data.sources={json.dumps([source])}"]).data
 
 
 @app.command("inspect")
@@ -72,6 +73,10 @@ def inspect_command(
         None, "--output", "-o", help="Contact sheet PNG (default: runs/inspect/<data>/contact-sheet.png)."
     ),
     sheet_size: int = typer.Option(24, "--sheet-size", min=1, help="Images on the contact sheet, spread evenly over the data."),
+    mask_column: str = typer.Option(
+        None, "--mask-column", help="Show the loss masks this column names (tinted red where ignored)."
+    ),
+    mask_alpha: bool = typer.Option(False, "--mask-alpha", help="Show the images' alpha channels as their loss masks."),
 ) -> None:
     """Report what a run would make of DATA, with a contact sheet.
 
@@ -82,7 +87,7 @@ def inspect_command(
 
     output = output or Path("runs/inspect") / safe_name(data) / "contact-sheet.png"
     check_output(output, "--output", folder=False, suffixes=IMAGE_SUFFIXES)
-    cfg = _data_config(data, recipe)
+    cfg = _data_config(data, recipe, {"mask_column": mask_column, "mask_alpha": mask_alpha})
     from archdiff.runtime import quiet_libraries
 
     quiet_libraries()

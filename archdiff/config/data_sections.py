@@ -55,6 +55,27 @@ class SourceConfig(Section):
         description="ControlNet runs: the column naming each image's control image (a file in the folder, or an image).",
     )
     caption: CaptionConfig | None = Field(None, description="Caption settings for this source; null takes data.caption.")
+    mask_column: str | None = Field(
+        None,
+        description="Masked loss: the column naming each image's mask (a file in the folder, or an image); "
+        "white = learn, black = ignore, grey = partial weight; an empty cell learns everywhere.",
+    )
+    mask_alpha: bool = Field(
+        False, description="Masked loss: each image's own alpha channel is its mask (an image without alpha learns everywhere)."
+    )
+
+    @model_validator(mode="after")
+    def _one_mask(self):
+        if self.mask_column and self.mask_alpha:
+            raise ValueError("mask_column and mask_alpha are both set; a source takes its masks from one of them")
+        if self.mask_column in (self.image_column, self.control_column):
+            raise ValueError(f"mask_column '{self.mask_column}' is also the image or control column; name the masks' own column")
+        return self
+
+    @property
+    def masked(self) -> bool:
+        """Whether this source's images carry loss masks."""
+        return bool(self.mask_column) or self.mask_alpha
 
 
 class BucketConfig(Section):

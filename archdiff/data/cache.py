@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from archdiff.config.schema import DataConfig
-from archdiff.data.samples import Sample, SampleSet, control_tensor, prepared_control, prepared_image, tokenize
+from archdiff.data.samples import Sample, SampleSet, control_tensor, prepared_control, prepared_image, prepared_mask, tokenize
 from archdiff.paths import cache_dir
 
 FORMAT_VERSION = 1  # bump when image preparation changes what an entry holds
@@ -77,6 +77,7 @@ class Caches:
     latents: TensorCache | None
     texts: TensorCache | None
     controls: TensorCache | None = None  # a ControlNet run's control maps, beside its latents
+    masks: TensorCache | None = None  # loss masks on the latent grid, beside the latents
     encoded: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})  # and "controls" when cached
     reused: dict[str, int] = field(default_factory=lambda: {"latents": 0, "texts": 0})
 
@@ -95,6 +96,12 @@ class Caches:
         return _key("control", record.content_hash, paired, record.kind, sample.bucket, sample.tile, op, *extractor, cfg.decode)
 
     @staticmethod
+    def mask_key(sample: Sample, op: str) -> str:
+        """The latent key's parts plus the mask's own content ("alpha": the image's, already in the key)."""
+        record = sample.record
+        return _key("mask", record.content_hash, record.mask.digest, record.kind, sample.bucket, sample.tile, op)
+
+    @staticmethod
     def text_key(caption: str, entry: str = "text_embeddings") -> str:
         return _key(TEXT_ENTRIES[entry], caption)
 
@@ -106,7 +113,7 @@ class Caches:
 
     def report(self) -> str:
         parts = []
-        for what in ("latents", "texts", "controls"):
+        for what in ("latents", "texts", "controls", "masks"):
             if getattr(self, what) is not None:
                 parts.append(f"{what} {self.encoded[what]} encoded, {self.reused[what]} reused")
         return "cache: " + "; ".join(parts)
@@ -197,6 +204,21 @@ def fill_controls(cache: TensorCache, sets: list[SampleSet], caches: Caches) -> 
     _store(cache, pending, final=True)
 
 
+def fill_masks(cache: TensorCache, sets: list[SampleSet], caches: Caches) -> None:
+    """Prepare every loss mask the sets can ask for and the cache lacks, so a cached run decodes no mask either."""
+    from archdiff.data.masks import latent_mask
+
+    wanted = _wanted(sets, lambda sample_set, sample, op: Caches.mask_key(sample, op) if sample.record.mask else None)
+    wanted.pop(None, None)  # images without a mask learn everywhere: nothing to store
+    missing = [(key, *job) for key, job in wanted.items() if key not in cache]
+    caches.encoded["masks"], caches.reused["masks"] = len(missing), len(wanted) - len(missing)
+    pending: dict[str, torch.Tensor] = {}
+    for key, sample_set, sample, op in tqdm(missing, desc="cache masks", unit="img", disable=not missing):
+        pending[key] = latent_mask(prepared_mask(sample_set.catalog, sample, sample_set.cfg.max_pixels, op), sample.bucket)
+        _store(cache, pending)
+    _store(cache, pending, final=True)
+
+
 @torch.no_grad()
 def fill_texts(cache: TensorCache, sets: list[SampleSet], components, caches: Caches) -> None:
     """Encode every caption the sets can produce (their fixed caption, and the empty one under dropout).
@@ -242,11 +264,14 @@ def build_caches(sets: list[SampleSet], want_latents: bool, want_texts: bool, co
     latents = TensorCache(cache_dir() / "latents" / components.fingerprint("vae")) if want_latents else None
     texts = TensorCache(text_cache_folder(components)) if want_texts else None
     controls = TensorCache(cache_dir() / "controls") if want_latents and any(s.controls for s in sets) else None
-    caches = Caches(latents, texts, controls)
+    masks = TensorCache(cache_dir() / "masks") if want_latents and any(s.masked for s in sets) else None
+    caches = Caches(latents, texts, controls, masks)
     if latents is not None:
         fill_latents(latents, sets, components, caches)
     if controls is not None:
         fill_controls(controls, [s for s in sets if s.controls], caches)
+    if masks is not None:
+        fill_masks(masks, [s for s in sets if s.masked], caches)
     if texts is not None:
         fill_texts(texts, sets, components, caches)
     for sample_set in sets:

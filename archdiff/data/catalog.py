@@ -16,6 +16,7 @@ from typing import Any
 
 from archdiff.config.schema import DataConfig
 from archdiff.data.covers import CoverKeeper, Covers
+from archdiff.data.masks import MaskRef, scan_record_mask
 from archdiff.data.pairs import PairedControl, scan_control
 from archdiff.data.sources import LoadedSource, Skipped, load_source
 from archdiff.errors import UserError
@@ -39,6 +40,7 @@ class ImageRecord:
     content_hash: str
     fields: dict[str, Any] = field(hash=False, compare=False)  # the metadata row, without the image
     control: PairedControl | None = field(default=None, hash=False, compare=False)  # a ControlNet run's paired control
+    mask: MaskRef | None = field(default=None, hash=False, compare=False)  # the loss mask; None learns everywhere
 
 
 @dataclass
@@ -248,7 +250,8 @@ def scan_source(
                 skipped.append(Skipped(name, f"no control image (column '{column}' is empty)"))
                 continue
         kind = _row_kind(source, row, name)
-        records.append(ImageRecord(index, row_index, name, width, height, kind, digest, fields, control))
+        mask = scan_record_mask(source, row, name, (width, height), scans, max_pixels)
+        records.append(ImageRecord(index, row_index, name, width, height, kind, digest, fields, control, mask))
     return records, skipped
 
 

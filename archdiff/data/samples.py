@@ -98,6 +98,20 @@ def prepared_image(catalog: Catalog, sample: Sample, max_pixels: int, op: str = 
     return apply_augmentation(crop_to_bucket(image, sample, size, crop), op)
 
 
+def prepared_mask(catalog: Catalog, sample: Sample, max_pixels: int, op: str = "", geometry=None):
+    """The loss mask (mode L) beside `prepared_image(... op, geometry)`, cut and turned the same way with the same
+    filter; None where the image learns everywhere (no mask, an empty cell, or no alpha channel)."""
+    from archdiff.data.images import apply_augmentation
+    from archdiff.data.masks import mask_image
+
+    record = sample.record
+    if record.mask is None:
+        return None
+    size, crop = geometry or crop_geometry(sample, center=True, rng=None)[::2]
+    full = mask_image(record.mask, lambda: catalog.image_bytes(record), (record.width, record.height), record.kind, max_pixels)
+    return None if full is None else apply_augmentation(crop_to_bucket(full, sample, size, crop), op)
+
+
 def prepared_control(catalog: Catalog, sample: Sample, cfg: DataConfig, op: str = "", geometry=None, target=None):
     """The control map a ControlNet trains on beside `prepared_image(... op, geometry)`: the same pixels of the same scene.
 
@@ -174,6 +188,7 @@ class SampleSet:
         self.tokenizer_2 = tokenizer_2  # SDXL, SD 3.x: items also carry `input_ids_2` for the second text encoder
         self.tokenizer_3 = tokenizer_3  # SD 3.x with T5: and `input_ids_3`
         self.controls = controls  # a ControlNet run: items also carry `control_values`, the control map as uint8
+        self.masked = any(source.config.masked for source in catalog.sources)  # items also carry `loss_mask`
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -215,6 +230,8 @@ class SampleSet:
         elif self.controls:
             control = prepared_control(self.catalog, sample, self.cfg, op, (size, crop), target)
             item["control_values"] = control_tensor(control)
+        if self.masked:
+            item["loss_mask"] = self.loss_mask(sample, op, (size, crop))
         if self.caches and self.caches.texts:
             item.update(self.caches.text_item(caption))  # SDXL's pooled embedding too
         else:
@@ -224,6 +241,16 @@ class SampleSet:
             if self.tokenizer_3 is not None:
                 item["input_ids_3"] = tokenize(self.tokenizer_3, [caption])[0]
         return item
+
+    def loss_mask(self, sample: Sample, op: str, geometry):
+        """The sample's mask on the latent grid, (1, h, w): from the cache when the latents are cached, else prepared."""
+        from archdiff.data.masks import latent_mask
+
+        if sample.record.mask is None:
+            return latent_mask(None, sample.bucket)
+        if self.caches and self.caches.masks:
+            return self.caches.masks.get(self.caches.mask_key(sample, op))
+        return latent_mask(prepared_mask(self.catalog, sample, self.cfg.max_pixels, op, geometry), sample.bucket)
 
 
 def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:

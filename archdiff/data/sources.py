@@ -58,10 +58,11 @@ def load_source(config: SourceConfig, default_caption: CaptionConfig, controls: 
     path = Path(config.path).expanduser()
     skipped: list[Skipped] = []
     if path.is_dir():
-        dataset, skipped = _load_local(path, split, config.control_column, controls)
+        dataset, skipped = _load_local(path, split, config.control_column, controls, config.mask_column)
         label = str(path)
     elif config.path in bundled_names():
-        dataset, skipped = _load_local(bundled_datasets_dir() / config.path, split, config.control_column, controls)
+        folder = bundled_datasets_dir() / config.path
+        dataset, skipped = _load_local(folder, split, config.control_column, controls, config.mask_column)
         label = config.path
     elif manifest := find_manifest(config.path):
         caption = config.caption or manifest.caption
@@ -84,6 +85,10 @@ def load_source(config: SourceConfig, default_caption: CaptionConfig, controls: 
     dataset = dataset.cast_column("image", Image(decode=False))
     if controls and config.control_column in dataset.column_names:
         dataset = _control_column(dataset, config.control_column, label)
+    if config.mask_column:
+        from archdiff.data.masks import mask_column_images
+
+        dataset = mask_column_images(dataset, config.mask_column, label)
     _check_caption_columns(label, dataset.column_names, caption)
     return LoadedSource(config, label, dataset, caption, kind, skipped)
 
@@ -120,7 +125,9 @@ SPLIT_FOLDERS = ("train", "test", "validation", "valid", "val", "eval")  # HF im
 CSV_DELIMITERS = ",;\t|"  # Excel writes ';' where the decimal mark is a comma
 
 
-def _load_local(folder: Path, split: str, control_column: str = "control", controls: bool = False) -> tuple[Any, list[Skipped]]:
+def _load_local(
+    folder: Path, split: str, control_column: str = "control", controls: bool = False, mask_column: str | None = None
+) -> tuple[Any, list[Skipped]]:
     """A `save_to_disk` folder, a Hub-style repo folder (parquet/arrow files), or an image folder."""
     if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
         return _load_saved(folder, split), []
@@ -130,7 +137,7 @@ def _load_local(folder: Path, split: str, control_column: str = "control", contr
     metadata = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
     if not metadata and any((folder / split / name).is_file() for name in METADATA_FILES):
         dataset, inner = _load_local(
-            folder / split, split, control_column, controls
+            folder / split, split, control_column, controls, mask_column
         )  # the HF layout: train/metadata.jsonl, test/metadata.jsonl
         outside = [p.relative_to(folder).as_posix() for p in images if p.relative_to(folder).parts[0] != split]
         skipped += [Skipped(name, f"outside the '{split}' folder, whose metadata file lists the images") for name in outside]
@@ -141,7 +148,7 @@ def _load_local(folder: Path, split: str, control_column: str = "control", contr
         reasons = "; ".join(f"{item.name}: {item.reason}" for item in skipped[:3])
         raise UserError(f"data folder '{folder}' holds no usable images ({len(skipped)} skipped: {reasons})")
     if metadata:
-        return _load_imagefolder(folder, metadata[0], images, skipped, control_column, controls)
+        return _load_imagefolder(folder, metadata[0], images, skipped, control_column, controls, mask_column)
     dataset, unreadable = _load_sidecar(folder, images)
     return dataset, skipped + unreadable
 
@@ -294,11 +301,17 @@ def _bad_column(table: dict[str, list[Any]], rows: list[tuple[int, dict[str, Any
 
 
 def _load_imagefolder(
-    folder: Path, metadata: Path, images: list[Path], skipped: list[Skipped], control_column: str, controls: bool
+    folder: Path,
+    metadata: Path,
+    images: list[Path],
+    skipped: list[Skipped],
+    control_column: str,
+    controls: bool,
+    mask_column: str | None = None,
 ) -> tuple[Any, list[Skipped]]:
     """Images listed by metadata.jsonl or metadata.csv (HF imagefolder's format), after checking every row.
 
-    Files the control column names are a row's control images, not unlisted training images."""
+    Files the control (or mask) column names are a row's control images (masks), not unlisted training images."""
     from archdiff.data.pairs import named_control_files
 
     root = folder.resolve()
@@ -325,6 +338,8 @@ def _load_imagefolder(
         listed.add(path.resolve())
         kept.append((number, row, path))
     listed |= named_control_files(folder, metadata, kept, control_column, resolve=controls)
+    if mask_column:
+        listed |= named_control_files(folder, metadata, kept, mask_column, resolve=True)
     unlisted = [path for path in images if path.resolve() not in listed]
     skipped += [Skipped(path.relative_to(folder).as_posix(), f"not listed in {metadata.name}") for path in unlisted]
     return _rows_dataset(metadata, kept), skipped

@@ -73,8 +73,13 @@ def ensure_class_images(dreambooth: DreamBoothConfig, targets: dict[Bucket, int]
 
 
 def class_data(cfg: DataConfig, folder: Path) -> DataConfig:
-    """The class images as a data source (sidecar captions), with the subject data's buckets and transforms."""
-    source = cfg.sources[0].model_copy(update={"path": str(folder), "kind": "photo", "caption": None, "repeats": 1})
+    """The class images as a data source (sidecar captions), with the subject data's buckets and transforms.
+
+    Class images carry no mask; when the subject's do, they read their own alpha, which the drawn RGB images lack:
+    a mask of ones, so class batches carry `loss_mask` like the subject batches they join."""
+    masks = {"mask_column": None, "mask_alpha": any(source.masked for source in cfg.sources)}
+    update = {"path": str(folder), "kind": "photo", "caption": None, "repeats": 1, **masks}
+    source = cfg.sources[0].model_copy(update=update)
     return cfg.model_copy(update={"sources": [source], "caption": CaptionConfig(), "holdout": 0.0, "tile_drawings": None})
 
 

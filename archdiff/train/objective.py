@@ -50,16 +50,34 @@ def min_snr_weights(snr_values: torch.Tensor, gamma: float, prediction_type: str
     return clipped / denominator
 
 
-def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error per sample, optionally weighted per sample, averaged over the batch (in fp32)."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=tuple(range(1, prediction.ndim)))
+def masked(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample sum(mask * error) / sum(mask), the mask (B, 1, h, w) broadcast over channels: the mean error over
+    what the mask keeps, so a half-masked image teaches as firmly as a whole one. An all-zero mask gives 0, not NaN."""
+    weights = mask.to(error.dtype).expand_as(error)
+    dims = tuple(range(1, error.ndim))
+    kept = weights.sum(dim=dims)
+    return (weights * error).sum(dim=dims) / kept.clamp(min=torch.finfo(error.dtype).tiny)
+
+
+def diffusion_loss(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error per sample (over what `mask` keeps, when given), optionally weighted per sample,
+    averaged over the batch (in fp32)."""
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    per_sample = error.mean(dim=tuple(range(1, prediction.ndim))) if mask is None else masked(error, mask)
     if weights is not None:
         per_sample = per_sample * weights
     return per_sample.mean()
 
 
 def prior_preservation_loss(
-    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, instances: int, prior_weight: float
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None,
+    instances: int,
+    prior_weight: float,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DreamBooth: the first `instances` samples are the subject, the rest class images the base drew itself.
 
@@ -67,7 +85,8 @@ def prior_preservation_loss(
     """
 
     def loss(part: slice) -> torch.Tensor:
-        return diffusion_loss(prediction[part], target[part], None if weights is None else weights[part])
+        part_mask = None if mask is None else mask[part]
+        return diffusion_loss(prediction[part], target[part], None if weights is None else weights[part], part_mask)
 
     return loss(slice(0, instances)) + prior_weight * loss(slice(instances, None))
 

@@ -111,7 +111,8 @@ def denoising_loss(
     """The loss of one batch at the given noise and timesteps.
 
     `snr_gamma` weighs samples by Min-SNR (training only: val_loss stays a plain mean); `instances`
-    marks a DreamBooth batch whose rest are class images, weighed by `prior_weight`.
+    marks a DreamBooth batch whose rest are class images, weighed by `prior_weight`. A batch's `loss_mask`
+    (data/masks.py) limits each sample's error to the pixels it keeps.
     """
     objective = denoiser.objective
     with torch.set_grad_enabled(denoiser.text_trains and torch.is_grad_enabled()):
@@ -121,6 +122,7 @@ def denoising_loss(
     residuals = control_residuals(denoiser, batch, noisy, timesteps, conditioning)
     prediction = denoiser.family.predict(denoiser.unet, noisy, timesteps, conditioning, residuals)
     weights = objective.weights(timesteps, snr_gamma)
+    masking = {"mask": batch["loss_mask"].to(prediction.device, non_blocking=True)} if "loss_mask" in batch else {}
     if instances is None:
-        return diffusion_loss(prediction, target, weights)
-    return prior_preservation_loss(prediction, target, weights, instances, prior_weight)
+        return diffusion_loss(prediction, target, weights, **masking)
+    return prior_preservation_loss(prediction, target, weights, instances, prior_weight, **masking)

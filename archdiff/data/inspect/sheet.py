@@ -35,6 +35,16 @@ def thumbnail(image: Image.Image, kind: str) -> Image.Image:
     return box
 
 
+def masked_view(catalog, record, image: Image.Image, max_pixels: int) -> Image.Image:
+    """The image with what its loss mask ignores tinted red (unchanged without a mask)."""
+    from archdiff.data.masks import mask_image, tinted
+
+    if record.mask is None:
+        return image
+    size = (record.width, record.height)
+    return tinted(image, mask_image(record.mask, lambda: catalog.image_bytes(record), size, record.kind, max_pixels))
+
+
 def sheet_size(images: int) -> tuple[int, int]:
     columns = min(COLUMNS, images)
     rows = math.ceil(images / columns)
@@ -62,7 +72,7 @@ def contact_sheet(report: Report, path: Path, count: int = 24) -> Path:
         left = GAP + (slot % COLUMNS) * (CELL + GAP)
         top = TITLE_HEIGHT + (slot // COLUMNS) * ROW_HEIGHT
         image = open_image(catalog.image_bytes(record), report.config.max_pixels)
-        sheet.paste(thumbnail(image, record.kind), (left, top))
+        sheet.paste(thumbnail(masked_view(catalog, record, image, report.config.max_pixels), record.kind), (left, top))
         draw.rectangle((left - 1, top - 1, left + CELL, top + CELL), outline=FRAME)  # white paper on a white sheet
         bucket = report.buckets[index]
         caption = wrap_text(report.captions[index] or "(empty caption)", font, CELL, CAPTION_LINES)
