@@ -9,7 +9,6 @@ the loss as the latent grid's area average (numpy and PIL here; torch only in `l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,22 +48,10 @@ def mask_column_images(dataset: Any, column: str, label: str) -> Any:
 
 def scan_mask(value: Any, name: str, label: str, target: tuple[int, int], scans, max_pixels: int) -> MaskRef | None:
     """The checked mask image of one target, None for an empty cell (the image then learns everywhere)."""
-    from archdiff.data.images import UnreadableImage
-    from archdiff.data.pairs import mappable
+    from archdiff.data.pairs import scan_companion
 
-    if not value or not (value.get("path") or value.get("bytes")):
-        return None
-    mask_name = Path(value["path"]).name if value.get("path") else f"{name} (mask)"
-    try:
-        digest, width, height = scans.scan(value, max_pixels)
-    except (UnreadableImage, OSError) as error:
-        raise UserError(f"data '{label}': {name}: its mask {mask_name} cannot be used: {error}") from None
-    if not mappable(target, (width, height)):
-        raise UserError(
-            f"data '{label}': {name} is {target[0]}x{target[1]} but its mask {mask_name} is {width}x{height}: "
-            "a mask must have its image's shape (the same aspect ratio)"
-        )
-    return MaskRef(value, digest, mask_name)
+    found = scan_companion(value, name, label, target, scans, max_pixels, "mask")
+    return None if found is None else MaskRef(value, found[1], found[0])
 
 
 def scan_record_mask(source, row: dict[str, Any], name: str, target: tuple[int, int], scans, max_pixels: int) -> MaskRef | None:

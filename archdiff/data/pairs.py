@@ -58,20 +58,30 @@ def mappable(target: tuple[int, int], control: tuple[int, int]) -> bool:
     return abs(control_height * width / control_width - height) <= max(1.0, ASPECT_TOLERANCE * height)
 
 
-def scan_control(value: Any, name: str, label: str, target: tuple[int, int], scans, max_pixels: int) -> PairedControl | None:
-    """The checked control of one target image, None when its row names none (the row is then skipped)."""
+def scan_companion(value: Any, name: str, label: str, target: tuple[int, int], scans, max_pixels: int, what: str):
+    """A target's companion image (its `what`: control, mask), scanned like the target and checked for the target's
+    shape: (its file name, content digest), or None when the row names none."""
     from archdiff.data.images import UnreadableImage
 
     if not value or not (value.get("path") or value.get("bytes")):
         return None
-    control_name = Path(value["path"]).name if value.get("path") else f"{name} (control)"
+    shown = Path(value["path"]).name if value.get("path") else f"{name} ({what})"
     try:
         digest, width, height = scans.scan(value, max_pixels)
     except (UnreadableImage, OSError) as error:
-        raise UserError(f"data '{label}': {name}: its control image {control_name} cannot be used: {error}") from None
+        raise UserError(f"data '{label}': {name}: its {what} {shown} cannot be used: {error}") from None
     if not mappable(target, (width, height)):
         raise UserError(
-            f"data '{label}': {name} is {target[0]}x{target[1]} but its control {control_name} is {width}x{height}: "
-            "a control must have its target's shape (the same aspect ratio)"
+            f"data '{label}': {name} is {target[0]}x{target[1]} but its {what} {shown} is {width}x{height}: "
+            f"a {what} must have its image's shape (the same aspect ratio)"
         )
-    return PairedControl(value, digest, width, height, control_name)
+    return shown, digest, width, height
+
+
+def scan_control(value: Any, name: str, label: str, target: tuple[int, int], scans, max_pixels: int) -> PairedControl | None:
+    """The checked control of one target image, None when its row names none (the row is then skipped)."""
+    found = scan_companion(value, name, label, target, scans, max_pixels, "control")
+    if found is None:
+        return None
+    shown, digest, width, height = found
+    return PairedControl(value, digest, width, height, shown)

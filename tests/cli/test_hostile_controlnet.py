@@ -54,7 +54,7 @@ PAIR_CASES = {
     "control-not-an-image": (
         lambda r: (r / "controls" / "1.png").write_bytes(b"GIF89a but not really"),
         [],
-        "its control image 1.png cannot be used",
+        "its control 1.png cannot be used",
     ),
     "control-outside-relative": (
         lambda r: (_outside(r), _set_control(r, 1, "../outside.png")),

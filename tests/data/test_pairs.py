@@ -105,7 +105,7 @@ def test_a_row_without_a_control_is_skipped_with_the_reason(tmp_path):
         (lambda folder: (folder / "controls" / "1.png").unlink(), r"line 2: control 'controls/1.png' does not exist"),
         (
             lambda folder: (folder / "controls" / "1.png").write_bytes(b"not a png"),
-            r"1.png: its control image 1.png cannot be used",
+            r"1.png: its control 1.png cannot be used",
         ),
         (
             lambda folder: _set_control(folder, 1, "../outside.png"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from killed_runs import signal_at_step
+from killed_runs import signal_at_step, train_command
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -192,21 +192,7 @@ def test_a_killed_masked_run_resumes_bit_for_bit(tmp_path, tiny_base):
     settings = [sources(folder), "train.log_every=1", "train.checkpoint_every=2", "validation.prompts=[]", "data.holdout=0.25"]
 
     def command(run_dir, *extra):
-        sets = [arg for setting in settings for arg in ("--set", setting)]
-        return [
-            sys.executable,
-            "-m",
-            "archdiff",
-            "train",
-            "-r",
-            "demo-tiny",
-            "-o",
-            str(run_dir),
-            "--max-steps",
-            "8",
-            *sets,
-            *extra,
-        ]
+        return train_command(run_dir, 8, settings, *extra)
 
     whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
