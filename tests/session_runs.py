@@ -19,9 +19,11 @@ T = TypeVar("T")
 
 
 def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of this test session that all its xdist workers see: each worker's basetemp lies inside it."""
+    """The folder of this test session that all its xdist workers see: each worker's basetemp (BASETEMP/popen-gwN)
+    lies inside it. Anything else, a plain session or one merely started from a worker, keeps to its own basetemp."""
     base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-runs"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = (base.parent if worker and base.name.endswith(worker) else base) / "shared-runs"
     root.mkdir(exist_ok=True)
     return root
 
