@@ -32,13 +32,16 @@ def tiny_base() -> str:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, tiny_base):
-    """The demo recipe trained for its full 300 steps, once: the integration tests read this run."""
+    """The demo recipe trained for its full 300 steps, once per session (all workers): the integration tests read this run."""
+    from session_runs import once
+
     from archdiff.config import load_recipe
     from archdiff.train.run import run
 
-    output = tmp_path_factory.mktemp("runs") / "demo"
-    recipe = load_recipe("demo-tiny", [f"output={output}", "validation.seeds=[0, 1]"])
-    return run(recipe)
+    def train(output: Path):
+        return run(load_recipe("demo-tiny", [f"output={output}", "validation.seeds=[0, 1]"]))
+
+    return once(tmp_path_factory, "demo", train)
 
 
 @pytest.fixture(scope="session")
@@ -52,20 +55,26 @@ def nasty_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_lora_runs(tmp_path_factory, tiny_base) -> dict[str, Path]:
-    """12-step runs on tiny-sd15 and tiny-sdxl with alpha != rank and a text-encoder LoRA: what exporters and samplers read."""
+    """12-step runs on tiny-sd15 and tiny-sdxl with alpha != rank and a text-encoder LoRA: what exporters and samplers read.
+    Once per session (all workers)."""
+    from session_runs import once
+
     from archdiff.config import load_recipe
     from archdiff.train.run import run
 
-    runs = {}
-    for base in ("tiny-sd15", "tiny-sdxl"):
-        overrides = [
-            f"base={base}",
-            f"output={tmp_path_factory.mktemp('small-runs') / base}",
-            "train.max_steps=12",
-            "train.checkpoint_every=null",
-            "lora.alpha=4",
-            "lora.text_encoder={rank: 4, alpha: 2}",
-            "validation.prompts=[]",
-        ]
-        runs[base] = run(load_recipe("demo-tiny", overrides)).run_dir
-    return runs
+    def train(folder: Path) -> dict[str, Path]:
+        runs = {}
+        for base in ("tiny-sd15", "tiny-sdxl"):
+            overrides = [
+                f"base={base}",
+                f"output={folder / base}",
+                "train.max_steps=12",
+                "train.checkpoint_every=null",
+                "lora.alpha=4",
+                "lora.text_encoder={rank: 4, alpha: 2}",
+                "validation.prompts=[]",
+            ]
+            runs[base] = run(load_recipe("demo-tiny", overrides)).run_dir
+        return runs
+
+    return once(tmp_path_factory, "small-lora-runs", train)
