@@ -35,7 +35,7 @@ demo: install
 	@echo "your sample:      runs/demo-tiny/sample/grid.png"
 
 # Two pytest-xdist workers, one test file at a time each: the tests are single-threaded, and a module's fixtures are
-# built once. (Session fixtures are built once per worker.) `make test TEST_WORKERS=0` runs in one process.
+# built once; the finished runs several modules read are built once per session (tests/session_runs.py). `make test TEST_WORKERS=0` runs in one process.
 TEST_WORKERS ?= 2
 test: dev
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
