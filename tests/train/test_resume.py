@@ -3,9 +3,9 @@
 import errno
 import signal
 import subprocess
-import sys
 import time
 
+import killed_runs
 import pytest
 import torch
 from killed_runs import signal_at_step
@@ -20,24 +20,11 @@ from archdiff.train.run import run
 pytestmark = pytest.mark.slow
 
 STEPS = 24
-QUICK = ["--set", "train.log_every=1", "--set", "train.checkpoint_every=4", "--set", "validation.prompts=[]"]
+QUICK = ["train.log_every=1", "train.checkpoint_every=4", "validation.prompts=[]"]
 
 
 def train_command(run_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "archdiff",
-        "train",
-        "-r",
-        "demo-tiny",
-        "-o",
-        str(run_dir),
-        "--max-steps",
-        str(STEPS),
-        *QUICK,
-        *extra,
-    ]
+    return killed_runs.train_command(run_dir, STEPS, QUICK, *extra)
 
 
 def start_and_signal(run_dir, cwd, at_step, signal_number):
