@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 
 from archdiff.config.schema import DataConfig
 from archdiff.data.samples import Sample, SampleSet, control_tensor, prepared_control, prepared_image, prepared_mask, tokenize
+from archdiff.model.families import TEXT_ENTRIES
 from archdiff.paths import cache_dir
 
 FORMAT_VERSION = 1  # bump when image preparation changes what an entry holds
 CONTROL_VERSION = 1  # bump when an extractor in data/controls.py changes what it draws
 SHARD_ENTRIES = 256
-TEXT_ENTRIES = {"text_embeddings": "text", "pooled_text_embeds": "pooled", "t5_text_embeddings": "t5"}  # batch key: key prefix
+TEXT_KEY_PREFIXES = dict(zip(TEXT_ENTRIES, ("text", "pooled", "t5"), strict=True))  # a text entry's cache-key prefix
 ENCODE_BATCH = 8
 
 
@@ -103,7 +104,7 @@ class Caches:
 
     @staticmethod
     def text_key(caption: str, entry: str = "text_embeddings") -> str:
-        return _key(TEXT_ENTRIES[entry], caption)
+        return _key(TEXT_KEY_PREFIXES[entry], caption)
 
     def text_item(self, caption: str) -> dict[str, torch.Tensor]:
         """A caption's cached conditioning as batch entries: its embedding, and what its family keeps beside it

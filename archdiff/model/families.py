@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+TEXT_ENTRIES = ("text_embeddings", "pooled_text_embeds", "t5_text_embeddings")  # what a family's text cache may hold
+TOKEN_IDS = ("input_ids", "input_ids_2", "input_ids_3")  # a batch's token ids, one per text encoder
 SD3_MAX_TEXT = 256  # T5 tokens SD 3.x reads (the pipeline's default max_sequence_length)
 
 
@@ -84,11 +86,16 @@ class Family:
         what `conditioning` reads back instead of running the encoders."""
         return {"text_embeddings": encode_text(encoders[0], ids[0])}
 
+    def text_parts(self, batch: dict, encoders: list, device) -> dict:
+        """`text_entries` of a batch: read from the text cache's entries when it carries them, else computed by the
+        encoders from its token ids."""
+        if "text_embeddings" in batch:
+            return {key: value.to(device, non_blocking=True) for key, value in batch.items() if key in TEXT_ENTRIES}
+        return self.text_entries(encoders, [batch[key] for key in TOKEN_IDS[: len(encoders)]])
+
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
         """The denoiser's text conditioning for a batch of token ids (or cached embeddings); `model` the denoiser."""
-        if "text_embeddings" in batch:
-            return {"encoder_hidden_states": batch["text_embeddings"].to(device, non_blocking=True)}
-        return {"encoder_hidden_states": encode_text(encoders[0], batch["input_ids"])}
+        return {"encoder_hidden_states": self.text_parts(batch, encoders, device)["text_embeddings"]}
 
     def predict(self, model, noisy, timesteps, conditioning: dict, residuals: dict):
         added = conditioning.get("added_cond_kwargs")
@@ -121,11 +128,8 @@ class SDXLFamily(Family):
 
     def conditioning(self, batch: dict, encoders: list, device, bucket: tuple[int, int], model) -> dict:
         """Both encoders' states (or the text cache's, with the pooled one beside them) and the size/crop ids."""
-        if "text_embeddings" in batch:
-            embeddings = batch["text_embeddings"].to(device, non_blocking=True)
-            pooled = batch["pooled_text_embeds"].to(device, non_blocking=True)
-        else:
-            embeddings, pooled = encode_text_sdxl(*encoders, batch["input_ids"], batch["input_ids_2"])
+        parts = self.text_parts(batch, encoders, device)
+        embeddings, pooled = parts["text_embeddings"], parts["pooled_text_embeds"]
         time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], bucket).to(device, embeddings.dtype)
         return {"encoder_hidden_states": embeddings, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
 
@@ -163,13 +167,8 @@ class SD3Family(Family):
         zeros, which SD 3.5 was trained to accept. With the text cache, the same parts come from the batch."""
         import torch
 
-        if "text_embeddings" in batch:
-            clip = batch["text_embeddings"].to(device, non_blocking=True)
-            pooled = batch["pooled_text_embeds"].to(device, non_blocking=True)
-            t5_states = batch["t5_text_embeddings"].to(device, non_blocking=True) if "t5_text_embeddings" in batch else None
-        else:
-            clip, pooled = _sd3_clip_states(encoders[:2], [batch["input_ids"], batch["input_ids_2"]])
-            t5_states = encode_text(encoders[2], batch["input_ids_3"]) if len(encoders) > 2 else None
+        parts = self.text_parts(batch, encoders, device)
+        clip, pooled, t5_states = parts["text_embeddings"], parts["pooled_text_embeds"], parts.get("t5_text_embeddings")
         if t5_states is None:
             width = getattr(model, "module", model).config.joint_attention_dim  # DDP wraps the model
             t5_states = torch.zeros(len(clip), SD3_MAX_TEXT, width, device=clip.device, dtype=clip.dtype)
