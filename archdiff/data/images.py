@@ -115,7 +115,13 @@ def _decoded(image: Image.Image, reduce_to: tuple[int, int] | None) -> Image.Ima
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise UnreadableImage(f"truncated or corrupt image ({error})") from None
-    return to_rgb(image)
+    return image
+
+
+def open_upright(data: bytes, max_pixels: int, reduce_to: tuple[int, int] | None = None) -> Image.Image:
+    """Decoded and upright (EXIF) in the file's own mode: what `open_image` turns to RGB, and where a mask's alpha lives."""
+    with _pil_pixel_guard_lifted():
+        return _decoded(_opened(data, max_pixels), reduce_to)
 
 
 def open_image(source: str | Path | bytes, max_pixels: int, reduce_to: tuple[int, int] | None = None) -> Image.Image:
@@ -125,8 +131,7 @@ def open_image(source: str | Path | bytes, max_pixels: int, reduce_to: tuple[int
     anyway); a scaled JPEG decode skips most of the inverse DCT and the full-size pixels: about 2x faster on camera photos.
     """
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    with _pil_pixel_guard_lifted():
-        return _decoded(_opened(data, max_pixels), reduce_to)
+    return to_rgb(open_upright(data, max_pixels, reduce_to))
 
 
 def jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int] | None:

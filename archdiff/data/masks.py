@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from archdiff.errors import UserError
 
@@ -63,19 +63,6 @@ def scan_record_mask(source, row: dict[str, Any], name: str, target: tuple[int, 
     return None
 
 
-def _decoded(data: bytes, max_pixels: int) -> Image.Image:
-    """Decoded and upright, in its own mode (open_image would drop the alpha a mask may live in)."""
-    import io
-
-    from archdiff.data.images import _pil_pixel_guard_lifted, check_pixels
-
-    with _pil_pixel_guard_lifted():
-        image = Image.open(io.BytesIO(data))
-        check_pixels(image.width, image.height, max_pixels)
-        image.load()
-        return ImageOps.exif_transpose(image)
-
-
 def mask_image(mask: MaskRef, image_bytes, size: tuple[int, int], kind: str, max_pixels: int) -> Image.Image | None:
     """The full-size upright mask (mode L, 255 = learn) of an image of `size`; None where it learns everywhere.
 
@@ -83,14 +70,14 @@ def mask_image(mask: MaskRef, image_bytes, size: tuple[int, int], kind: str, max
     is scaled to the image's with the image kind's filter.
     """
     from archdiff.data.catalog import read_image_value
-    from archdiff.data.images import ALPHA_MODES, resize, to_rgb
+    from archdiff.data.images import ALPHA_MODES, open_upright, resize, to_rgb
 
     if mask.value is None:
-        image = _decoded(image_bytes(), max_pixels)
+        image = open_upright(image_bytes(), max_pixels)
         if image.mode not in ALPHA_MODES and "transparency" not in image.info:
             return None
         return image.convert("RGBA").getchannel("A")
-    grey = to_rgb(_decoded(read_image_value(mask.value), max_pixels)).convert("L")
+    grey = to_rgb(open_upright(read_image_value(mask.value), max_pixels)).convert("L")
     return grey if grey.size == size else resize(grey, size, kind)
 
 

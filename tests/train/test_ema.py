@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 
+import killed_runs
 import numpy
 import pytest
 import torch
@@ -28,9 +29,7 @@ QUICK += ["validation.prompts=[]"]
 
 
 def train_command(run_dir, *extra):
-    sets = [arg for setting in (*QUICK, EMA) for arg in ("--set", setting)]
-    command = [sys.executable, "-m", "archdiff", "train", "-r", "demo-tiny", "-o", str(run_dir), "--max-steps", str(STEPS)]
-    return [*command, *sets, *extra]
+    return killed_runs.train_command(run_dir, STEPS, [*QUICK, EMA], *extra)
 
 
 def checkpoint_file(run_dir, step, name):
